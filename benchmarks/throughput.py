@@ -1,0 +1,123 @@
+"""Throughput of a config's train step and sampler on this machine's devices.
+
+Prints train images/s, sampling images/s (and network evaluations/s), the train
+step's achieved FLOP/s (XLA's cost analysis / measured time) and that as a fraction
+of the FLOP/s a large matmul achieves on the same devices.
+
+  python benchmarks/throughput.py --config=configs/ddpm_cifar.py
+  python benchmarks/throughput.py --config=configs/ddpm_digits.py --steps=20
+  python benchmarks/throughput.py --config=configs/ddpm_cifar.py \\
+      --config.training.batch_size=256 --config.model.dtype=bfloat16
+
+Runs on random uint8 batches, so it needs no dataset.
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from train import families, loop, sharding  # noqa: E402
+
+config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+flags.DEFINE_integer("steps", 50, "Timed train steps (after one compile step).")
+flags.DEFINE_integer("sample_batches", 1, "Timed sampling calls (0: skip sampling).")
+flags.DEFINE_integer("matmul_size", 8192, "Side of the square reference matmul.")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+# Native image shapes, so that the benchmark needs no prepared dataset.
+NATIVE_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
+                 "cifar10": (32, 32, 3), "svhn_cropped": (32, 32, 3),
+                 "imagenet_resized/32": (32, 32, 3), "imagenet_resized/64": (64, 64, 3),
+                 "shapes": (32, 32, 3), "shapes/16": (16, 16, 3), "shapes/64": (64, 64, 3)}
+
+
+def _time(fn, repeats: int) -> float:
+  """Seconds per call after a warm-up call; blocks on the outputs."""
+  jax.block_until_ready(fn())
+  start = time.perf_counter()
+  for _ in range(repeats):
+    out = fn()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / repeats
+
+
+def matmul_flops_per_sec(n: int) -> float:
+  """Achieved FLOP/s of an n x n matmul in the dtype the platform is fastest in."""
+  dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  mesh = sharding.make_mesh()
+  a = jax.device_put(jnp.ones((n * jax.device_count(), n), dtype),
+                     sharding.batch_sharding(mesh))
+  b = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda a, b: a @ b)
+  seconds = _time(lambda: f(a, b), 5)
+  return 2.0 * n * n * n * jax.device_count() / seconds
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  loop.validate_config(config)
+  h, w, channels = NATIVE_SHAPES.get(config.data.dataset.split(":")[0], (32, 32, 3))
+  if config.data.image_size:
+    h = w = config.data.image_size
+  family = families.get_family(config, (h, w, channels), 10 if config.model.conditional
+                               else 0)
+  mesh = sharding.make_mesh()
+  rep, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  b = config.training.batch_size
+  rng = np.random.default_rng(0)
+  batch = sharding.to_global(
+      dict(image=rng.integers(0, 256, (b, h, w, channels), dtype=np.uint8),
+           label=rng.integers(0, 10, (b,), dtype=np.int32)), batch_sh)
+  state = jax.jit(family.init, out_shardings=rep)(jax.random.PRNGKey(0),
+                                                  {k: np.asarray(v[:1]) for k, v in
+                                                   batch.items()})
+  step = jax.jit(family.train_step, in_shardings=(rep, batch_sh),
+                 out_shardings=(rep, rep), donate_argnums=0)
+  compiled = step.lower(state, batch).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+  t0 = time.perf_counter()
+  state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} "
+        f"({jax.default_backend()}); config {config.name}; global batch {b}; "
+        f"image {h}x{w}x{channels}; first step (incl. compile) "
+        f"{time.perf_counter() - t0:.1f} s")
+  start = time.perf_counter()
+  for _ in range(FLAGS.steps):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  seconds = (time.perf_counter() - start) / FLAGS.steps
+  print(f"train: {1 / seconds:.2f} steps/s, {b / seconds:.1f} images/s")
+  if flops:
+    achieved = flops / seconds
+    peak = matmul_flops_per_sec(FLAGS.matmul_size)
+    print(f"train step: {flops / 1e9:.2f} GFLOP (XLA cost analysis), "
+          f"{achieved / 1e12:.3f} TFLOP/s achieved; {FLAGS.matmul_size}^2 matmul: "
+          f"{peak / 1e12:.3f} TFLOP/s; ratio {achieved / peak:.1%}")
+
+  if FLAGS.sample_batches:
+    n = config.sampling.batch_size
+    sample = jax.jit(family.sample, static_argnums=2, out_shardings=batch_sh)
+    params = state.ema_params
+    seconds = _time(lambda: sample(params, jax.random.PRNGKey(1), n),
+                    FLAGS.sample_batches)
+    nfe = family.sampler_settings()["nfe"]
+    print(f"sampling ({family.sampler_settings()['sampler']}, {nfe} NFE, batch {n}): "
+          f"{n / seconds:.2f} images/s, {n * nfe / seconds:.0f} image-evaluations/s")
+
+
+if __name__ == "__main__":
+  app.run(main)

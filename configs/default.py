@@ -1,0 +1,112 @@
+"""Default configuration: every field the training spine reads, each explained.
+
+Experiment configs (`ddpm_cifar.py`, `ddpm_digits.py`, ...) import this file and
+override what their paper sets. Every field can be overridden from the command line:
+
+  python main.py --config=configs/ddpm_digits.py --workdir=/tmp/w \\
+      --config.training.batch_size=32 --config.data.data_dir=/data/tfds
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Name recorded in logs, eval JSON and image provenance.
+  config.name = "default"
+  # The one seed: every random draw (init, data order, flips, noise, sampling) is a
+  # key derived from it with fold_in, so the same config and seed give the same run.
+  config.seed = 42
+
+  # ---------------------------------------------------------------- data
+  config.data = data = ml_collections.ConfigDict()
+  # A tfds name ("cifar10", "mnist", "celeb_a", "imagenet_resized/32", ...) or an
+  # embedded dataset that needs no download ("digits", "shapes", "shapes/16").
+  data.dataset = "digits"
+  # Where tfds looks for prepared datasets; None = tfds default
+  # (~/tensorflow_datasets or $TFDS_DATA_DIR). Embedded datasets are prepared here.
+  data.data_dir = None
+  data.train_split = "train"
+  data.eval_split = "test"
+  # Square side the images are center-cropped and resized to; None keeps the size.
+  data.image_size = None
+  # Random horizontal flips of training images.
+  data.random_flip = False
+  # Whether a non-embedded dataset missing from data_dir may be downloaded. Off by
+  # default so that an offline machine fails at once instead of hanging.
+  data.download = False
+
+  # --------------------------------------------------------------- model
+  config.model = model = ml_collections.ConfigDict()
+  # Which family (loss, train step, sampler) drives training: see train/families.py.
+  model.family = "ddpm"
+  # DDPM U-Net (Ho et al. 2020, appendix B).
+  model.ch = 64                       # base channel count
+  model.ch_mult = (1, 2, 2)           # channel multiplier per resolution level
+  model.num_res_blocks = 2            # residual blocks per level
+  model.attn_resolutions = (8,)       # resolutions (pixels) with self-attention
+  model.dropout = 0.1
+  model.resamp_with_conv = True       # conv (not pooling) in up/down-sampling
+  model.num_groups = 32               # GroupNorm groups
+  model.conditional = False           # class-conditional (label embedding)
+  model.dtype = "float32"             # compute dtype: float32 or bfloat16
+
+  # ----------------------------------------------------------- diffusion
+  config.diffusion = diffusion = ml_collections.ConfigDict()
+  diffusion.num_timesteps = 1000      # T
+  diffusion.beta_schedule = "linear"  # linear | quad | const | jsd | cosine
+  diffusion.beta_start = 1e-4
+  diffusion.beta_end = 0.02
+  # Reverse-process variance: "fixedlarge" (sigma_t^2 = beta_t, the paper's CIFAR
+  # choice) or "fixedsmall" (the posterior variance beta~_t).
+  diffusion.var_type = "fixedlarge"
+
+  # ------------------------------------------------------------ optimizer
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.optimizer = "adam"            # adam | adamw
+  optim.learning_rate = 2e-4
+  optim.warmup_steps = 5000           # linear warm-up from 0
+  optim.beta1 = 0.9
+  optim.beta2 = 0.999
+  optim.eps = 1e-8
+  optim.weight_decay = 0.0            # only for adamw
+  optim.grad_clip_norm = 1.0          # global-norm clipping; 0 disables
+  optim.ema_decay = 0.9999            # EMA of params used for eval and sampling
+
+  # ------------------------------------------------------------- training
+  config.training = training = ml_collections.ConfigDict()
+  training.batch_size = 128           # GLOBAL batch, split over all devices
+  training.num_train_steps = 800_000
+  training.log_every_steps = 100      # console + TensorBoard scalars
+  training.checkpoint_every_steps = 5000
+  training.sample_every_steps = 10_000   # PNG + TensorBoard sample grid; 0 disables
+  training.num_samples_in_grid = 64   # images in the periodic sample grid
+  # Train steps fused into one compiled call (lax.scan): fewer dispatches when
+  # steps are short. Every *_every_steps must be a multiple of it.
+  training.steps_per_call = 1
+  training.keep_checkpoints = 3       # keep the last N checkpoints ...
+  training.keep_checkpoint_every_steps = 0   # ... plus every K-th step (0: none)
+  training.async_checkpointing = True
+  # Stop with an error (never checkpointing the weights) on a NaN/Inf loss.
+  training.halt_on_nonfinite = True
+
+  # ------------------------------------------------------------- sampling
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.method = "ancestral"       # ancestral (Ho et al. Alg. 2) | ddim
+  sampling.ddim_steps = 50            # DDIM only: number of steps
+  sampling.ddim_eta = 0.0             # DDIM only: 0 deterministic, 1 DDPM-like
+  sampling.ddim_spacing = "uniform"   # DDIM only: uniform | quadratic
+  sampling.clip_denoised = True       # clip predicted x0 to [-1, 1]
+  sampling.batch_size = 256           # images per compiled sampling call
+  sampling.use_ema = True
+
+  # ----------------------------------------------------------------- eval
+  config.eval = eval_config = ml_collections.ConfigDict()
+  # Samples drawn by --mode=sample (and by --mode=eval for FID once it lands).
+  eval_config.num_samples = 50_000
+  eval_config.batch_size = 256        # global batch for bits/dim
+  # Test images for bits/dim; None = the whole eval split.
+  eval_config.num_eval_examples = None
+  # Timesteps per compiled chunk of the variational bound (memory vs speed).
+  eval_config.vlb_timestep_chunk = 50
+  return config

@@ -1,0 +1,438 @@
+"""Deterministic, per-process batches of uint8 images from tfds array_record sources.
+
+Global example stream: position g = step * global_batch_size + row. Epoch
+e = g // N holds positions [e N, (e + 1) N) and visits every training example
+once, in the order of a permutation that depends only on (seed, e). Process p
+takes rows [p * local_B, (p + 1) * local_B) of every global batch and reads only
+those examples. Random flips depend only on (seed, g). So `get(step)` is a pure
+function of (config, seed, step, process): resuming at a step reproduces the
+run exactly, whatever the batch was when the run stopped.
+"""
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator, Sequence
+import concurrent.futures
+import dataclasses
+import math
+import os
+import threading
+from typing import Any, Callable
+
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from datasets import transforms
+
+# Embedded datasets: prepared automatically, without download, on first use.
+EMBEDDED_DATASETS = ('digits', 'shapes', 'shapes/16', 'shapes/32', 'shapes/64')
+_EMBEDDED_BUILDERS = ('digits', 'shapes')
+# Centre crop applied before squaring and resizing (score_sde / NCSN for CelebA).
+_PRE_CROP = {'celeb_a': 140}
+_FLIP_STREAM = 1  # Hash streams, so flips and shuffles are independent.
+_SHUFFLE_STREAM = 2
+_PREFETCH_BATCHES = 4
+_PREFETCH_WORKERS = 2
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  """A tfds dataset is not in data_dir and downloading was not allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What a model needs to know about the data, after the pipeline's crop/resize."""
+
+  name: str
+  image_shape: tuple[int, int, int]  # (H, W, C) after resize/crop.
+  num_classes: int  # 0 when the dataset has no labels.
+  num_train_examples: int  # Size of data_config.train_split.
+  num_eval_examples: int  # Size of data_config.eval_split.
+
+
+@dataclasses.dataclass(frozen=True)
+class _DataOptions:
+  """The validated fields of a data config."""
+
+  dataset: str
+  data_dir: str | None
+  train_split: str
+  eval_split: str
+  image_size: int | None
+  random_flip: bool
+  download: bool
+
+
+def _options(data_config: Any) -> _DataOptions:
+  """Reads a data ConfigDict (or dict), filling defaults and validating types."""
+  get = data_config.get
+  dataset = get('dataset', None)
+  if not isinstance(dataset, str) or not dataset:
+    raise ValueError(
+        f'config.data.dataset must be a tfds name such as "cifar10", got {dataset!r}.')
+  image_size = get('image_size', None)
+  is_size = isinstance(image_size, int) and not isinstance(image_size, bool)
+  if image_size is not None and not (is_size and image_size >= 1):
+    raise ValueError(
+        f'config.data.image_size must be None or a positive int, got {image_size!r}.')
+  data_dir = get('data_dir', None)
+  return _DataOptions(
+      dataset=dataset,
+      data_dir=os.fspath(data_dir) if data_dir else None,
+      train_split=get('train_split', 'train'),
+      eval_split=get('eval_split', 'test'),
+      image_size=image_size,
+      random_flip=bool(get('random_flip', False)),
+      download=bool(get('download', False)),
+  )
+
+
+def _data_dir_root(data_dir: str | None) -> str:
+  return os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR)
+
+
+def _make_builder(options: _DataOptions) -> tfds.core.DatasetBuilder:
+  """tfds builder for the name; clear errors for names that cannot work."""
+  dataset_name, _ = tfds.core.naming.parse_builder_name_kwargs(options.dataset)
+  if dataset_name.namespace:
+    # 'huggingface:...' would make tfds `import datasets`, which is this package.
+    raise ValueError(
+        f'Dataset {options.dataset!r} names a tfds community namespace '
+        f'({dataset_name.namespace!r}); only plain tfds names and the embedded '
+        f'datasets {", ".join(EMBEDDED_DATASETS)} are supported.'
+    )
+  try:
+    return tfds.builder(options.dataset, data_dir=options.data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ValueError(
+        f'Unknown dataset {options.dataset!r}: tfds has no builder of that name and '
+        f'none is prepared in data_dir={_data_dir_root(options.data_dir)!r}. Embedded '
+        f'datasets (no download needed): {", ".join(EMBEDDED_DATASETS)}; otherwise use '
+        'a tfds catalog name (https://www.tensorflow.org/datasets/catalog), e.g. '
+        '"cifar10", "mnist", "celeb_a", "imagenet_resized/32", "lsun/church_outdoor".'
+    ) from None
+
+
+def _not_prepared_message(options: _DataOptions, builder: tfds.core.DatasetBuilder) -> str:
+  root = _data_dir_root(options.data_dir)
+  dataset_dir = os.path.join(root, builder.name)
+  found = sorted(os.listdir(dataset_dir)) if os.path.isdir(dataset_dir) else []
+  found_text = f' (found in {dataset_dir}: {found})' if found else ''
+  return (
+      f'Dataset {options.dataset!r} is not prepared in data_dir={root!r}: expected '
+      f'{os.fspath(builder.data_dir)}{found_text}, and config.data.download is False. '
+      'Prepare it offline on a machine with internet:\n'
+      f'  tfds build {options.dataset} --data_dir=DIR --file_format=array_record\n'
+      f'then copy DIR to the cluster and set config.data.data_dir to it (or set '
+      'config.data.download=True to download and prepare it here).'
+  )
+
+
+def _tfrecord_only_message(options: _DataOptions, builder: tfds.core.DatasetBuilder) -> str:
+  return (
+      f'Dataset {options.dataset!r} is prepared in {os.fspath(builder.data_dir)} '
+      f'only as {builder.info.file_format}, which has no random access. Convert it:\n'
+      f'  tfds convert_format --dataset_version_dir={os.fspath(builder.data_dir)} '
+      '--out_file_format=array_record\n'
+      f'or rebuild it: tfds build {options.dataset} --data_dir=DIR '
+      '--file_format=array_record (in an empty DIR).'
+  )
+
+
+def _prepare(builder: tfds.core.DatasetBuilder, options: _DataOptions) -> tfds.core.DatasetBuilder:
+  """Prepares the dataset as array_record; returns a builder that reads the files."""
+  try:
+    builder.download_and_prepare(file_format='array_record')
+    return builder
+  except OSError:
+    # Processes sharing a data_dir may prepare at once: tfds renames each finished
+    # folder into place, which fails for all but the first. Theirs is as good.
+    prepared_elsewhere = _make_builder(options)
+    if not prepared_elsewhere.is_prepared():
+      raise
+    return prepared_elsewhere
+
+
+def _open_sources(
+    options: _DataOptions, splits: Sequence[str]
+) -> tuple[tfds.core.DatasetBuilder, list[Sequence[Any]]]:
+  """Random-access sources of the given splits; prepares embedded datasets."""
+  builder = _make_builder(options)
+  is_embedded = builder.name in _EMBEDDED_BUILDERS
+  if (is_embedded or options.download) and not builder.is_prepared():
+    builder = _prepare(builder, options)
+  # Ask for the sources before checking `is_prepared`, so that
+  # `tfds.testing.mock_data` (which fakes the sources, not the files) works.
+  try:
+    sources = [builder.as_data_source(split=split) for split in splits]
+  except (NotImplementedError, ValueError, FileNotFoundError) as error:
+    if not builder.is_prepared():
+      raise DatasetNotPreparedError(_not_prepared_message(options, builder)) from None
+    if isinstance(error, NotImplementedError):
+      raise ValueError(_tfrecord_only_message(options, builder)) from error
+    if isinstance(error, ValueError):
+      raise ValueError(
+          f'Dataset {options.dataset!r}: cannot read split(s) {list(splits)}; '
+          f'available splits: {list(builder.info.splits)} ({error}). Check '
+          'config.data.train_split / eval_split.'
+      ) from error
+    raise
+  return builder, sources
+
+
+def _image_spec(
+    builder: tfds.core.DatasetBuilder, options: _DataOptions
+) -> tuple[tuple[int, int, int], int]:
+  """(image shape after the pipeline, number of classes) from the tfds features."""
+  features = builder.info.features
+  if 'image' not in features:
+    raise ValueError(
+        f'Dataset {options.dataset!r} has no "image" feature; features: {list(features)}.')
+  height, width, channels = features['image'].shape
+  if options.image_size is None:
+    if height is None or width is None:
+      raise ValueError(
+          f'Dataset {options.dataset!r} has images of varying size; set '
+          'config.data.image_size to crop and resize them to a square.'
+      )
+    shape = (height, width, channels)
+  else:
+    shape = (options.image_size, options.image_size, channels)
+  label = features['label'] if 'label' in features else None
+  num_classes = label.num_classes if isinstance(label, tfds.features.ClassLabel) else 0
+  return shape, num_classes
+
+
+def get_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
+  """Shapes and sizes of the configured dataset (prepares embedded datasets)."""
+  options = _options(data_config)
+  splits = [options.train_split, options.eval_split]
+  builder, (train, evaluation) = _open_sources(options, splits)
+  image_shape, num_classes = _image_spec(builder, options)
+  return DatasetInfo(
+      name=options.dataset,
+      image_shape=image_shape,
+      num_classes=num_classes,
+      num_train_examples=len(train),
+      num_eval_examples=len(evaluation),
+  )
+
+
+def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(
+        f'Need 0 <= process_index < process_count, got {process_index} and {process_count}.')
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(
+        f'global_batch_size={global_batch_size} must be a positive multiple of the '
+        f'number of processes ({process_count}); change config.batch_size.'
+    )
+  return global_batch_size // process_count
+
+
+def _supports_batched_reads(source: Sequence[Any]) -> bool:
+  """Whether source.__getitems__ works: it reads in parallel (fast on remote storage).
+
+  The fake sources of `tfds.testing.mock_data` define a __getitems__ that cannot be
+  called (it lacks `self`), so this is probed once rather than assumed.
+  """
+  if not hasattr(source, '__getitems__') or len(source) == 0:
+    return False
+  try:
+    source.__getitems__([0])
+  except TypeError:
+    return False
+  return True
+
+
+class _Reader:
+  """Reads examples by index and turns them into a uint8/int32 batch."""
+
+  def __init__(self, source: Sequence[Any], options: _DataOptions, builder_name: str,
+               image_shape: tuple[int, int, int], has_labels: bool):
+    self._source = source
+    self._image_size = options.image_size
+    self._pre_crop = _PRE_CROP.get(builder_name)
+    self._image_shape = image_shape
+    self._has_labels = has_labels
+    self._batched_reads = _supports_batched_reads(source)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    keys = [int(i) for i in indices]
+    if self._batched_reads:
+      records = self._source.__getitems__(keys)
+    else:
+      records = [self._source[key] for key in keys]
+    images = np.empty((len(keys), *self._image_shape), np.uint8)
+    labels = np.zeros(len(keys), np.int32)
+    for row, record in enumerate(records):
+      image = np.asarray(record['image'])
+      if self._image_size is not None:
+        image = transforms.square_and_resize(image, self._image_size, self._pre_crop)
+      images[row] = image
+      if self._has_labels:
+        labels[row] = record['label']
+    return {'image': images, 'label': labels}
+
+
+def _open_reader(data_config: Any, split_field: str) -> tuple[_DataOptions, _Reader]:
+  options = _options(data_config)
+  split = getattr(options, split_field)
+  builder, (source,) = _open_sources(options, [split])
+  image_shape, num_classes = _image_spec(builder, options)
+  return options, _Reader(source, options, builder.name, image_shape, num_classes > 0)
+
+
+def _prefetch(
+    produce: Callable[[int], dict[str, np.ndarray]], indices: Iterator[int]
+) -> Iterator[dict[str, np.ndarray]]:
+  """Yields produce(i) for i in indices, computing the next few in background threads."""
+  executor = concurrent.futures.ThreadPoolExecutor(_PREFETCH_WORKERS, thread_name_prefix='batches')
+  with executor as pool:
+    pending = collections.deque()
+    try:
+      for index in indices:
+        pending.append(pool.submit(produce, index))
+        if len(pending) >= _PREFETCH_BATCHES:
+          yield pending.popleft().result()
+      while pending:
+        yield pending.popleft().result()
+    finally:
+      for future in pending:
+        future.cancel()
+
+
+class TrainBatches:
+  """Training batches as a pure function of the step (see the module docstring)."""
+
+  def __init__(self, reader: _Reader, *, seed: int, random_flip: bool, global_batch_size: int,
+               process_index: int, process_count: int):
+    if len(reader) == 0:
+      raise ValueError('The training split is empty.')
+    self._reader = reader
+    self._seed = seed
+    self._random_flip = random_flip
+    self._flip_key = transforms.derive_key(seed, _FLIP_STREAM)
+    self._global_batch_size = global_batch_size
+    self._local_batch_size = global_batch_size // process_count
+    self._row_offset = process_index * self._local_batch_size
+    self._permutations: dict[int, np.ndarray] = collections.OrderedDict()
+    self._lock = threading.Lock()
+
+  @property
+  def num_examples(self) -> int:
+    return len(self._reader)
+
+  def _epoch_permutation(self, epoch: int) -> np.ndarray:
+    with self._lock:
+      if epoch not in self._permutations:
+        key = transforms.derive_key(self._seed, _SHUFFLE_STREAM, epoch)
+        self._permutations[epoch] = transforms.permutation(key, self.num_examples)
+        while len(self._permutations) > 3:  # A batch spans at most 2 epochs.
+          self._permutations.popitem(last=False)
+      return self._permutations[epoch]
+
+  def example_indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """(global stream positions, dataset indices) of this process's rows at `step`."""
+    if step < 0:
+      raise ValueError(f'step must be >= 0, got {step}.')
+    first = step * self._global_batch_size + self._row_offset
+    positions = first + np.arange(self._local_batch_size, dtype=np.int64)
+    epochs, offsets = np.divmod(positions, self.num_examples)
+    indices = np.empty_like(positions)
+    for epoch in np.unique(epochs):
+      in_epoch = epochs == epoch
+      indices[in_epoch] = self._epoch_permutation(int(epoch))[offsets[in_epoch]]
+    return positions, indices
+
+  def get(self, step: int) -> dict[str, np.ndarray]:
+    """This process's batch of global step `step`: 'image' uint8 NHWC, 'label' int32."""
+    positions, indices = self.example_indices(step)
+    batch = self._reader.read(indices)
+    if self._random_flip:
+      flip_bits = transforms.hash_counters(self._flip_key, positions) >> np.uint64(63)
+      flip = flip_bits.astype(bool)
+      batch['image'][flip] = batch['image'][flip, :, ::-1]
+    return batch
+
+  def iterate(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+    """get(start_step), get(start_step + 1), ... forever, prefetched in threads."""
+    if start_step < 0:
+      raise ValueError(f'start_step must be >= 0, got {start_step}.')
+    return _prefetch(self.get, _count_from(start_step))
+
+
+def _count_from(start: int) -> Iterator[int]:
+  step = start
+  while True:
+    yield step
+    step += 1
+
+
+def make_train_batches(
+    data_config: ml_collections.ConfigDict,
+    *,
+    seed: int,
+    global_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> TrainBatches:
+  """Deterministic training batches of config.data.train_split for one process."""
+  _local_batch_size(global_batch_size, process_index, process_count)
+  if not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f'seed must be a non-negative int, got {seed!r}.')
+  options, reader = _open_reader(data_config, 'train_split')
+  return TrainBatches(
+      reader,
+      seed=int(seed),
+      random_flip=options.random_flip,
+      global_batch_size=global_batch_size,
+      process_index=process_index,
+      process_count=process_count,
+  )
+
+
+def make_eval_batches(
+    data_config: ml_collections.ConfigDict,
+    *,
+    split: str,
+    global_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_examples: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over `split` (or its first num_examples) in storage order.
+
+  Every process gets the same number of batches, ceil(n / global_batch_size);
+  rows past the end are zero images with label 0 and 'mask' False.
+  """
+  local_batch_size = _local_batch_size(global_batch_size, process_index, process_count)
+  eval_config = dict(data_config.items())
+  eval_config['eval_split'] = split
+  _, reader = _open_reader(eval_config, 'eval_split')
+  if num_examples is None:
+    num_examples = len(reader)
+  elif not 0 <= num_examples <= len(reader):
+    raise ValueError(
+        f'num_examples={num_examples} must be in [0, {len(reader)}], the size of split {split!r}.')
+  num_batches = math.ceil(num_examples / global_batch_size)
+
+  def batch_at(batch_index: int) -> dict[str, np.ndarray]:
+    first = batch_index * global_batch_size + process_index * local_batch_size
+    positions = first + np.arange(local_batch_size, dtype=np.int64)
+    mask = positions < num_examples
+    real = reader.read(positions[mask])
+    batch = {
+        'image': np.zeros((local_batch_size, *real['image'].shape[1:]), np.uint8),
+        'label': np.zeros(local_batch_size, np.int32),
+        'mask': mask,
+    }
+    batch['image'][mask] = real['image']
+    batch['label'][mask] = real['label']
+    return batch
+
+  return _prefetch(batch_at, iter(range(num_batches)))

@@ -1,0 +1,232 @@
+"""The Gaussian forward process of DDPM (Ho et al. 2020) and its posteriors.
+
+Not a network: this is the fixed noising process q(x_{1:T} | x_0) shared by the
+diffusion training loss, the samplers and the likelihood evaluation.
+
+Timesteps are 0-based as in the official DDPM code: `t = 0` is the first noising
+step (the paper's t = 1) and `t = T - 1` the last. Every per-timestep quantity is
+a [T] float32 array computed in float64 numpy first, so that 1 - alphas_cumprod
+near t = 0 keeps its precision.
+"""
+from __future__ import annotations
+
+import math
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BETA_SCHEDULES = ('linear', 'quad', 'const', 'jsd', 'cosine')
+VAR_TYPES = ('fixedlarge', 'fixedsmall')
+
+# Nichol & Dhariwal (2021), eq. 17: the offset s and the cap on beta_t.
+_COSINE_OFFSET = 0.008
+_COSINE_MAX_BETA = 0.999
+
+
+def _cosine_f(u: float) -> float:
+  """f(t) of Nichol & Dhariwal eq. 17 at u = t / T; alphas_cumprod = f(t) / f(0)."""
+  return math.cos((u + _COSINE_OFFSET) / (1 + _COSINE_OFFSET) * math.pi / 2) ** 2
+
+
+def get_beta_schedule(
+    kind: str, *, beta_start: float, beta_end: float, num_timesteps: int
+) -> np.ndarray:
+  """Returns the [num_timesteps] float64 noise schedule beta_1..beta_T.
+
+  Kinds:
+    'linear': evenly spaced from beta_start to beta_end (Ho et al., sec. 4).
+    'quad':   sqrt(beta) evenly spaced, then squared (DDPM code).
+    'const':  beta_end everywhere (DDPM code); beta_start is unused.
+    'jsd':    1/T, 1/(T-1), ..., 1 (Sohl-Dickstein et al.); betas unused.
+    'cosine': Nichol & Dhariwal (2021) eq. 17 with s = 0.008,
+              beta_t = min(1 - abar(t+1)/abar(t), 0.999); betas unused.
+  """
+  if not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 2:
+    raise ValueError(
+        f'num_timesteps must be an integer >= 2, got {num_timesteps!r}.')
+  if kind == 'linear':
+    betas = np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+  elif kind == 'quad':
+    betas = np.linspace(
+        beta_start**0.5, beta_end**0.5, num_timesteps, dtype=np.float64)**2
+  elif kind == 'const':
+    betas = np.full(num_timesteps, beta_end, dtype=np.float64)
+  elif kind == 'jsd':
+    betas = 1.0 / np.linspace(num_timesteps, 1, num_timesteps, dtype=np.float64)
+  elif kind == 'cosine':
+    betas = np.array([
+        min(1 - _cosine_f((i + 1) / num_timesteps)
+            / _cosine_f(i / num_timesteps), _COSINE_MAX_BETA)
+        for i in range(num_timesteps)
+    ], dtype=np.float64)
+  else:
+    raise ValueError(
+        f'Unknown beta schedule {kind!r}; choose one of {BETA_SCHEDULES}.')
+  _check_betas(betas)
+  return betas
+
+
+def _check_betas(betas: np.ndarray) -> None:
+  """Raises unless betas is a 1-D array of at least 2 values in (0, 1]."""
+  if betas.ndim != 1:
+    raise ValueError(f'betas must be 1-D, got shape {betas.shape}.')
+  if betas.shape[0] < 2:
+    # The t = 0 decoder variance is borrowed from posterior_variance[1].
+    raise ValueError(f'Need at least 2 timesteps, got {betas.shape[0]}.')
+  if not np.all((betas > 0) & (betas <= 1)):
+    raise ValueError(
+        'Every beta must lie in (0, 1]; got min '
+        f'{betas.min()} and max {betas.max()}: change beta_start/beta_end.')
+
+
+def _gather(values: jax.Array, t: jax.Array, ndim: int) -> jax.Array:
+  """values[t] shaped to broadcast against an array of rank `ndim` ([B, ...])."""
+  t = jnp.asarray(t)
+  picked = values[t]
+  if t.ndim == 0:
+    return picked
+  return picked.reshape(picked.shape + (1,) * (ndim - t.ndim))
+
+
+@flax.struct.dataclass
+class GaussianDiffusion:
+  """The per-timestep constants of q and their use (Ho et al. eqs. 4, 6, 7).
+
+  A pytree of [T] float32 arrays (num_timesteps is static), so it can be closed
+  over or passed into a jitted function. Build it with `from_betas`.
+  """
+  betas: jax.Array
+  alphas_cumprod: jax.Array
+  alphas_cumprod_prev: jax.Array
+  sqrt_alphas_cumprod: jax.Array
+  sqrt_one_minus_alphas_cumprod: jax.Array
+  log_one_minus_alphas_cumprod: jax.Array
+  sqrt_recip_alphas_cumprod: jax.Array
+  sqrt_recipm1_alphas_cumprod: jax.Array
+  posterior_variance: jax.Array
+  posterior_log_variance_clipped: jax.Array
+  posterior_mean_coef1: jax.Array
+  posterior_mean_coef2: jax.Array
+  num_timesteps: int = flax.struct.field(pytree_node=False)
+
+  @classmethod
+  def from_betas(cls, betas: np.ndarray) -> 'GaussianDiffusion':
+    """Precomputes every constant in float64, then stores float32."""
+    betas = np.asarray(betas, dtype=np.float64)
+    _check_betas(betas)
+    alphas = 1.0 - betas
+    alphas_cumprod = np.cumprod(alphas)
+    alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+    # Eq. 7: q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, posterior_var).
+    posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (
+        1.0 - alphas_cumprod)
+    with np.errstate(divide='ignore'):
+      # posterior_variance[0] = 0 (x_0 is known); its log is clipped to the
+      # t = 1 value as in the DDPM code, which also sets the decoder scale.
+      posterior_log_variance_clipped = np.log(
+          np.append(posterior_variance[1], posterior_variance[1:]))
+      sqrt_recip_alphas_cumprod = np.sqrt(1.0 / alphas_cumprod)
+      sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / alphas_cumprod - 1.0)
+    consts = dict(
+        betas=betas,
+        alphas_cumprod=alphas_cumprod,
+        alphas_cumprod_prev=alphas_cumprod_prev,
+        sqrt_alphas_cumprod=np.sqrt(alphas_cumprod),
+        sqrt_one_minus_alphas_cumprod=np.sqrt(1.0 - alphas_cumprod),
+        log_one_minus_alphas_cumprod=np.log(1.0 - alphas_cumprod),
+        sqrt_recip_alphas_cumprod=sqrt_recip_alphas_cumprod,
+        sqrt_recipm1_alphas_cumprod=sqrt_recipm1_alphas_cumprod,
+        posterior_variance=posterior_variance,
+        posterior_log_variance_clipped=posterior_log_variance_clipped,
+        posterior_mean_coef1=betas * np.sqrt(alphas_cumprod_prev) / (
+            1.0 - alphas_cumprod),
+        posterior_mean_coef2=(1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (
+            1.0 - alphas_cumprod),
+    )
+    return cls(
+        **{k: jnp.asarray(v, dtype=jnp.float32) for k, v in consts.items()},
+        num_timesteps=int(betas.shape[0]))
+
+  def q_mean_variance(
+      self, x0: jax.Array, t: jax.Array
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Mean, variance and log-variance of q(x_t | x_0) (eq. 4)."""
+    mean = _gather(self.sqrt_alphas_cumprod, t, x0.ndim) * x0
+    # Squaring the stored sqrt keeps float32 precision where abar_t ~ 1.
+    variance = _gather(jnp.square(self.sqrt_one_minus_alphas_cumprod), t, x0.ndim)
+    log_variance = _gather(self.log_one_minus_alphas_cumprod, t, x0.ndim)
+    return (mean, jnp.broadcast_to(variance, mean.shape),
+            jnp.broadcast_to(log_variance, mean.shape))
+
+  def q_sample(self, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+    """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise (eq. 4)."""
+    return (_gather(self.sqrt_alphas_cumprod, t, x0.ndim) * x0
+            + _gather(self.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise)
+
+  def q_posterior_mean_variance(
+      self, x0: jax.Array, x_t: jax.Array, t: jax.Array
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Mean, variance, clipped log-variance of q(x_{t-1} | x_t, x_0) (eqs. 6-7).
+
+    At t = 0 the variance is 0 (x_{-1} is x_0 itself) while the log-variance
+    is clipped to its t = 1 value, as in the DDPM code.
+    """
+    mean = (_gather(self.posterior_mean_coef1, t, x_t.ndim) * x0
+            + _gather(self.posterior_mean_coef2, t, x_t.ndim) * x_t)
+    variance = _gather(self.posterior_variance, t, x_t.ndim)
+    log_variance = _gather(self.posterior_log_variance_clipped, t, x_t.ndim)
+    return (mean, jnp.broadcast_to(variance, mean.shape),
+            jnp.broadcast_to(log_variance, mean.shape))
+
+  def predict_x0_from_eps(
+      self, x_t: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
+    """Inverts eq. 4: x_0 = x_t / sqrt(abar_t) - sqrt(1/abar_t - 1) eps."""
+    return (_gather(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
+            - _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps)
+
+  def predict_eps_from_x0(
+      self, x_t: jax.Array, t: jax.Array, x0: jax.Array) -> jax.Array:
+    """Inverts eq. 4 for the noise: eps = (x_t / sqrt(abar_t) - x_0) / sqrt(1/abar_t - 1)."""
+    return ((_gather(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - x0)
+            / _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim))
+
+  def model_log_variance(self, t: jax.Array, ndim: int, var_type: str) -> jax.Array:
+    """log sigma_t^2 of p(x_{t-1} | x_t) for a fixed-variance model (sec. 3.2).
+
+    'fixedlarge': sigma_t^2 = beta_t, except at t = 0 where the DDPM code uses
+    posterior_variance[1] (beta_0 would make a needlessly wide decoder).
+    'fixedsmall': sigma_t^2 = the posterior variance of eq. 7, clipped at t = 0.
+    """
+    if var_type == 'fixedlarge':
+      log_variances = jnp.log(
+          jnp.concatenate([self.posterior_variance[1:2], self.betas[1:]]))
+    elif var_type == 'fixedsmall':
+      log_variances = self.posterior_log_variance_clipped
+    else:
+      raise ValueError(
+          f'Unknown var_type {var_type!r}; choose one of {VAR_TYPES}.')
+    return _gather(log_variances, t, ndim)
+
+  def p_mean_variance(
+      self,
+      eps: jax.Array,
+      x_t: jax.Array,
+      t: jax.Array,
+      *,
+      var_type: str = 'fixedlarge',
+      clip_denoised: bool = True,
+  ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Mean, variance, log-variance of p(x_{t-1} | x_t), and the x_0 prediction.
+
+    The mean is the posterior mean of eq. 7 at the predicted x_0, which equals
+    eq. 11 when x_0 is not clipped. The variance is always exp(log_variance):
+    at t = 0 it is the decoder's variance (see `model_log_variance`).
+    """
+    log_variance = jnp.broadcast_to(
+        self.model_log_variance(t, x_t.ndim, var_type), x_t.shape)
+    pred_x0 = self.predict_x0_from_eps(x_t, t, eps)
+    if clip_denoised:
+      pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
+    mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
+    return mean, jnp.exp(log_variance), log_variance, pred_x0

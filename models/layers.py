@@ -1,0 +1,170 @@
+"""Building blocks shared by the diffusion networks (Ho et al. 2020, Appendix B).
+
+Timestep embedding, GroupNorm-SiLU-conv ResNet block, single-head self-attention,
+and 2x up/down-sampling, all NHWC. Initialisation follows the DDPM reference:
+variance scaling ('fan_avg', uniform) with scale 1, and scale 1e-10 ("zero") for
+the last layer of every residual branch, so each block starts as the identity.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# The reference asks for scale 0 on the last layer of each residual branch and
+# replaces it by 1e-10, since variance scaling needs a positive scale.
+ZERO_INIT_SCALE = 1e-10
+
+
+def default_init(scale: float = 1.0) -> nn.initializers.Initializer:
+  """Variance scaling with mode 'fan_avg' and a uniform distribution."""
+  return nn.initializers.variance_scaling(
+      ZERO_INIT_SCALE if scale == 0 else scale, "fan_avg", "uniform")
+
+
+def timestep_embedding(timesteps: jax.Array, embedding_dim: int,
+                       max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal embedding of (possibly fractional) timesteps, shape [B, dim].
+
+  The tensor2tensor variant used by DDPM: frequencies
+  max_period**(-i / (half - 1)) for i = 0..half-1, sines then cosines, one zero
+  column appended when dim is odd. (Vaswani et al. 2017, Sec. 3.5, interleave
+  them and use max_period**(-i / half).)
+  """
+  if timesteps.ndim != 1:
+    raise ValueError(f"timesteps must have shape [batch], got {timesteps.shape}.")
+  half_dim = embedding_dim // 2
+  if half_dim < 2:
+    raise ValueError(f"embedding_dim must be at least 4, got {embedding_dim}.")
+  exponent = -math.log(max_period) / (half_dim - 1)
+  frequencies = jnp.exp(jnp.arange(half_dim, dtype=jnp.float32) * exponent)
+  angles = timesteps.astype(jnp.float32)[:, None] * frequencies[None, :]
+  embedding = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1)
+  if embedding_dim % 2 == 1:
+    embedding = jnp.pad(embedding, ((0, 0), (0, 1)))
+  return embedding
+
+
+def num_norm_groups(channels: int, num_groups: int) -> int:
+  """gcd(min(num_groups, channels // 4), channels): at least 4 channels per group.
+
+  This is num_groups (32) on every layer of the paper's networks (>= 128
+  channels). Narrow test networks need fewer groups: with one channel per group
+  GroupNorm would subtract the per-channel timestep bias that the ResNet block
+  has just added, so the network would ignore t. The gcd keeps it a divisor
+  (concatenated skips can have e.g. 48 channels).
+  """
+  return math.gcd(max(1, min(num_groups, channels // 4)), channels)
+
+
+def group_norm(channels: int, num_groups: int, dtype: Dtype,
+               name: str | None = None) -> nn.GroupNorm:
+  """GroupNorm with num_norm_groups(channels, num_groups) groups.
+
+  Epsilon 1e-6 as in tf.contrib.layers.group_norm used by the reference.
+  """
+  return nn.GroupNorm(num_groups=num_norm_groups(channels, num_groups),
+                      epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
+                      name=name)
+
+
+def conv3x3(features: int, stride: int = 1, init_scale: float = 1.0,
+            dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
+  """3x3 'SAME' convolution with the reference initialisation."""
+  return nn.Conv(features, kernel_size=(3, 3), strides=(stride, stride),
+                 padding="SAME", kernel_init=default_init(init_scale),
+                 bias_init=nn.initializers.zeros, dtype=dtype,
+                 param_dtype=jnp.float32, name=name)
+
+
+def dense(features: int, init_scale: float = 1.0, dtype: Dtype = jnp.float32,
+          name: str | None = None) -> nn.Dense:
+  """Dense on the last axis; on NHWC maps it is the reference's 'NIN' (1x1 conv)."""
+  return nn.Dense(features, kernel_init=default_init(init_scale),
+                  bias_init=nn.initializers.zeros, dtype=dtype,
+                  param_dtype=jnp.float32, name=name)
+
+
+class ResnetBlock(nn.Module):
+  """x + conv(drop(act(norm(conv(act(norm(x))) + Dense(act(temb)))))).
+
+  The second conv starts near zero, so the block starts as the (shortcut) identity.
+  """
+  out_channels: int | None = None
+  dropout: float = 0.0
+  conv_shortcut: bool = False  # 3x3 conv instead of a 1x1 NIN when channels change
+  num_groups: int = 32
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, temb: jax.Array | None, *,
+               train: bool) -> jax.Array:
+    in_channels = x.shape[-1]
+    out_channels = self.out_channels or in_channels
+    h = nn.silu(group_norm(in_channels, self.num_groups, self.dtype, "norm1")(x))
+    h = conv3x3(out_channels, dtype=self.dtype, name="conv1")(h)
+    if temb is not None:
+      # Per-channel bias from the timestep (and class) embedding.
+      h += dense(out_channels, dtype=self.dtype, name="temb_proj")(
+          nn.silu(temb))[:, None, None, :]
+    h = nn.silu(group_norm(out_channels, self.num_groups, self.dtype, "norm2")(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = conv3x3(out_channels, init_scale=0.0, dtype=self.dtype, name="conv2")(h)
+    if in_channels != out_channels:
+      if self.conv_shortcut:
+        x = conv3x3(out_channels, dtype=self.dtype, name="conv_shortcut")(x)
+      else:
+        x = dense(out_channels, dtype=self.dtype, name="nin_shortcut")(x)
+    return x + h
+
+
+class AttentionBlock(nn.Module):
+  """Single-head self-attention over all H*W positions, plus the input."""
+  num_groups: int = 32
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    batch, height, width, channels = x.shape
+    h = group_norm(channels, self.num_groups, self.dtype, "norm")(x)
+    q = dense(channels, dtype=self.dtype, name="q")(h)
+    k = dense(channels, dtype=self.dtype, name="k")(h)
+    v = dense(channels, dtype=self.dtype, name="v")(h)
+    q, k, v = (a.reshape(batch, height * width, channels) for a in (q, k, v))
+    # Scaled dot-product logits; softmax in float32 even for bf16 activations.
+    logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits * channels**-0.5, axis=-1).astype(v.dtype)
+    h = jnp.einsum("bij,bjc->bic", weights, v).reshape(x.shape)
+    h = dense(channels, init_scale=0.0, dtype=self.dtype, name="proj_out")(h)
+    return x + h
+
+
+class Downsample(nn.Module):
+  """Halves H and W: 3x3 conv with stride 2, or 2x2 average pooling."""
+  with_conv: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.with_conv:
+      # 'SAME' with stride 2 pads (0, 1) on even sizes, as TF does in the reference.
+      return conv3x3(x.shape[-1], stride=2, dtype=self.dtype, name="conv")(x)
+    return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
+
+
+class Upsample(nn.Module):
+  """Doubles H and W by nearest-neighbour repetition, then an optional 3x3 conv."""
+  with_conv: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    if self.with_conv:
+      x = conv3x3(x.shape[-1], dtype=self.dtype, name="conv")(x)
+    return x

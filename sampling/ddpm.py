@@ -1,0 +1,163 @@
+"""DDPM ancestral sampling (Ho et al. 2020) and DDIM (Song et al. 2021).
+
+Pure functions of a noise-prediction function, the forward process, an rng and
+a shape; each runs one `lax.fori_loop`, so it can be jitted whole. Arguments that
+change the loop's structure (shape, var_type, num_steps, eta, spacing, clipping)
+are Python values, checked before tracing.
+
+Randomness: x_T is drawn from `split(rng)[0]`; the noise of loop iteration i
+from `fold_in(split(rng)[1], i)`.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.diffusion import GaussianDiffusion, VAR_TYPES
+
+EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
+DDIM_SPACINGS = ('uniform', 'quadratic')
+
+
+@flax.struct.dataclass
+class SampleOutput:
+  """Samples in [-1, 1] (unclipped when clip_denoised=False) and their cost."""
+  images: jax.Array
+  nfe: int = flax.struct.field(pytree_node=False)
+
+
+def to_uint8(x: jax.Array) -> jax.Array:
+  """Maps [-1, 1] to the 256 levels: round((x + 1) * 127.5), clipped to [0, 255]."""
+  return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
+  shape = tuple(int(s) for s in shape)
+  if len(shape) < 1 or any(s < 1 for s in shape):
+    raise ValueError(
+        f'shape must be a non-empty tuple of positive sizes [B, ...], got {shape}.')
+  return shape
+
+
+def ancestral_sample(
+    eps_fn: EpsFn,
+    diffusion: GaussianDiffusion,
+    rng: jax.Array,
+    shape: Sequence[int],
+    *,
+    var_type: str = 'fixedlarge',
+    clip_denoised: bool = True,
+) -> SampleOutput:
+  """Algorithm 2 of Ho et al.: x_{t-1} = mu(x_t, t) + sigma_t z, z = 0 at t = 0.
+
+  One eps_fn call per timestep, so nfe = T. With clip_denoised the last step
+  returns the clipped x_0 prediction (the posterior mean at t = 0 is x_0).
+  """
+  shape = _check_shape(shape)
+  if var_type not in VAR_TYPES:
+    raise ValueError(f'Unknown var_type {var_type!r}; choose one of {VAR_TYPES}.')
+  num_timesteps = diffusion.num_timesteps
+  init_rng, loop_rng = jax.random.split(rng)
+  x_init = jax.random.normal(init_rng, shape, jnp.float32)
+
+  def step(i, x_t):
+    t = num_timesteps - 1 - i
+    t_batch = jnp.full((shape[0],), t, dtype=jnp.int32)
+    eps = eps_fn(x_t, t_batch)
+    mean, _, log_variance, _ = diffusion.p_mean_variance(
+        eps, x_t, t_batch, var_type=var_type, clip_denoised=clip_denoised)
+    noise = jax.random.normal(jax.random.fold_in(loop_rng, i), shape, jnp.float32)
+    # No noise on the last step (t = 0): the sample is the decoder's mean.
+    noise_scale = jnp.where(t > 0, jnp.exp(0.5 * log_variance), 0.0)
+    return mean + noise_scale * noise
+
+  images = jax.lax.fori_loop(0, num_timesteps, step, x_init)
+  return SampleOutput(images=images, nfe=num_timesteps)
+
+
+def ddim_timesteps(num_timesteps: int, num_steps: int, spacing: str) -> np.ndarray:
+  """The increasing 0-based timesteps tau_1..tau_S visited by DDIM.
+
+  As in the DDIM code (Song et al. 2021, App. D.2): 'uniform' is
+  0, c, 2c, ... with c = T // S, 'quadratic' is int(linspace(0, sqrt(0.8 T), S)^2).
+  'uniform' takes exactly S steps even when S does not divide T (the DDIM code
+  would take a few more). 'quadratic' may repeat early timesteps when S is large
+  relative to T; a repeated step leaves x unchanged but still costs an eps_fn call.
+  """
+  if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= num_timesteps:
+    raise ValueError(
+        f'num_steps must be an integer in [1, {num_timesteps}], got {num_steps!r}.')
+  if spacing == 'uniform':
+    return np.arange(num_steps, dtype=np.int64) * (num_timesteps // num_steps)
+  if spacing == 'quadratic':
+    # The 1e-6 undoes float rounding (sqrt(0.8 T)^2 can land just below 0.8 T).
+    squares = np.linspace(0, np.sqrt(num_timesteps * 0.8), num_steps) ** 2
+    return np.floor(squares + 1e-6).astype(np.int64)
+  raise ValueError(
+      f'Unknown step_spacing {spacing!r}; choose one of {DDIM_SPACINGS}.')
+
+
+def ddim_sample(
+    eps_fn: EpsFn,
+    diffusion: GaussianDiffusion,
+    rng: jax.Array,
+    shape: Sequence[int],
+    *,
+    num_steps: int,
+    eta: float = 0.0,
+    step_spacing: str = 'uniform',
+    clip_denoised: bool = True,
+) -> SampleOutput:
+  """DDIM, Song et al. 2021 eq. 12, over the subsequence `ddim_timesteps`.
+
+    x_prev = sqrt(abar_prev) x0_pred + sqrt(1 - abar_prev - sigma^2) eps + sigma z,
+    sigma = eta sqrt((1 - abar_prev) / (1 - abar) (1 - abar / abar_prev))   (eq. 16)
+
+  with abar_prev = 1 after the first timestep. eta = 0 is deterministic given
+  x_T; eta = 1 over all T steps is ancestral sampling with 'fixedsmall'
+  variances. With clip_denoised, x0_pred is clipped to [-1, 1] and eps is
+  recomputed from it so that eq. 12 stays consistent.
+  """
+  shape = _check_shape(shape)
+  num_timesteps = diffusion.num_timesteps
+  timesteps = ddim_timesteps(num_timesteps, num_steps, step_spacing)
+  eta = float(eta)
+  if not eta >= 0.0:
+    raise ValueError(f'eta must be >= 0, got {eta}.')
+  prev_timesteps = np.append(-1, timesteps[:-1])
+  timesteps = jnp.asarray(timesteps, dtype=jnp.int32)
+  prev_timesteps = jnp.asarray(prev_timesteps, dtype=jnp.int32)
+  init_rng, loop_rng = jax.random.split(rng)
+  x_init = jax.random.normal(init_rng, shape, jnp.float32)
+
+  def step(i, x_t):
+    k = num_steps - 1 - i
+    t, t_prev = timesteps[k], prev_timesteps[k]
+    t_batch = jnp.full((shape[0],), t, dtype=jnp.int32)
+    eps = eps_fn(x_t, t_batch)
+    x0_pred = diffusion.predict_x0_from_eps(x_t, t_batch, eps)
+    if clip_denoised:
+      x0_pred = jnp.clip(x0_pred, -1.0, 1.0)
+      eps = diffusion.predict_eps_from_x0(x_t, t_batch, x0_pred)
+    alpha_bar = diffusion.alphas_cumprod[t]
+    alpha_bar_prev = jnp.where(
+        t_prev >= 0, diffusion.alphas_cumprod[jnp.maximum(t_prev, 0)], 1.0)
+    x_prev = jnp.sqrt(alpha_bar_prev) * x0_pred
+    if eta > 0.0:
+      variance = (eta**2 * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
+                  * (1.0 - alpha_bar / alpha_bar_prev))
+      noise = jax.random.normal(
+          jax.random.fold_in(loop_rng, i), shape, jnp.float32)
+      x_prev = x_prev + jnp.sqrt(variance) * noise
+    else:
+      variance = 0.0
+    # eta > 1 can make sigma^2 exceed 1 - abar_prev; eq. 12 then drops eps.
+    direction_scale = jnp.sqrt(jnp.maximum(1.0 - alpha_bar_prev - variance, 0.0))
+    return x_prev + direction_scale * eps
+
+  images = jax.lax.fori_loop(0, num_steps, step, x_init)
+  return SampleOutput(images=images, nfe=int(num_steps))

@@ -1,0 +1,80 @@
+"""Every config in configs/ loads, names what scripts rely on, and trains a step."""
+
+import glob
+import importlib
+import os
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from train import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_NAMES = sorted(os.path.basename(p)[:-3]
+                      for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                      if not p.endswith("__init__.py"))
+REQUIRED_FIELDS = ("seed", "data.dataset", "data.data_dir", "training.batch_size",
+                   "training.num_train_steps", "training.log_every_steps",
+                   "training.checkpoint_every_steps", "training.sample_every_steps",
+                   "eval.num_samples")
+
+
+def load(name, arg=None):
+  module = importlib.import_module(f"configs.{name}")
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def get_field(config, dotted):
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_config_has_the_fields_scripts_rely_on(name):
+  config = load(name)
+  for field in REQUIRED_FIELDS:
+    get_field(config, field)   # raises if missing
+  module = importlib.import_module(f"configs.{name}")
+  if name != "default":
+    assert "python main.py --config=configs/" + name in module.__doc__
+
+
+def test_ddpm_cifar_has_the_papers_hyperparameters():
+  c = load("ddpm_cifar")
+  assert (c.diffusion.num_timesteps, c.diffusion.beta_schedule, c.diffusion.beta_start,
+          c.diffusion.beta_end) == (1000, "linear", 1e-4, 0.02)
+  assert (c.model.ch, tuple(c.model.ch_mult), c.model.num_res_blocks,
+          tuple(c.model.attn_resolutions), c.model.dropout) == (128, (1, 2, 2, 2), 2,
+                                                                (16,), 0.1)
+  assert (c.optim.optimizer, c.optim.learning_rate, c.optim.warmup_steps,
+          c.optim.grad_clip_norm, c.optim.ema_decay) == ("adam", 2e-4, 5000, 1.0, 0.9999)
+  assert (c.training.batch_size, c.training.num_train_steps, c.data.random_flip,
+          c.data.dataset) == (128, 800_000, True, "cifar10")
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIG_NAMES if n != "default"])
+def test_config_trains_one_step_on_tiny_shapes(name, tmp_path, fast_compile):
+  """The config's own structure (levels, attention, schedule) with tiny widths."""
+  config = load(name)
+  config.data.data_dir = os.environ.get("TFDS_DATA_DIR")
+  config.model.ch = 8
+  config.model.num_groups = 4
+  config.diffusion.num_timesteps = 4
+  t = config.training
+  t.batch_size = 2
+  t.num_train_steps = 1
+  t.log_every_steps = t.checkpoint_every_steps = 1
+  t.sample_every_steps = 0
+  t.async_checkpointing = False
+  config.eval.num_eval_examples = 2
+  config.eval.batch_size = 2
+  config.eval.vlb_timestep_chunk = 2
+  with tfds.testing.mock_data(num_examples=8,
+                              policy=tfds.testing.MockPolicy.USE_FILES
+                              if False else tfds.testing.MockPolicy.AUTO):
+    state = loop.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 1
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))

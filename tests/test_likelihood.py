@@ -1,0 +1,273 @@
+"""Tests for evaluation/likelihood.py against scipy, quadrature and brute force."""
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate, special, stats
+
+from evaluation.likelihood import (
+    approx_standard_normal_cdf, discretized_gaussian_log_likelihood, normal_kl,
+    standard_normal_cdf, vlb_bpd)
+from models.diffusion import GaussianDiffusion, get_beta_schedule
+
+LEVELS = np.arange(256)
+LEVELS_FLOAT = LEVELS / 127.5 - 1.0
+
+
+def _gaussian_eps_fn(diffusion, mu, std):
+  """E[eps | x_t] for x_0 ~ N(mu, std^2) per sub-pixel: the optimal denoiser.
+
+  x_t = a x_0 + sigma eps is jointly Gaussian with eps, so
+  E[eps | x_t] = sigma (x_t - a mu) / (a^2 std^2 + sigma^2).
+  """
+  def eps_fn(x_t, t):
+    abar = diffusion.alphas_cumprod[t].reshape((-1,) + (1,) * (x_t.ndim - 1))
+    return (jnp.sqrt(1 - abar) * (x_t - jnp.sqrt(abar) * mu)
+            / (abar * std**2 + 1 - abar))
+  return eps_fn
+
+
+# ------------------------------------------------------------------ normal_kl
+
+
+@pytest.mark.parametrize('mean1,var1,mean2,var2', [
+    (0.0, 1.0, 0.0, 1.0), (0.3, 0.5, -0.2, 2.0), (1.0, 0.01, 0.9, 0.02),
+    (-2.0, 3.0, 1.0, 0.5)])
+def test_normal_kl_matches_quadrature(mean1, var1, mean2, var2):
+  p = stats.norm(mean1, math.sqrt(var1))
+  q = stats.norm(mean2, math.sqrt(var2))
+  lo, hi = mean1 - 15 * math.sqrt(var1), mean1 + 15 * math.sqrt(var1)
+  expected, _ = integrate.quad(
+      lambda x: p.pdf(x) * (p.logpdf(x) - q.logpdf(x)), lo, hi, limit=200)
+  got = normal_kl(jnp.float32(mean1), jnp.float32(math.log(var1)),
+                  jnp.float32(mean2), jnp.float32(math.log(var2)))
+  assert float(got) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def test_normal_kl_matches_monte_carlo_and_broadcasts():
+  rng = np.random.default_rng(0)
+  mean1, std1, mean2, std2 = 0.5, 0.7, 0.0, 1.3
+  x = rng.normal(mean1, std1, size=1_000_000)
+  log_ratio = (stats.norm.logpdf(x, mean1, std1) - stats.norm.logpdf(x, mean2, std2))
+  got = normal_kl(jnp.full((2, 3), mean1), 2 * math.log(std1), mean2,
+                  jnp.full((3,), 2 * math.log(std2)))
+  assert got.shape == (2, 3)
+  standard_error = log_ratio.std() / math.sqrt(x.size)
+  np.testing.assert_allclose(got, log_ratio.mean(), atol=5 * standard_error)
+
+
+# ----------------------------------------------------------------------- CDFs
+
+
+def test_normal_cdfs():
+  x = np.linspace(-8, 8, 2001)
+  np.testing.assert_allclose(standard_normal_cdf(jnp.asarray(x)), stats.norm.cdf(x),
+                             atol=1e-6)
+  # The DDPM code's tanh approximation is close but not exact.
+  error = np.abs(np.asarray(approx_standard_normal_cdf(jnp.asarray(x)))
+                 - stats.norm.cdf(x))
+  assert error.max() < 3e-4 and error.max() > 1e-5
+
+
+# ------------------------------------------------------- discretized decoder
+
+
+def _reference_bin_masses(mean, scale):
+  """Gaussian mass of each of the 256 bins, edge bins open, in float64."""
+  upper = np.append(LEVELS_FLOAT[:-1] + 1 / 255, np.inf)
+  lower = np.append(-np.inf, LEVELS_FLOAT[1:] - 1 / 255)
+  return stats.norm.cdf(upper, mean, scale) - stats.norm.cdf(lower, mean, scale)
+
+
+@pytest.mark.parametrize('mean,scale', [
+    (0.0, 0.01), (0.3, 0.2), (-0.995, 0.005), (1.0, 0.05), (1.4, 0.3),
+    (0.0, 3.0), (-0.5, 1e-3)])
+@pytest.mark.parametrize('exact_cdf', [True, False])
+def test_discretized_bins_sum_to_one_and_match_scipy(mean, scale, exact_cdf):
+  log_probs = discretized_gaussian_log_likelihood(
+      jnp.asarray(LEVELS_FLOAT, jnp.float32), means=jnp.float32(mean),
+      log_scales=jnp.float32(math.log(scale)), exact_cdf=exact_cdf)
+  probs = np.exp(np.asarray(log_probs, np.float64))
+  expected = _reference_bin_masses(mean, scale)
+  atol = 1e-5 if exact_cdf else 5e-4  # the tanh CDF costs accuracy
+  assert probs.sum() == pytest.approx(1.0, abs=256 * atol)
+  np.testing.assert_allclose(probs, expected, atol=atol)
+  if exact_cdf:
+    significant = expected > 1e-6
+    np.testing.assert_allclose(probs[significant], expected[significant], rtol=2e-3)
+
+
+@pytest.mark.parametrize('distance', [6.0, 12.0, 40.0])
+def test_discretized_far_tail_bins_are_accurate(distance):
+  """A bin `distance` scales above the mean: mass by quadrature, scaled by pdf."""
+  scale = 0.02
+  level = 200
+  x = LEVELS_FLOAT[level]
+  mean = x - distance * scale
+  a, b = (x - 1 / 255 - mean) / scale, (x + 1 / 255 - mean) / scale
+  # mass = phi(a) * int_a^b exp(-(z^2 - a^2) / 2) dz / sqrt(2 pi)... in log space.
+  ratio, _ = integrate.quad(lambda z: math.exp(-(z * z - a * a) / 2), a, b)
+  expected = -a * a / 2 - 0.5 * math.log(2 * math.pi) + math.log(ratio)
+  got = discretized_gaussian_log_likelihood(
+      jnp.float32(x), means=jnp.float32(mean), log_scales=jnp.float32(math.log(scale)))
+  assert float(got) == pytest.approx(expected, rel=2e-4)
+  # The same bin mirrored below the mean (the lower tail).
+  mirrored = discretized_gaussian_log_likelihood(
+      jnp.float32(-x), means=jnp.float32(-mean),
+      log_scales=jnp.float32(math.log(scale)))
+  assert float(mirrored) == pytest.approx(expected, rel=2e-4)
+
+
+# ---------------------------------------------------------- variational bound
+
+
+def _discretized_gaussian_data(rng, mu, std, shape):
+  """uint8 data from rounding N(mu, std^2) and its true NLL in bits/dim [B]."""
+  levels = np.clip(np.round((rng.normal(mu, std, size=shape) + 1) * 127.5), 0, 255)
+  centers = levels / 127.5 - 1
+  upper = np.where(levels == 255, np.inf, centers + 1 / 255)
+  lower = np.where(levels == 0, -np.inf, centers - 1 / 255)
+  log_mass = np.log(stats.norm.cdf(upper, mu, std) - stats.norm.cdf(lower, mu, std))
+  nll_bpd = -log_mass.reshape(shape[0], -1).mean(1) / math.log(2)
+  return levels.astype(np.uint8), nll_bpd
+
+
+@functools.partial(jax.jit, static_argnames='var_type')
+def _gaussian_data_vlb(diffusion, x0_uint8, rng, mu, std, var_type):
+  """vlb_bpd with the optimal denoiser; one compilation serves every (mu, std)."""
+  return vlb_bpd(_gaussian_eps_fn(diffusion, mu, std), diffusion, x0_uint8, rng,
+                 var_type=var_type, timestep_chunk=100)
+
+
+@pytest.mark.parametrize('mu,std,max_gap', [
+    # Data well inside [-1, 1]: the bound is 0.1-0.2 bits above the NLL.
+    (0.1, 0.2, 0.3),
+    # 16% of the data in the top edge bin, which the Gaussian denoiser ignores.
+    (0.6, 0.4, 1.2),
+])
+def test_vlb_bounds_the_true_nll_of_gaussian_data(mu, std, max_gap):
+  """E[bpd_vlb] >= E[-log2 p_data] / D, and not by much for the optimal denoiser.
+
+  E_data[VLB] >= E_data[-log p_model] >= E_data[-log p_data] (cross-entropy >=
+  entropy), so the mean over examples must be above the true NLL of the data.
+  The gap does not vanish: with T = 1000 the reverse variances are fixed
+  (beta_t) rather than the true Var[x_{t-1} | x_t], the denoiser is optimal
+  for the continuous Gaussian, not for the 256-level data it is scored on,
+  and the decoder is a Gaussian of a fixed width of about one bin. The bound
+  is tight only as T -> inf with a decoder matched to the data.
+  """
+  num_timesteps, batch = 1000, 512
+  diffusion = GaussianDiffusion.from_betas(get_beta_schedule(
+      'linear', beta_start=1e-4, beta_end=0.02, num_timesteps=num_timesteps))
+  x0_uint8, nll_bpd = _discretized_gaussian_data(
+      np.random.default_rng(0), mu, std, (batch, 4, 4, 1))
+  out = _gaussian_data_vlb(diffusion, jnp.asarray(x0_uint8), jax.random.key(0),
+                           mu, std, var_type='fixedlarge')
+  out = jax.tree.map(np.asarray, out)
+  assert out['terms_bpd'].shape == (batch, num_timesteps)
+  gap = out['bpd_vlb'].mean() - nll_bpd.mean()
+  standard_error = (out['bpd_vlb'] - nll_bpd).std() / math.sqrt(batch)
+  assert gap > 4 * standard_error, (gap, standard_error)
+  assert gap < max_gap, (gap, standard_error)
+  # L_T is negligible for this schedule: abar_T ~ 4e-5.
+  assert np.all(out['prior_bpd'] < 1e-4)
+
+
+def _brute_force_terms(eps_fn, betas, x0_uint8, rng, var_type, clip_denoised):
+  """The bound term by term in float64 numpy, one Python iteration per t."""
+  num_timesteps = len(betas)
+  x0 = x0_uint8.astype(np.float64) / 127.5 - 1
+  batch = x0.shape[0]
+  alphas_cumprod = np.cumprod(1 - betas)
+  terms = np.zeros((batch, num_timesteps))
+  for t in range(num_timesteps):
+    beta, abar = betas[t], alphas_cumprod[t]
+    abar_prev = alphas_cumprod[t - 1] if t > 0 else 1.0
+    noise = np.asarray(
+        jax.random.normal(jax.random.fold_in(rng, t), x0.shape), np.float64)
+    x_t = math.sqrt(abar) * x0 + math.sqrt(1 - abar) * noise
+    eps = np.asarray(eps_fn(jnp.asarray(x_t, jnp.float32),
+                            jnp.full((batch,), t, jnp.int32)), np.float64)
+    if clip_denoised:
+      x0_pred = np.clip((x_t - math.sqrt(1 - abar) * eps) / math.sqrt(abar), -1, 1)
+      model_mean = (math.sqrt(abar_prev) * beta / (1 - abar) * x0_pred
+                    + math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar) * x_t)
+    else:
+      # Ho et al. eq. 11.
+      model_mean = (x_t - beta / math.sqrt(1 - abar) * eps) / math.sqrt(1 - beta)
+    # The decoder variance at t = 0: the t = 1 posterior variance.
+    posterior_var_1 = betas[1] * (1 - alphas_cumprod[0]) / (1 - alphas_cumprod[1])
+    if t == 0:
+      scale = math.sqrt(posterior_var_1)
+      upper = np.where(x0_uint8 == 255, np.inf, x0 + 1 / 255)
+      lower = np.where(x0_uint8 == 0, -np.inf, x0 - 1 / 255)
+      mass = (stats.norm.cdf(upper, model_mean, scale)
+              - stats.norm.cdf(lower, model_mean, scale))
+      nats = -np.log(mass)
+    else:
+      true_var = beta * (1 - abar_prev) / (1 - abar)
+      true_mean = (math.sqrt(abar_prev) * beta / (1 - abar) * x0
+                   + math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar) * x_t)
+      model_var = beta if var_type == 'fixedlarge' else true_var
+      nats = 0.5 * (math.log(model_var / true_var) - 1
+                    + (true_var + (true_mean - model_mean) ** 2) / model_var)
+    terms[:, t] = nats.reshape(batch, -1).mean(1) / math.log(2)
+  abar_last = alphas_cumprod[-1]
+  prior = 0.5 * (-math.log(1 - abar_last) - 1 + (1 - abar_last) + abar_last * x0**2)
+  return terms, prior.reshape(batch, -1).mean(1) / math.log(2)
+
+
+@pytest.mark.parametrize('var_type,clip_denoised', [
+    ('fixedlarge', False), ('fixedsmall', False), ('fixedlarge', True)])
+def test_vlb_terms_match_brute_force(fast_compile, var_type, clip_denoised):
+  betas = np.linspace(0.05, 0.4, 8)
+  diffusion = GaussianDiffusion.from_betas(betas)
+  rng_np = np.random.default_rng(1)
+  x0_uint8 = rng_np.integers(0, 256, size=(3, 2, 2, 2)).astype(np.uint8)
+  x0_uint8[0, 0, 0] = [0, 255]  # both edge bins
+  # Any eps function will do; this one is off from the optimum on purpose.
+  def eps_fn(x_t, t):
+    return jnp.tanh(1.5 * x_t) * (t[:, None, None, None] + 1) / 8 + 0.1
+  rng = jax.random.key(7)
+  out = vlb_bpd(eps_fn, diffusion, jnp.asarray(x0_uint8), rng, var_type=var_type,
+                clip_denoised=clip_denoised, timestep_chunk=3)
+  terms, prior = _brute_force_terms(
+      eps_fn, betas, x0_uint8, rng, var_type, clip_denoised)
+  np.testing.assert_allclose(out['terms_bpd'], terms, rtol=2e-3, atol=1e-5)
+  np.testing.assert_allclose(out['prior_bpd'], prior, rtol=2e-3, atol=1e-6)
+  np.testing.assert_allclose(out['decoder_bpd'], terms[:, 0], rtol=2e-3)
+  np.testing.assert_allclose(
+      out['bpd_vlb'], prior + terms.sum(1), rtol=2e-3)
+
+
+def test_vlb_chunking_and_jit_do_not_change_the_result(fast_compile):
+  diffusion = GaussianDiffusion.from_betas(np.linspace(0.05, 0.4, 7))
+  x0_uint8 = jnp.asarray(
+      np.random.default_rng(2).integers(0, 256, size=(2, 3, 3, 1)), jnp.uint8)
+  eps_fn = _gaussian_eps_fn(diffusion, 0.0, 0.5)
+  rng = jax.random.key(3)
+  reference = vlb_bpd(eps_fn, diffusion, x0_uint8, rng, timestep_chunk=1)
+  for chunk in (3, 50):  # 3 does not divide T = 7: the last chunk is padded
+    jitted = jax.jit(lambda x, r, c=chunk: vlb_bpd(
+        eps_fn, diffusion, x, r, timestep_chunk=c))
+    out = jitted(x0_uint8, rng)
+    for key in reference:
+      np.testing.assert_allclose(out[key], reference[key], rtol=1e-5, err_msg=key)
+  assert reference['terms_bpd'].shape == (2, 7)
+  assert set(reference) == {'bpd_vlb', 'prior_bpd', 'decoder_bpd', 'terms_bpd'}
+
+
+def test_vlb_bad_arguments_raise():
+  diffusion = GaussianDiffusion.from_betas(np.linspace(0.05, 0.4, 4))
+  eps_fn = _gaussian_eps_fn(diffusion, 0.0, 0.5)
+  x0_uint8 = jnp.zeros((2, 2, 2, 1), jnp.uint8)
+  rng = jax.random.key(0)
+  with pytest.raises(ValueError, match='uint8'):
+    vlb_bpd(eps_fn, diffusion, x0_uint8.astype(jnp.float32), rng)
+  with pytest.raises(ValueError, match='var_type'):
+    vlb_bpd(eps_fn, diffusion, x0_uint8, rng, var_type='learned')
+  with pytest.raises(ValueError, match='timestep_chunk'):
+    vlb_bpd(eps_fn, diffusion, x0_uint8, rng, timestep_chunk=0)

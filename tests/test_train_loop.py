@@ -1,0 +1,142 @@
+"""The one training loop end to end on `digits`: resume, NaN halt, eval, sampling."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import ddpm_digits
+from train import families, loop
+from train import ddpm as ddpm_family
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(num_train_steps=4, **training):
+  """A seconds-long DDPM on 8x8 digits."""
+  config = ddpm_digits.get_config()
+  config.data.image_size = None          # native 8x8
+  config.data.data_dir = os.environ.get("TFDS_DATA_DIR")
+  config.model.ch = 8
+  config.model.ch_mult = (1, 2)
+  config.model.num_res_blocks = 1
+  config.model.attn_resolutions = (4,)
+  config.model.num_groups = 4
+  config.model.dropout = 0.1             # exercises the dropout rng in resume
+  config.diffusion.num_timesteps = 10
+  config.optim.warmup_steps = 2
+  t = config.training
+  t.batch_size = 8
+  t.num_train_steps = num_train_steps
+  t.log_every_steps = 2
+  t.checkpoint_every_steps = 2
+  t.sample_every_steps = 0
+  t.num_samples_in_grid = 4
+  t.async_checkpointing = False
+  for k, v in training.items():
+    t[k] = v
+  config.eval.num_eval_examples = 16
+  config.eval.batch_size = 8
+  config.eval.vlb_timestep_chunk = 5
+  config.eval.num_samples = 6
+  config.sampling.batch_size = 4
+  return config
+
+
+def leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, fast_compile):
+  full = loop.train_and_evaluate(tiny_config(4), str(tmp_path / "full"))
+  loop.train_and_evaluate(tiny_config(2), str(tmp_path / "split"))
+  resumed = loop.train_and_evaluate(tiny_config(4), str(tmp_path / "split"))
+  assert int(full.step) == int(resumed.step) == 4
+  for a, b in zip(leaves(full.checkpoint_tree()), leaves(resumed.checkpoint_tree())):
+    np.testing.assert_array_equal(a, b)   # bit for bit on CPU
+  # The eval JSON of both runs exists and agrees.
+  r1 = json.load(open(tmp_path / "full" / "eval" / "step_00000004.json"))
+  r2 = json.load(open(tmp_path / "split" / "eval" / "step_00000004.json"))
+  assert r1["bpd_vlb"] == r2["bpd_vlb"] and r1["config_name"] == "ddpm_digits"
+  assert r1["num_examples"] == 16 and np.isfinite(r1["bpd_vlb"])
+
+
+def test_fused_steps_equal_single_steps(tmp_path, fast_compile):
+  single = loop.train_and_evaluate(tiny_config(4), str(tmp_path / "a"))
+  fused = loop.train_and_evaluate(tiny_config(4, steps_per_call=2), str(tmp_path / "b"))
+  for a, b in zip(leaves(single.params), leaves(fused.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_loss_stops_training_without_checkpointing_it(tmp_path, monkeypatch,
+                                                          fast_compile):
+  class NaNFamily(ddpm_family.DDPM):
+    def train_step(self, state, batch):
+      new_state, metrics = super().train_step(state, batch)
+      bad = state.step >= 2   # steps 3 and later produce NaN
+      nan_if_bad = jax.numpy.where(bad, jax.numpy.nan, 0.0)
+      params = jax.tree.map(lambda p: p + nan_if_bad, new_state.params)
+      metrics = dict(metrics, loss=metrics["loss"] + nan_if_bad)
+      return new_state.replace(params=params), metrics
+
+  monkeypatch.setitem(families.FAMILIES, "nan_ddpm", NaNFamily)
+  config = tiny_config(6)
+  config.model.family = "nan_ddpm"
+  workdir = tmp_path / "w"
+  with pytest.raises(loop.NonFiniteLossError, match="step 3.*newest good checkpoint is "
+                     "step 2"):
+    loop.train_and_evaluate(config, str(workdir))
+  steps = sorted(os.listdir(workdir / "checkpoints"))
+  assert steps == ["2"], steps
+
+
+def test_bad_config_values_fail_before_compiling(tmp_path):
+  config = tiny_config(4, log_every_steps=3, steps_per_call=2)
+  with pytest.raises(ValueError, match="log_every_steps=3 must be a multiple"):
+    loop.train_and_evaluate(config, str(tmp_path))
+  config = tiny_config(4)
+  config.model.family = "nope"
+  with pytest.raises(ValueError, match="model.family='nope'"):
+    loop.train_and_evaluate(config, str(tmp_path))
+  config = tiny_config(4)
+  config.diffusion.var_type = "learned"
+  with pytest.raises(ValueError, match="var_type"):
+    loop.train_and_evaluate(config, str(tmp_path))
+
+
+def test_eval_and_sample_need_a_checkpoint(tmp_path):
+  with pytest.raises(FileNotFoundError, match="train first"):
+    loop.sample(tiny_config(), str(tmp_path))
+
+
+def test_cli_train_eval_sample_end_to_end(tmp_path):
+  workdir = tmp_path / "run"
+  overrides = [
+      "--config.data.image_size=8", "--config.model.ch=8",
+      "--config.model.ch_mult=(1,2)", "--config.model.num_groups=4",
+      "--config.model.attn_resolutions=(4,)", "--config.training.batch_size=8",
+      "--config.training.num_samples_in_grid=4",
+  ]
+  base = [sys.executable, os.path.join(REPO, "main.py"),
+          "--config=" + os.path.join(REPO, "configs/ddpm_digits.py") + ":runlocal",
+          f"--workdir={workdir}", *overrides]
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="true")
+  for mode in ("train", "eval", "sample"):
+    proc = subprocess.run(base + [f"--mode={mode}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    if mode == "train":
+      assert "steps/s" in proc.stderr and "left" in proc.stderr
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
+  assert glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*"))
+  assert os.path.exists(workdir / "samples" / "train_step_00000020.png")
+  report = json.load(open(workdir / "eval" / "step_00000020.json"))
+  assert report["step"] == 20 and report["num_examples"] == 32
+  with np.load(workdir / "samples" / "step_00000020" / "samples.npz") as f:
+    samples = f["arr_0"]
+  assert samples.shape == (8, 8, 8, 1) and samples.dtype == np.uint8

@@ -1,0 +1,372 @@
+"""The one training loop, evaluation and sampling, shared by every family.
+
+The loop knows nothing about a family beyond its pure functions (train/families.py).
+Steps are jitted with the TrainState donated and sharded over a 'data' mesh axis;
+metrics stay on the device until a log step, so the hot loop never waits on the host.
+"""
+
+import datetime
+import json
+import logging as std_logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from jax.experimental import multihost_utils
+
+import datasets
+from sampling import image_io
+from train import families, sharding
+from train.checkpoint import Checkpointer, abstract_like
+from train.state import TrainState, num_params
+
+# Purposes that keys are folded with: fold_in(PRNGKey(seed), purpose).
+INIT, SAMPLE_GRID, EVAL, SAMPLE = 0, 1, 2, 3
+DEVICE_KEYS = ("image", "label")  # what a family's step reads from a batch
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Keeps Orbax's per-save INFO chatter out of the progress log (warnings pass)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+
+
+_QUIET_LIBRARIES = _QuietLibraries()
+logging.get_absl_logger().addFilter(_QUIET_LIBRARIES)
+
+
+# --------------------------------------------------------------------------- set-up
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Errors a user can cause, raised before anything is compiled."""
+  t = config.training
+  k = t.steps_per_call
+  if k < 1:
+    raise ValueError(f"config.training.steps_per_call must be >= 1, got {k}.")
+  if t.num_train_steps < 0:
+    raise ValueError(f"config.training.num_train_steps must be >= 0, got "
+                     f"{t.num_train_steps}.")
+  for name in ("num_train_steps", "log_every_steps", "checkpoint_every_steps",
+               "sample_every_steps"):
+    value = t[name]
+    if name != "num_train_steps" and name != "sample_every_steps" and value <= 0:
+      raise ValueError(f"config.training.{name} must be > 0, got {value}.")
+    if value % k:
+      raise ValueError(f"config.training.{name}={value} must be a multiple of "
+                       f"config.training.steps_per_call={k}.")
+  sharding.check_batch_size(t.batch_size, "training.batch_size")
+
+
+class _Run:
+  """What train, eval and sample share: dataset info, family, mesh, checkpoints."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    validate_config(config)
+    self.config, self.workdir = config, workdir
+    self.info = datasets.get_dataset_info(config.data)
+    self.family = families.get_family(config, self.info.image_shape,
+                                      self.info.num_classes)
+    self.mesh = sharding.make_mesh()
+    self.replicated = sharding.replicated(self.mesh)
+    self.root_rng = jax.random.PRNGKey(config.seed)
+    t = config.training
+    self.checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints,
+        keep_every=t.keep_checkpoint_every_steps, async_save=t.async_checkpointing)
+    self.is_writer = jax.process_index() == 0
+
+  def example_batch(self) -> dict[str, np.ndarray]:
+    h, w, c = self.info.image_shape
+    return dict(image=np.zeros((1, h, w, c), np.uint8), label=np.zeros((1,), np.int32))
+
+  def init_or_restore(self, *, must_exist: bool = False) -> TrainState:
+    """The newest checkpoint in the workdir, or a freshly initialised state."""
+    init_fn = jax.jit(self.family.init, out_shardings=self.replicated)
+    init_rng = jax.random.fold_in(self.root_rng, INIT)
+    example = self.example_batch()
+    if self.checkpointer.latest_step() is None:
+      if must_exist:
+        raise FileNotFoundError(
+            f"No checkpoint in {self.checkpointer.directory}: train first with "
+            f"--mode=train --workdir={self.workdir}.")
+      state = init_fn(init_rng, example)
+      logging.info("Initialised %s: %s parameters.", self.config.name,
+                   f"{num_params(state.params):,}")
+      return state
+    # Restore straight into the target shardings without running init.
+    abstract = jax.eval_shape(init_fn, init_rng, example)
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated),
+        abstract.checkpoint_tree())
+    tree, meta, step = self.checkpointer.restore(target)
+    logging.info("Restored checkpoint at step %d from %s (%s).", step,
+                 self.checkpointer.directory, meta.get("config_name"))
+    return abstract.replace_from_checkpoint(tree)
+
+  def sampling_params(self, state: TrainState):
+    return state.ema_params if self.config.sampling.use_ema else state.params
+
+  def provenance(self, step: int, purpose: str) -> dict[str, Any]:
+    return dict(generated=True, config_name=self.config.name, checkpoint_step=int(step),
+                seed=int(self.config.seed), dataset=self.config.data.dataset,
+                family=self.config.model.family, purpose=purpose,
+                workdir=os.path.abspath(self.workdir),
+                created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                **self.family.sampler_settings())
+
+  def make_writer(self) -> metric_writers.MetricWriter:
+    """TensorBoard event files from process 0 (the console gets `_progress_line`)."""
+    if not self.is_writer:
+      return metric_writers.MultiWriter([])
+    return metric_writers.AsyncMultiWriter(
+        [metric_writers.SummaryWriter(os.path.join(self.workdir, "tensorboard"))])
+
+  def sample_images(self, params, rng: jax.Array, num_samples: int,
+                    batch_size: int | None = None, log_progress: bool = False) -> np.ndarray:
+    """`num_samples` uint8 NHWC images, generated in sharded batches of `batch_size`."""
+    batch_size = batch_size or num_samples
+    batch_size = math.ceil(batch_size / jax.device_count()) * jax.device_count()
+    fn = jax.jit(self.family.sample, static_argnums=2,
+                 out_shardings=sharding.batch_sharding(self.mesh))
+    chunks, start = [], time.time()
+    num_batches = math.ceil(num_samples / batch_size)
+    for i in range(num_batches):
+      images = fn(params, jax.random.fold_in(rng, i), batch_size)
+      chunks.append(np.asarray(multihost_utils.process_allgather(images, tiled=True)))
+      if log_progress:
+        done = (i + 1) * batch_size
+        rate = done / (time.time() - start)
+        logging.info("Sampled %d/%d images (%.1f images/s, %s left).",
+                     min(done, num_samples), num_samples, rate,
+                     _format_seconds((num_samples - done) / rate))
+    return np.concatenate(chunks)[:num_samples]
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = max(0, int(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _fused_train_step(train_step, steps_per_call: int):
+  """`steps_per_call` train steps as one lax.scan over a stacked batch [k, B, ...]."""
+  if steps_per_call == 1:
+    return train_step
+
+  def multi_step(state, batches):
+    return jax.lax.scan(train_step, state, batches)
+
+  return multi_step
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+# ------------------------------------------------------------------------- training
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (resuming from the workdir's newest checkpoint), then writes bits/dim."""
+  run = _Run(config, workdir)
+  t = config.training
+  k = t.steps_per_call
+  state = run.init_or_restore()
+  start_step = int(state.step)
+  batches = datasets.make_train_batches(
+      config.data, seed=config.seed, global_batch_size=t.batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  batch_sharding = sharding.batch_sharding(run.mesh, leading_axes=int(k > 1))
+  step_fn = jax.jit(_fused_train_step(run.family.train_step, k),
+                    in_shardings=(run.replicated, batch_sharding),
+                    out_shardings=(run.replicated, run.replicated), donate_argnums=0)
+  writer = run.make_writer()
+  if start_step == 0 and run.is_writer:
+    writer.write_hparams(_flatten(config))
+  logging.info("Training %s from step %d to %d: global batch %d on %d device(s).",
+               config.name, start_step, t.num_train_steps, t.batch_size,
+               jax.device_count())
+
+  pending: list[tuple[int, dict]] = []   # (first step, device metrics) not yet read
+  iterator = batches.iterate(start_step)
+  step, last_log_step, last_log_time = start_step, start_step, time.time()
+  try:
+    while step < t.num_train_steps:
+      local = [next(iterator) for _ in range(k)]
+      local = {key: (np.stack([b[key] for b in local]) if k > 1 else local[0][key])
+               for key in DEVICE_KEYS}
+      state, metrics = step_fn(state, sharding.to_global(local, batch_sharding))
+      pending.append((step, metrics))
+      step += k
+      is_last = step >= t.num_train_steps
+      if step % t.log_every_steps == 0 or is_last:
+        rows = _read_metrics(pending, halt=t.halt_on_nonfinite, run=run)
+        pending = []
+        now = time.time()
+        rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+        last_log_step, last_log_time = step, now
+        scalars = {name: float(np.mean([r[name] for r in rows])) for name in rows[0]}
+        scalars["steps_per_sec"] = rate
+        scalars["images_per_sec"] = rate * t.batch_size
+        writer.write_scalars(step, scalars)
+        logging.info(_progress_line(step, t.num_train_steps, scalars))
+      if step % t.checkpoint_every_steps == 0 or is_last:
+        _read_metrics(pending, halt=t.halt_on_nonfinite, run=run)
+        pending = []
+        if t.halt_on_nonfinite and not bool(_all_finite(state.params)):
+          raise NonFiniteLossError(
+              f"Non-finite parameters at step {step}; not checkpointed. "
+              f"{_nonfinite_advice(run)}")
+        run.checkpointer.save(step, state.checkpoint_tree(),
+                              dict(config_name=config.name, step=step))
+      if t.sample_every_steps and (step % t.sample_every_steps == 0 or is_last):
+        _write_sample_grid(run, state, step, writer)
+  finally:
+    run.checkpointer.wait()
+    writer.flush()
+  run.checkpointer.close()
+  evaluate(config, workdir, state=state)
+  return state
+
+
+def _progress_line(step: int, num_steps: int, scalars: dict[str, float]) -> str:
+  rate = scalars["steps_per_sec"]
+  values = "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()
+                     if k not in ("steps_per_sec", "images_per_sec"))
+  return (f"step {step}/{num_steps}  {values}  |  {rate:.2f} steps/s "
+          f"{scalars['images_per_sec']:.0f} img/s  |  "
+          f"{_format_seconds((num_steps - step) / max(rate, 1e-9))} left")
+
+
+def _read_metrics(pending, *, halt: bool, run: _Run) -> list[dict[str, float]]:
+  """Brings pending metrics to the host (one transfer) and checks them for NaN/Inf."""
+  rows = []
+  for first_step, metrics in jax.device_get(pending):
+    metrics = {name: np.atleast_1d(v) for name, v in metrics.items()}
+    for i in range(len(metrics["loss"])):
+      row = {name: float(v[i]) for name, v in metrics.items()}
+      if halt and not math.isfinite(row["loss"]):
+        raise NonFiniteLossError(
+            f"The loss is {row['loss']} at step {first_step + i + 1}: training stopped "
+            f"and these weights were not checkpointed. {_nonfinite_advice(run)}")
+      rows.append(row)
+  return rows
+
+
+def _nonfinite_advice(run: _Run) -> str:
+  last = run.checkpointer.latest_step()
+  where = (f"The newest good checkpoint is step {last} in {run.checkpointer.directory}"
+           if last is not None else "No checkpoint was written yet")
+  return (f"{where}. Lower config.optim.learning_rate, keep "
+          "config.optim.grad_clip_norm > 0, or check the input data.")
+
+
+def _write_sample_grid(run: _Run, state: TrainState, step: int, writer) -> None:
+  n = run.config.training.num_samples_in_grid
+  start = time.time()
+  images = run.sample_images(run.sampling_params(state),
+                             jax.random.fold_in(jax.random.fold_in(run.root_rng,
+                                                                   SAMPLE_GRID), step), n)
+  grid = image_io.make_grid(images)
+  if run.is_writer:
+    path = os.path.join(run.workdir, "samples", f"train_step_{step:08d}.png")
+    image_io.save_png(path, image_io.upscale(grid), run.provenance(step, "train_grid"))
+    writer.write_images(step, {"samples": grid[None]})
+    logging.info("Wrote %d samples to %s (%.1f s).", n, path, time.time() - start)
+
+
+# ----------------------------------------------------------------------- evaluation
+def evaluate(config: ml_collections.ConfigDict, workdir: str,
+             state: TrainState | None = None) -> dict[str, Any]:
+  """Test-set bits/dim of the newest checkpoint, written to workdir/eval/."""
+  run = _Run(config, workdir)
+  if state is None:
+    state = run.init_or_restore(must_exist=True)
+  step = int(state.step)
+  ev = config.eval
+  sharding.check_batch_size(ev.batch_size, "eval.batch_size")
+  batch_sharding = sharding.batch_sharding(run.mesh)
+  eval_fn = jax.jit(run.family.eval_step,
+                    in_shardings=(run.replicated, batch_sharding, run.replicated),
+                    out_shardings=batch_sharding)
+  params = run.sampling_params(state)
+  rng = jax.random.fold_in(run.root_rng, EVAL)
+  sums: dict[str, float] = {}
+  count, start = 0, time.time()
+  total = ev.num_eval_examples or run.info.num_eval_examples
+  batches = datasets.make_eval_batches(
+      config.data, split=config.data.eval_split, global_batch_size=ev.batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_examples=ev.num_eval_examples)
+  for i, batch in enumerate(batches):
+    out = eval_fn(params, sharding.to_global({k: batch[k] for k in DEVICE_KEYS},
+                                             batch_sharding), jax.random.fold_in(rng, i))
+    out, mask = multihost_utils.process_allgather(
+        (out, sharding.to_global(batch["mask"], batch_sharding)), tiled=True)
+    mask = np.asarray(mask, bool)
+    for name, values in out.items():
+      sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)[mask]))
+    count += int(mask.sum())
+    rate = count / (time.time() - start)
+    logging.info("Evaluated %d/%d examples (%.1f examples/s, %s left).", count, total,
+                 rate, _format_seconds((total - count) / max(rate, 1e-9)))
+  if not count:
+    raise ValueError(f"The split {config.data.eval_split!r} of {config.data.dataset!r} "
+                     "gave no examples.")
+  results = {name: value / count for name, value in sums.items()}
+  report = dict(config_name=config.name, step=step, dataset=config.data.dataset,
+                split=config.data.eval_split, num_examples=count,
+                params="ema" if config.sampling.use_ema else "raw", **results)
+  if run.is_writer:
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    path = os.path.join(workdir, "eval", f"step_{step:08d}.json")
+    with open(path, "w") as f:
+      json.dump(report, f, indent=2)
+    writer = run.make_writer()
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+    writer.flush()
+    logging.info("Eval at step %d: %s -> %s", step,
+                 ", ".join(f"{k}={v:.4f}" for k, v in results.items()), path)
+  run.checkpointer.close()
+  return report
+
+
+# ------------------------------------------------------------------------- sampling
+def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes eval.num_samples samples of the newest checkpoint: .npz + PNG grid."""
+  run = _Run(config, workdir)
+  state = run.init_or_restore(must_exist=True)
+  step = int(state.step)
+  images = run.sample_images(run.sampling_params(state),
+                             jax.random.fold_in(run.root_rng, SAMPLE),
+                             config.eval.num_samples, config.sampling.batch_size,
+                             log_progress=True)
+  directory = os.path.join(workdir, "samples", f"step_{step:08d}")
+  if run.is_writer:
+    paths = image_io.save_samples(directory, images, run.provenance(step, "samples"))
+    logging.info("Wrote %d samples to %s and a grid to %s.", len(images), paths["npz"],
+                 paths["grid"])
+  run.checkpointer.close()
+  return directory
+
+
+def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) \
+          else str(value)
+  return flat
