@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from train import families, loop, sharding  # noqa: E402
+from train import families, sharding  # noqa: E402
+from train.state import num_params  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 flags.DEFINE_integer("steps", 50, "Timed train steps (after one compile step).")
@@ -65,7 +66,7 @@ def matmul_flops_per_sec(n: int) -> float:
 def main(argv):
   del argv
   config = FLAGS.config
-  loop.validate_config(config)
+  sharding.check_batch_size(config.training.batch_size)
   h, w, channels = NATIVE_SHAPES.get(config.data.dataset.split(":")[0], (32, 32, 3))
   if config.data.image_size:
     h = w = config.data.image_size
@@ -83,18 +84,19 @@ def main(argv):
                                                    batch.items()})
   step = jax.jit(family.train_step, in_shardings=(rep, batch_sh),
                  out_shardings=(rep, rep), donate_argnums=0)
+  t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
+  compile_seconds = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", 0.0)) if cost else 0.0
 
-  t0 = time.perf_counter()
-  state, metrics = step(state, batch)
+  state, metrics = step(state, batch)   # warm-up
   jax.block_until_ready(metrics)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} "
         f"({jax.default_backend()}); config {config.name}; global batch {b}; "
-        f"image {h}x{w}x{channels}; first step (incl. compile) "
-        f"{time.perf_counter() - t0:.1f} s")
+        f"image {h}x{w}x{channels}; {num_params(state.params):,} params; train step "
+        f"compile {compile_seconds:.1f} s")
   start = time.perf_counter()
   for _ in range(FLAGS.steps):
     state, metrics = step(state, batch)

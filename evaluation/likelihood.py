@@ -152,8 +152,9 @@ def vlb_bpd(
   Every one of the T terms is evaluated, one eps_fn call per (example, t),
   with x_t = q_sample(x_0, t, noise_t), noise_t = normal(fold_in(rng, t)).
   The T timesteps run in a `lax.map` over chunks of `timestep_chunk`
-  timesteps; each chunk makes one eps_fn call on timestep_chunk * B examples,
-  so raise it to trade memory for speed. Jit-able (close over eps_fn).
+  timesteps, vmapped within a chunk: eps_fn always sees a [B] batch, and
+  memory grows with timestep_chunk * B, so raise it to trade memory for
+  speed. Jit-able (close over eps_fn).
 
   Returns:
     'bpd_vlb' [B]: prior_bpd + sum of terms_bpd.
@@ -178,25 +179,25 @@ def vlb_bpd(
   batch = x0_uint8.shape[0]
   x0 = x0_uint8.astype(jnp.float32) / 127.5 - 1.0
 
-  # Pad to whole chunks with the last timestep; the padded terms are dropped.
-  timesteps = jnp.minimum(
-      jnp.arange(num_chunks * chunk, dtype=jnp.int32), num_timesteps - 1)
-
-  def chunk_terms(ts: jax.Array) -> jax.Array:
-    """[chunk] timesteps -> [chunk, B] bound terms."""
-    noise = jax.vmap(
-        lambda t: jax.random.normal(jax.random.fold_in(rng, t), x0.shape))(ts)
-    t_flat = jnp.repeat(ts, batch)
-    x0_flat = jnp.broadcast_to(x0, (chunk,) + x0.shape).reshape(
-        (chunk * batch,) + x0.shape[1:])
-    x_t = diffusion.q_sample(x0_flat, t_flat, noise.reshape(x0_flat.shape))
-    eps = eps_fn(x_t, t_flat)
-    terms = vb_terms_bpd(
-        eps, diffusion, x0_flat, x_t, t_flat,
+  def timestep_terms(t: jax.Array) -> jax.Array:
+    """One timestep t (a scalar) -> the [B] bound terms."""
+    noise = jax.random.normal(jax.random.fold_in(rng, t), x0.shape)
+    t_batch = jnp.full((batch,), t, dtype=jnp.int32)
+    x_t = diffusion.q_sample(x0, t_batch, noise)
+    return vb_terms_bpd(
+        eps_fn(x_t, t_batch), diffusion, x0, x_t, t_batch,
         var_type=var_type, clip_denoised=clip_denoised)
-    return terms.reshape(chunk, batch)
 
-  terms = jax.lax.map(chunk_terms, timesteps.reshape(num_chunks, chunk))
+  if chunk == 1:
+    terms = jax.lax.map(timestep_terms, jnp.arange(num_timesteps, dtype=jnp.int32))
+  else:
+    # vmap keeps eps_fn's contract (a [B] batch, e.g. for closed-over labels)
+    # while XLA runs the chunk's timesteps together. The last chunk is padded
+    # with t = T-1 and the padded terms are dropped, so eps_fn is traced once.
+    timesteps = jnp.minimum(
+        jnp.arange(num_chunks * chunk, dtype=jnp.int32), num_timesteps - 1)
+    terms = jax.lax.map(jax.vmap(timestep_terms),
+                        timesteps.reshape(num_chunks, chunk))
   terms_bpd = terms.reshape(num_chunks * chunk, batch)[:num_timesteps].T
   prior = prior_bpd(diffusion, x0)
   return {

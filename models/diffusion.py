@@ -11,6 +11,7 @@ near t = 0 keeps its precision.
 from __future__ import annotations
 
 import math
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -187,15 +188,15 @@ class GaussianDiffusion:
 
   def predict_eps_from_x0(
       self, x_t: jax.Array, t: jax.Array, x0: jax.Array) -> jax.Array:
-    """Inverts eq. 4 for the noise: eps = (x_t / sqrt(abar_t) - x_0) / sqrt(1/abar_t - 1)."""
+    """Inverts eq. 4: eps = (x_t/sqrt(abar_t) - x_0) / sqrt(1/abar_t - 1)."""
     return ((_gather(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - x0)
             / _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim))
 
   def model_log_variance(self, t: jax.Array, ndim: int, var_type: str) -> jax.Array:
     """log sigma_t^2 of p(x_{t-1} | x_t) for a fixed-variance model (sec. 3.2).
 
-    'fixedlarge': sigma_t^2 = beta_t, except at t = 0 where the DDPM code uses
-    posterior_variance[1] (beta_0 would make a needlessly wide decoder).
+    'fixedlarge': sigma_t^2 = beta_t, except at t = 0 where, as in the DDPM
+    code, the decoder's variance is posterior_variance[1].
     'fixedsmall': sigma_t^2 = the posterior variance of eq. 7, clipped at t = 0.
     """
     if var_type == 'fixedlarge':

@@ -117,7 +117,7 @@ def ddim_sample(
     x_prev = sqrt(abar_prev) x0_pred + sqrt(1 - abar_prev - sigma^2) eps + sigma z,
     sigma = eta sqrt((1 - abar_prev) / (1 - abar) (1 - abar / abar_prev))   (eq. 16)
 
-  with abar_prev = 1 after the first timestep. eta = 0 is deterministic given
+  with abar_prev = 1 on the step that lands on x_0. eta = 0 is deterministic given
   x_T; eta = 1 over all T steps is ancestral sampling with 'fixedsmall'
   variances. With clip_denoised, x0_pred is clipped to [-1, 1] and eps is
   recomputed from it so that eq. 12 stays consistent.

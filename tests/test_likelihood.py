@@ -247,7 +247,14 @@ def test_vlb_chunking_and_jit_do_not_change_the_result(fast_compile):
   diffusion = GaussianDiffusion.from_betas(np.linspace(0.05, 0.4, 7))
   x0_uint8 = jnp.asarray(
       np.random.default_rng(2).integers(0, 256, size=(2, 3, 3, 1)), jnp.uint8)
-  eps_fn = _gaussian_eps_fn(diffusion, 0.0, 0.5)
+  per_example_shift = jnp.array([0.1, -0.2]).reshape(2, 1, 1, 1)  # like labels
+  gaussian_eps_fn = _gaussian_eps_fn(diffusion, 0.0, 0.5)
+
+  def eps_fn(x_t, t):
+    # Every call sees one [B] batch, whatever the chunk.
+    assert x_t.shape == x0_uint8.shape and t.shape == (2,)
+    return gaussian_eps_fn(x_t, t) + per_example_shift
+
   rng = jax.random.key(3)
   reference = vlb_bpd(eps_fn, diffusion, x0_uint8, rng, timestep_chunk=1)
   for chunk in (3, 50):  # 3 does not divide T = 7: the last chunk is padded

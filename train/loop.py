@@ -242,8 +242,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 def _progress_line(step: int, num_steps: int, scalars: dict[str, float]) -> str:
   rate = scalars["steps_per_sec"]
-  values = "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()
-                     if k not in ("steps_per_sec", "images_per_sec"))
+  names = sorted(set(scalars) - {"steps_per_sec", "images_per_sec"},
+                 key=lambda k: (k != "loss", k))
+  values = "  ".join(f"{k} {scalars[k]:.4g}" for k in names)
   return (f"step {step}/{num_steps}  {values}  |  {rate:.2f} steps/s "
           f"{scalars['images_per_sec']:.0f} img/s  |  "
           f"{_format_seconds((num_steps - step) / max(rate, 1e-9))} left")
