@@ -19,7 +19,7 @@ def get_config(arg: str | None = None):
   config.name = "ddpm_digits"
 
   config.data.dataset = "digits"
-  config.data.image_size = None       # native 8x8
+  config.data.image_size = None       # native 8x8 (the default)
   config.data.random_flip = False     # digits are not mirror-symmetric
 
   model = config.model
@@ -43,10 +43,10 @@ def get_config(arg: str | None = None):
 
   training = config.training
   training.batch_size = 64
-  training.num_train_steps = 3000
+  training.num_train_steps = 2500
   training.log_every_steps = 100
-  training.checkpoint_every_steps = 1000
-  training.sample_every_steps = 1000
+  training.checkpoint_every_steps = 500
+  training.sample_every_steps = 1250
   training.num_samples_in_grid = 64
 
   config.sampling.batch_size = 256

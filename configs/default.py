@@ -8,6 +8,7 @@ override what their paper sets. Every field can be overridden from the command l
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -23,13 +24,15 @@ def get_config() -> ml_collections.ConfigDict:
   # A tfds name ("cifar10", "mnist", "celeb_a", "imagenet_resized/32", ...) or an
   # embedded dataset that needs no download ("digits", "shapes", "shapes/16").
   data.dataset = "digits"
+  # Fields that may be None are typed placeholders, so that the command line can set
+  # them (--config.data.image_size=16).
   # Where tfds looks for prepared datasets; None = tfds default
   # (~/tensorflow_datasets or $TFDS_DATA_DIR). Embedded datasets are prepared here.
-  data.data_dir = None
+  data.data_dir = placeholder(str)
   data.train_split = "train"
   data.eval_split = "test"
   # Square side the images are center-cropped and resized to; None keeps the size.
-  data.image_size = None
+  data.image_size = placeholder(int)
   # Random horizontal flips of training images.
   data.random_flip = False
   # Whether a non-embedded dataset missing from data_dir may be downloaded. Off by
@@ -106,7 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
   eval_config.num_samples = 50_000
   eval_config.batch_size = 256        # global batch for bits/dim
   # Test images for bits/dim; None = the whole eval split.
-  eval_config.num_eval_examples = None
+  eval_config.num_eval_examples = placeholder(int)
   # Timesteps per compiled chunk of the variational bound (memory vs speed).
   eval_config.vlb_timestep_chunk = 50
   return config

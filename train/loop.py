@@ -231,7 +231,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         run.checkpointer.save(step, state.checkpoint_tree(),
                               dict(config_name=config.name, step=step))
       if t.sample_every_steps and (step % t.sample_every_steps == 0 or is_last):
+        sampling_start = time.time()
         _write_sample_grid(run, state, step, writer)
+        last_log_time += time.time() - sampling_start   # steps/s counts training only
   finally:
     run.checkpointer.wait()
     writer.flush()
