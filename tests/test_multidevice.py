@@ -27,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DEVICES = 2
 NUM_STEPS = 4
 
-# Runs under 2 forced CPU devices; argv[1] is the output folder.
+# Runs under forced CPU devices. argv: output folder, number of train steps.
 _TWO_DEVICE_SCRIPT = textwrap.dedent("""
     import json, os, sys
     import jax
@@ -38,7 +38,7 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
     from train import loop, sharding
     from train.checkpoint import Checkpointer
 
-    out_dir = sys.argv[1]
+    out_dir, num_steps = sys.argv[1], int(sys.argv[2])
     results = dict(device_count=jax.device_count(),
                    device_ids=sorted(d.id for d in jax.devices()))
 
@@ -56,7 +56,8 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
       arrays = to_global(local, batch_sharding)
       if phase[0] == "train":
         train_batches.append({
-            key: dict(shape=list(x.shape), devices=sorted(d.id for d in x.sharding.device_set),
+            key: dict(shape=list(x.shape),
+                      devices=sorted(d.id for d in x.sharding.device_set),
                       shard_shapes=[list(s.data.shape) for s in x.addressable_shards],
                       replicated=x.sharding.is_fully_replicated)
             for key, x in arrays.items()})
@@ -69,11 +70,11 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
     loop.evaluate = evaluate_after_training
 
     workdir = os.path.join(out_dir, "run")
-    state = loop.train_and_evaluate(tiny_config(%(steps)d), workdir)
+    state = loop.train_and_evaluate(tiny_config(num_steps), workdir)
     results["train_batches"] = train_batches
     results["step"] = int(state.step)
-    results["report"] = json.load(open(os.path.join(workdir, "eval", "step_%%08d.json"
-                                                    %% %(steps)d)))
+    with open(os.path.join(workdir, "eval", f"step_{num_steps:08d}.json")) as f:
+      results["report"] = json.load(f)
 
     # The whole TrainState lives on both devices, each holding an identical copy.
     state_leaves = jax.tree_util.tree_leaves_with_path(state.checkpoint_tree())
@@ -89,16 +90,17 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
         jax.tree_util.keystr(path): np.asarray(x)
         for path, x in jax.tree_util.tree_leaves_with_path(state.params)})
 
-    # Restore the saved step onto 2 devices in a layout other than the saved one:
-    # leaves with an even leading axis split over 'data', the rest replicated.
+    # Restore the saved step onto the devices in a layout other than the saved one:
+    # leaves whose leading axis divides evenly are split over 'data', the rest
+    # replicated.
     mesh = sharding.make_mesh()
     def target_sharding(x):
-      split = x.ndim >= 1 and x.shape[0] %% %(devices)d == 0
+      split = x.ndim >= 1 and x.shape[0] % jax.device_count() == 0
       return NamedSharding(mesh, P(sharding.DATA_AXIS) if split else P())
     tree = state.checkpoint_tree()
     targets = jax.tree.map(target_sharding, tree)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            tree, targets)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, targets)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
     restored, meta, step = checkpointer.restore(abstract)
     checkpointer.close()
@@ -110,8 +112,8 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
         values_equal=all(np.array_equal(np.asarray(r), np.asarray(x)) for r, x in
                          zip(jax.tree.leaves(restored), jax.tree.leaves(tree))))
 
-    # A global batch that does not split over 2 devices: refused before any compile.
-    config = tiny_config(%(steps)d)
+    # A global batch that does not split over the devices: refused before compiling.
+    config = tiny_config(num_steps)
     config.training.batch_size = 3
     compiles_before = len(compile_events)
     try:
@@ -122,8 +124,9 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
     results["odd_batch"] = dict(
         message=message, compiles=len(compile_events) - compiles_before,
         checkpoints_dir=os.path.exists(os.path.join(out_dir, "odd_batch", "checkpoints")))
-    # The same check, made where every config error should be made.
-    config = tiny_config(%(steps)d)
+    # An eval batch that does not split: should be refused with the other config
+    # errors, before training starts.
+    config = tiny_config(num_steps)
     config.eval.batch_size = 3
     try:
       loop.validate_config(config)
@@ -133,7 +136,7 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
 
     with open(os.path.join(out_dir, "results.json"), "w") as f:
       json.dump(results, f)
-""") % dict(steps=NUM_STEPS, devices=NUM_DEVICES)
+""")
 
 
 def _leaves_by_path(tree) -> dict[str, np.ndarray]:
@@ -161,9 +164,11 @@ def runs(tmp_path_factory) -> Runs:
              XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
                         f" --xla_force_host_platform_device_count={NUM_DEVICES}"),
              PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-  proc = subprocess.Popen([sys.executable, "-c", _TWO_DEVICE_SCRIPT, str(out_dir)],
-                          cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  # A file, not a pipe: a full pipe would stall the subprocess while this one trains.
+  log = open(out_dir / "log.txt", "w")
+  proc = subprocess.Popen([sys.executable, "-c", _TWO_DEVICE_SCRIPT, str(out_dir),
+                           str(NUM_STEPS)], cwd=REPO, env=env, stdout=log,
+                          stderr=subprocess.STDOUT)
   try:
     # What the fast_compile fixture does (a module-scoped fixture cannot use it).
     previous = jax.config.read("jax_disable_most_optimizations")
@@ -175,11 +180,12 @@ def runs(tmp_path_factory) -> Runs:
     checkpointer = Checkpointer(str(local_workdir / "checkpoints"), async_save=False)
     step2, _, _ = checkpointer.restore(abstract_like(local.checkpoint_tree()), step=2)
     checkpointer.close()
-    output, _ = proc.communicate(timeout=300)
+    proc.wait(timeout=300)
   finally:
     if proc.poll() is None:
       proc.kill()
-  assert proc.returncode == 0, output[-6000:]
+    log.close()
+  assert proc.returncode == 0, (out_dir / "log.txt").read_text()[-6000:]
   with open(out_dir / "results.json") as f:
     results = json.load(f)
   with np.load(out_dir / "params.npz") as f:
@@ -217,8 +223,9 @@ def test_train_batches_are_split_over_the_devices(runs):
       assert array["devices"] == list(range(NUM_DEVICES)), key
       assert not array["replicated"], key
       # Each device holds its own half of the batch, not a copy of it.
-      assert [s[0] for s in array["shard_shapes"]] == [batch_size // NUM_DEVICES] * 2
-      assert [s[1:] for s in array["shard_shapes"]] == [array["shape"][1:]] * 2
+      shard_shapes = array["shard_shapes"]
+      assert [s[0] for s in shard_shapes] == [batch_size // NUM_DEVICES] * NUM_DEVICES
+      assert [s[1:] for s in shard_shapes] == [array["shape"][1:]] * NUM_DEVICES
 
 
 def test_two_device_params_match_one_device_run(runs):
@@ -234,7 +241,7 @@ def test_two_device_params_match_one_device_run(runs):
                          np.max(np.abs(one[path] - runs.one_device_step2_params[path])))
   # The agreement means something only if two steps of training move the params by
   # far more than the two runs differ.
-  assert largest_update > 1e-3 and largest_difference < 1e-3 * largest_update, (
+  assert largest_update > 5e-4 and largest_difference < 1e-3 * largest_update, (
       largest_difference, largest_update)
 
 
@@ -262,9 +269,6 @@ def test_indivisible_train_batch_fails_before_compiling(runs):
   assert failure["compiles"] == 0 and not failure["checkpoints_dir"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "train/loop.py validate_config checks only training.batch_size; eval.batch_size "
-    "is checked in evaluate(), after the whole training run has compiled and run."))
 def test_indivisible_eval_batch_is_refused_by_validate_config(runs):
   message = runs.two_device["odd_eval_batch_message"]
   assert message is not None and "eval.batch_size=3" in message

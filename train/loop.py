@@ -66,6 +66,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.training.{name}={value} must be a multiple of "
                        f"config.training.steps_per_call={k}.")
   sharding.check_batch_size(t.batch_size, "training.batch_size")
+  sharding.check_batch_size(config.eval.batch_size, "eval.batch_size")
 
 
 class _Run:
@@ -294,6 +295,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
              state: TrainState | None = None) -> dict[str, Any]:
   """Test-set bits/dim of the newest checkpoint, written to workdir/eval/."""
   run = _Run(config, workdir)
+  try:
+    return _evaluate(run, state)
+  finally:
+    run.checkpointer.close()
+
+
+def _evaluate(run: _Run, state: TrainState | None) -> dict[str, Any]:
+  config, workdir = run.config, run.workdir
   if state is None:
     state = run.init_or_restore(must_exist=True)
   step = int(state.step)
@@ -341,7 +350,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.flush()
     logging.info("Eval at step %d: %s -> %s", step,
                  ", ".join(f"{k}={v:.4f}" for k, v in results.items()), path)
-  run.checkpointer.close()
   return report
 
 
@@ -349,6 +357,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Writes eval.num_samples samples of the newest checkpoint: .npz + PNG grid."""
   run = _Run(config, workdir)
+  try:
+    return _sample(run)
+  finally:
+    run.checkpointer.close()
+
+
+def _sample(run: _Run) -> str:
+  config, workdir = run.config, run.workdir
   state = run.init_or_restore(must_exist=True)
   step = int(state.step)
   images = run.sample_images(run.sampling_params(state),
@@ -360,7 +376,6 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     paths = image_io.save_samples(directory, images, run.provenance(step, "samples"))
     logging.info("Wrote %d samples to %s and a grid to %s.", len(images), paths["npz"],
                  paths["grid"])
-  run.checkpointer.close()
   return directory
 
 
