@@ -92,6 +92,9 @@ def get_config() -> ml_collections.ConfigDict:
   training.async_checkpointing = True
   # Stop with an error (never checkpointing the weights) on a NaN/Inf loss.
   training.halt_on_nonfinite = True
+  # Resume a workdir whose config.json differs in fields that change the experiment
+  # (model, data, optimizer...). Off: such a resume is refused, naming the fields.
+  training.allow_config_change = False
 
   # ------------------------------------------------------------- sampling
   config.sampling = sampling = ml_collections.ConfigDict()

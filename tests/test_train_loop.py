@@ -167,3 +167,50 @@ def test_loss_decreases_on_digits_within_a_few_hundred_steps(fast_compile):
   images = jax.jit(family.sample, static_argnums=2)(state.ema_params,
                                                     jax.random.PRNGKey(1), 4)
   assert images.shape == (4, *info.image_shape) and images.dtype == np.uint8
+
+
+def test_resuming_with_a_different_config_is_refused_unless_allowed(tmp_path,
+                                                                     fast_compile):
+  loop.train_and_evaluate(tiny_config(2), str(tmp_path))
+  changed = tiny_config(4)
+  changed.optim.learning_rate = 5e-4
+  changed.seed = 7
+  with pytest.raises(ValueError, match=r"different config \(optim.learning_rate: 0.001 "
+                     r"-> 0.0005; seed: 42 -> 7\)"):
+    loop.train_and_evaluate(changed, str(tmp_path))
+  changed.training.allow_config_change = True
+  assert int(loop.train_and_evaluate(changed, str(tmp_path)).step) == 4
+
+
+def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
+  """What SLURM/TPU preemption sends: checkpoint now, exit 0, resume on restart."""
+  import signal
+  import time
+  workdir = tmp_path / "run"
+  base = [sys.executable, os.path.join(REPO, "main.py"),
+          "--config=" + os.path.join(REPO, "configs/ddpm_digits.py") + ":runlocal",
+          f"--workdir={workdir}", "--config.model.ch=8", "--config.model.ch_mult=(1,2)",
+          "--config.model.num_groups=4", "--config.model.attn_resolutions=(4,)",
+          "--config.training.batch_size=8", "--config.training.log_every_steps=1",
+          "--config.training.checkpoint_every_steps=1000",
+          "--config.training.sample_every_steps=0"]
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="true")
+  proc = subprocess.Popen(base + ["--config.training.num_train_steps=100000"], cwd=REPO,
+                          env=env, stderr=subprocess.PIPE, text=True)
+  lines, deadline = [], time.time() + 300
+  for line in proc.stderr:   # wait until training is under way
+    lines.append(line)
+    if "step 3/100000" in line or time.time() > deadline:
+      break
+  proc.send_signal(signal.SIGTERM)
+  lines += proc.stderr.readlines()
+  assert proc.wait(timeout=120) == 0, "".join(lines)[-3000:]
+  log = "".join(lines)
+  assert "Preempted (SIGTERM)" in log
+  saved = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+  assert len(saved) == 1 and saved[0] >= 3, saved   # not a multiple of 1000: on demand
+  stop = saved[0]
+  proc = subprocess.run(base + [f"--config.training.num_train_steps={stop + 2}"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"from step {stop} to {stop + 2}" in proc.stderr

@@ -10,6 +10,8 @@ import json
 import logging as std_logging
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -179,8 +181,13 @@ def _all_finite(tree) -> jax.Array:
 
 # ------------------------------------------------------------------------- training
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains (resuming from the workdir's newest checkpoint), then writes bits/dim."""
+  """Trains (resuming from the workdir's newest checkpoint), then writes bits/dim.
+
+  SIGTERM (what SLURM and TPU preemption send) makes the run checkpoint the step it
+  is at and return without evaluating; the restarted job resumes from there.
+  """
   run = _Run(config, workdir)
+  check_workdir_config(config, workdir)
   t = config.training
   k = t.steps_per_call
   state = run.init_or_restore()
@@ -202,6 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   pending: list[tuple[int, dict]] = []   # (first step, device metrics) not yet read
   iterator = batches.iterate(start_step)
   step, last_log_step, last_log_time = start_step, start_step, time.time()
+  preemption = PreemptionWatcher()
   try:
     while step < t.num_train_steps:
       local = [next(iterator) for _ in range(k)]
@@ -223,24 +231,113 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         writer.write_scalars(step, scalars)
         logging.info(_progress_line(step, t.num_train_steps, scalars))
       if step % t.checkpoint_every_steps == 0 or is_last:
-        _read_metrics(pending, halt=t.halt_on_nonfinite, run=run)
+        _save_checkpoint(run, state, step, pending)
         pending = []
-        if t.halt_on_nonfinite and not bool(_all_finite(state.params)):
-          raise NonFiniteLossError(
-              f"Non-finite parameters at step {step}; not checkpointed. "
-              f"{_nonfinite_advice(run)}")
-        run.checkpointer.save(step, state.checkpoint_tree(),
-                              dict(config_name=config.name, step=step))
+      if preemption.reached(step):
+        if step % t.checkpoint_every_steps and not is_last:
+          _save_checkpoint(run, state, step, pending)
+        run.checkpointer.wait()
+        logging.warning("Preempted (SIGTERM): checkpoint of step %d saved in %s; "
+                        "exiting. Restart the same command to resume.", step,
+                        run.checkpointer.directory)
+        return state
       if t.sample_every_steps and (step % t.sample_every_steps == 0 or is_last):
         sampling_start = time.time()
         _write_sample_grid(run, state, step, writer)
         last_log_time += time.time() - sampling_start   # steps/s counts training only
   finally:
+    preemption.close()
     run.checkpointer.wait()
     writer.flush()
   run.checkpointer.close()
   evaluate(config, workdir, state=state)
   return state
+
+
+def _save_checkpoint(run: _Run, state: TrainState, step: int, pending) -> None:
+  """Checks the metrics not yet read and the params for NaN/Inf, then saves."""
+  halt = run.config.training.halt_on_nonfinite
+  _read_metrics(pending, halt=halt, run=run)
+  if halt and not bool(_all_finite(state.params)):
+    raise NonFiniteLossError(
+        f"Non-finite parameters at step {step}; not checkpointed. "
+        f"{_nonfinite_advice(run)}")
+  run.checkpointer.save(step, state.checkpoint_tree(),
+                        dict(config_name=run.config.name, step=step))
+
+
+class PreemptionWatcher:
+  """Notices SIGTERM; all processes agree on the step at which to stop.
+
+  One process: a Python signal handler sets a flag. Several processes: JAX's
+  coordination service hears the signal and `reached_preemption_sync_point` makes
+  every process stop at the same step, so that they all join the same checkpoint.
+  """
+
+  def __init__(self):
+    self._requested = False
+    self._previous = None
+    self._multi_process = jax.process_count() > 1
+    if not self._multi_process and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._requested = True
+
+  def reached(self, step: int) -> bool:
+    if self._multi_process:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._requested
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+# Fields that may change when a run is resumed: how long, how often, where the data
+# lives, how it is evaluated and sampled. Anything else changes the experiment.
+RESUMABLE_CHANGES = ("name", "data.data_dir", "data.download", "training.num_train_steps",
+                     "training.log_every_steps", "training.checkpoint_every_steps",
+                     "training.sample_every_steps", "training.num_samples_in_grid",
+                     "training.keep_checkpoints", "training.keep_checkpoint_every_steps",
+                     "training.async_checkpointing", "training.allow_config_change",
+                     "training.halt_on_nonfinite", "sampling.", "eval.")
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume a workdir written by a different config (unless allowed).
+
+  The first run writes workdir/config.json; later runs compare against it.
+  """
+  path = os.path.join(workdir, "config.json")
+  current = {k: _jsonable(v) for k, v in _flatten(config).items()}
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    changed = sorted(
+        key for key in set(saved) | set(current)
+        if saved.get(key) != current.get(key)
+        and not any(key == c or (c.endswith(".") and key.startswith(c))
+                    for c in RESUMABLE_CHANGES))
+    if changed and not config.training.allow_config_change:
+      diffs = "; ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
+                        for key in changed)
+      raise ValueError(
+          f"{workdir} holds a run of a different config ({diffs}). Use a new --workdir, "
+          "or pass --config.training.allow_config_change=True to resume anyway.")
+    if not changed:
+      return
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump(current, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def _jsonable(value):
+  return list(value) if isinstance(value, tuple) else value
 
 
 def _progress_line(step: int, num_steps: int, scalars: dict[str, float]) -> str:
