@@ -8,10 +8,11 @@ metrics)`, `eval_step(params, batch, rng) -> per-example metrics`,
 
 import ml_collections
 
-from train import ddpm
+from train import ddpm, vae
 
 FAMILIES = {
     "ddpm": ddpm.DDPM,
+    "vae": vae.VAE,
 }
 
 

@@ -385,6 +385,25 @@ def _write_sample_grid(run: _Run, state: TrainState, step: int, writer) -> None:
     image_io.save_png(path, image_io.upscale(grid), run.provenance(step, "train_grid"))
     writer.write_images(step, {"samples": grid[None]})
     logging.info("Wrote %d samples to %s (%.1f s).", n, path, time.time() - start)
+  if hasattr(run.family, "image_grids"):   # e.g. a VAE's reconstructions/interpolations
+    _write_family_grids(run, state, step, writer)
+
+
+def _write_family_grids(run: _Run, state: TrainState, step: int, writer) -> None:
+  """Grids a family makes from real test images (reconstructions, interpolations)."""
+  n = max(2, min(16, run.config.training.num_samples_in_grid))
+  batch = next(iter(datasets.make_eval_batches(
+      run.config.data, split=run.config.data.eval_split, global_batch_size=n,
+      num_examples=n)))
+  grids = run.family.image_grids(run.sampling_params(state), batch["image"],
+                                 jax.random.fold_in(jax.random.fold_in(
+                                     run.root_rng, SAMPLE_GRID), step))
+  if run.is_writer:
+    for name, grid in grids.items():
+      grid = np.asarray(grid)
+      image_io.save_png(os.path.join(run.workdir, "samples", f"{name}_{step:08d}.png"),
+                        image_io.upscale(grid), run.provenance(step, name))
+      writer.write_images(step, {name: grid[None]})
 
 
 # ----------------------------------------------------------------------- evaluation
