@@ -8,9 +8,10 @@ metrics)`, `eval_step(params, batch, rng) -> per-example metrics`,
 
 import ml_collections
 
-from train import ddpm, vae
+from train import autoregressive, ddpm, vae
 
 FAMILIES = {
+    "autoregressive": autoregressive.Autoregressive,
     "ddpm": ddpm.DDPM,
     "vae": vae.VAE,
 }
