@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from evaluation.iwae import nats_to_bits_per_dim
 from models import pixelcnn as pixelcnn_models
 from train import optim as optim_lib
 from train.state import TrainState, ema_update
@@ -60,10 +61,6 @@ def categorical_log_likelihood(logits: jax.Array, levels: jax.Array) -> jax.Arra
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   picked = jnp.take_along_axis(log_probs, levels.astype(jnp.int32)[..., None], axis=-1)
   return jnp.sum(picked, axis=(1, 2, 3, 4))
-
-
-def nats_to_bits_per_dim(nats: jax.Array, num_dims: int) -> jax.Array:
-  return nats / (num_dims * math.log(2.0))
 
 
 # --------------------------------------------------------------------- sampling

@@ -42,6 +42,7 @@ import optax
 from evaluation import iwae as iwae_lib
 from evaluation import likelihood
 from models import vae as vae_models
+from sampling.ddpm import to_uint8
 from train import optim as optim_lib
 from train.state import TrainState, ema_update
 
@@ -98,11 +99,6 @@ def free_bits_kl(kl_per_dim: jax.Array, free_bits: float) -> jax.Array:
   With free_bits = 0 this is the batch mean of the summed KL.
   """
   return jnp.sum(jnp.maximum(free_bits, jnp.mean(kl_per_dim, axis=0)))
-
-
-def to_uint8(x: jax.Array) -> jax.Array:
-  """[-1, 1] -> the 256 levels: round((x + 1) * 127.5), clipped."""
-  return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 def _logistic_mixture_module():
