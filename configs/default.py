@@ -66,13 +66,24 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ------------------------------------------------------------ optimizer
   config.optim = optim = ml_collections.ConfigDict()
-  optim.optimizer = "adam"            # adam | adamw
+  optim.optimizer = "adam"            # adam | adamw | rmsprop
   optim.learning_rate = 2e-4
   optim.warmup_steps = 5000           # linear warm-up from 0
+  # What follows the warm-up, counted from its end: constant | exponential
+  # (lr * lr_decay_rate**step) | piecewise (lr times the product of the
+  # lr_boundary_scales of the lr_boundaries passed) | cosine / linear (to 0 over
+  # lr_decay_steps).
+  optim.lr_schedule = "constant"
+  optim.lr_decay_rate = 1.0
+  optim.lr_decay_steps = 0
+  optim.lr_boundaries = ()
+  optim.lr_boundary_scales = ()
   optim.beta1 = 0.9
   optim.beta2 = 0.999
   optim.eps = 1e-8
   optim.weight_decay = 0.0            # only for adamw
+  optim.rmsprop_decay = 0.9           # only for rmsprop: decay of the squared-gradient average
+  optim.momentum = 0.0                # only for rmsprop; 0 disables
   optim.grad_clip_norm = 1.0          # global-norm clipping; 0 disables
   optim.ema_decay = 0.9999            # EMA of params used for eval and sampling
 

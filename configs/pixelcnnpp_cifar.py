@@ -61,8 +61,7 @@ def get_config(arg: str | None = None):
   optim.learning_rate = 1e-3
   # The reference multiplies the learning rate by 0.999995 before every step:
   # lr(step) = 1e-3 * 0.999995**step, no warm-up. These two fields name that schedule
-  # (optax.exponential_decay(1e-3, transition_steps=1, decay_rate=0.999995)) for
-  # train/optim.py, which does not read them yet.
+  # (optax.exponential_decay(1e-3, transition_steps=1, decay_rate=0.999995)).
   optim.lr_schedule = "exponential"
   optim.lr_decay_rate = 0.999995      # per step
   optim.warmup_steps = 0

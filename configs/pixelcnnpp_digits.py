@@ -43,8 +43,7 @@ def get_config(arg: str | None = None):
   optim.optimizer = "adam"
   optim.learning_rate = 2e-3
   # lr(step) = 2e-3 * 0.9995**step: the paper's exponential per-step decay, faster
-  # (to 0.22x at the last step); see configs/pixelcnnpp_cifar.py. Not read by
-  # train/optim.py yet.
+  # (to 0.22x at the last step); see configs/pixelcnnpp_cifar.py.
   optim.lr_schedule = "exponential"
   optim.lr_decay_rate = 0.9995
   optim.warmup_steps = 0
