@@ -6,6 +6,7 @@ metrics stay on the device until a log step, so the hot loop never waits on the 
 """
 
 import datetime
+import functools
 import json
 import logging as std_logging
 import math
@@ -118,7 +119,18 @@ class _Run:
     return abstract.replace_from_checkpoint(tree)
 
   def sampling_params(self, state: TrainState):
-    return state.ema_params if self.config.sampling.use_ema else state.params
+    """What `family.sample` takes: EMA or raw params, or the family's own choice (a GAN
+    also needs its generator's batch-norm statistics from `model_state`)."""
+    use_ema = self.config.sampling.use_ema
+    if hasattr(self.family, "sampling_params"):
+      return self.family.sampling_params(state, use_ema=use_ema)
+    return state.ema_params if use_ema else state.params
+
+  @functools.cached_property
+  def sample_fn(self):
+    """`family.sample` compiled once per run (one compilation per batch size)."""
+    return jax.jit(self.family.sample, static_argnums=2,
+                   out_shardings=sharding.batch_sharding(self.mesh))
 
   def provenance(self, step: int, purpose: str) -> dict[str, Any]:
     return dict(generated=True, config_name=self.config.name, checkpoint_step=int(step),
@@ -140,8 +152,7 @@ class _Run:
     """`num_samples` uint8 NHWC images, generated in sharded batches of `batch_size`."""
     batch_size = batch_size or num_samples
     batch_size = math.ceil(batch_size / jax.device_count()) * jax.device_count()
-    fn = jax.jit(self.family.sample, static_argnums=2,
-                 out_shardings=sharding.batch_sharding(self.mesh))
+    fn = self.sample_fn
     chunks, start = [], time.time()
     num_batches = math.ceil(num_samples / batch_size)
     for i in range(num_batches):
@@ -422,13 +433,37 @@ def _evaluate(run: _Run, state: TrainState | None) -> dict[str, Any]:
   if state is None:
     state = run.init_or_restore(must_exist=True)
   step = int(state.step)
-  ev = config.eval
+  params = run.sampling_params(state)
+  report = dict(config_name=config.name, step=step, dataset=config.data.dataset,
+                split=config.data.eval_split,
+                params="ema" if config.sampling.use_ema else "raw")
+  results: dict[str, float] = {}
+  if hasattr(run.family, "eval_step"):    # GANs have no likelihood
+    likelihood, count = _test_set_metrics(run, params)
+    results.update(likelihood)
+    report["num_examples"] = count
+  report.update(results)
+  if run.is_writer:
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    path = os.path.join(workdir, "eval", f"step_{step:08d}.json")
+    with open(path, "w") as f:
+      json.dump(report, f, indent=2)
+    writer = run.make_writer()
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+    writer.flush()
+    logging.info("Eval at step %d: %s -> %s", step,
+                 ", ".join(f"{k}={v:.4f}" for k, v in results.items()), path)
+  return report
+
+
+def _test_set_metrics(run: _Run, params) -> tuple[dict[str, float], int]:
+  """Means over the eval split of the family's per-example metrics (e.g. bits/dim)."""
+  config, ev = run.config, run.config.eval
   sharding.check_batch_size(ev.batch_size, "eval.batch_size")
   batch_sharding = sharding.batch_sharding(run.mesh)
   eval_fn = jax.jit(run.family.eval_step,
                     in_shardings=(run.replicated, batch_sharding, run.replicated),
                     out_shardings=batch_sharding)
-  params = run.sampling_params(state)
   rng = jax.random.fold_in(run.root_rng, EVAL)
   sums: dict[str, float] = {}
   count, start = 0, time.time()
@@ -452,21 +487,7 @@ def _evaluate(run: _Run, state: TrainState | None) -> dict[str, Any]:
   if not count:
     raise ValueError(f"The split {config.data.eval_split!r} of {config.data.dataset!r} "
                      "gave no examples.")
-  results = {name: value / count for name, value in sums.items()}
-  report = dict(config_name=config.name, step=step, dataset=config.data.dataset,
-                split=config.data.eval_split, num_examples=count,
-                params="ema" if config.sampling.use_ema else "raw", **results)
-  if run.is_writer:
-    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    path = os.path.join(workdir, "eval", f"step_{step:08d}.json")
-    with open(path, "w") as f:
-      json.dump(report, f, indent=2)
-    writer = run.make_writer()
-    writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
-    writer.flush()
-    logging.info("Eval at step %d: %s -> %s", step,
-                 ", ".join(f"{k}={v:.4f}" for k, v in results.items()), path)
-  return report
+  return {name: value / count for name, value in sums.items()}, count
 
 
 # ------------------------------------------------------------------------- sampling
