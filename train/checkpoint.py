@@ -9,10 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 
 class CheckpointCorruptError(IOError):
   pass
+
+
+def absolute_path(path: str) -> str:
+  """A local path made absolute; a URL such as gs://bucket/run is kept as it is."""
+  return path if "://" in path else os.path.abspath(path)
 
 
 @jax.jit
@@ -57,7 +63,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_every or None,
         enable_async_checkpointing=async_save, create=True)
-    self.directory = os.path.abspath(directory)
+    self.directory = absolute_path(directory)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -80,8 +86,7 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_tree), meta=ocp.args.JsonRestore()))
     tree, meta = restored["state"], dict(restored["meta"] or {})
-    step_dir = os.path.join(self.directory, str(step))
-    if os.path.isdir(os.path.join(step_dir, "fingerprint")):
+    if (epath.Path(self.directory) / str(step) / "fingerprint").is_dir():
       expected = self._manager.restore(step, args=ocp.args.Composite(
           fingerprint=ocp.args.JsonRestore()))["fingerprint"]["leaf_sums"]
       actual = [int(v) for v in np.asarray(fingerprint(tree))]
@@ -125,9 +130,9 @@ class Checkpointer:
     if jax.process_index() == 0:
       stamp = time.strftime("%Y%m%d-%H%M%S")
       for s in steps:
-        src = os.path.join(self.directory, str(s))
-        dst = f"{src}.unreadable-{stamp}"
-        os.rename(src, dst)
+        src = epath.Path(self.directory) / str(s)
+        dst = src.parent / f"{s}.unreadable-{stamp}"
+        src.rename(dst)
         logging.warning("Moved unreadable checkpoint %s to %s.", src, dst)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top

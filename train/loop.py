@@ -22,12 +22,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers
+from etils import epath
 from jax.experimental import multihost_utils
 
 import datasets
 from sampling import image_io
 from train import families, sharding
-from train.checkpoint import Checkpointer, abstract_like
+from train.checkpoint import Checkpointer, absolute_path, abstract_like
 from train.state import TrainState, num_params
 
 # Purposes that keys are folded with: fold_in(PRNGKey(seed), purpose).
@@ -136,7 +137,7 @@ class _Run:
     return dict(generated=True, config_name=self.config.name, checkpoint_step=int(step),
                 seed=int(self.config.seed), dataset=self.config.data.dataset,
                 family=self.config.model.family, purpose=purpose,
-                workdir=os.path.abspath(self.workdir),
+                workdir=absolute_path(self.workdir),
                 created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 **self.family.sampler_settings())
 
@@ -322,11 +323,10 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
 
   The first run writes workdir/config.json; later runs compare against it.
   """
-  path = os.path.join(workdir, "config.json")
+  path = epath.Path(workdir) / "config.json"
   current = {k: _jsonable(v) for k, v in _flatten(config).items()}
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  if path.exists():
+    saved = json.loads(path.read_text())
     changed = sorted(
         key for key in set(saved) | set(current)
         if saved.get(key) != current.get(key)
@@ -341,10 +341,15 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
     if not changed:
       return
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-      json.dump(current, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    _write_text_atomically(path, json.dumps(current, indent=2, sort_keys=True))
+
+
+def _write_text_atomically(path: epath.Path, text: str) -> None:
+  """Writes beside `path`, then renames: a reader never sees half a file."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
 
 
 def _jsonable(value):
@@ -444,10 +449,8 @@ def _evaluate(run: _Run, state: TrainState | None) -> dict[str, Any]:
     report["num_examples"] = count
   report.update(results)
   if run.is_writer:
-    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    path = os.path.join(workdir, "eval", f"step_{step:08d}.json")
-    with open(path, "w") as f:
-      json.dump(report, f, indent=2)
+    path = epath.Path(workdir) / "eval" / f"step_{step:08d}.json"
+    _write_text_atomically(path, json.dumps(report, indent=2))
     writer = run.make_writer()
     writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
     writer.flush()
