@@ -8,11 +8,12 @@ metrics)`, `eval_step(params, batch, rng) -> per-example metrics`,
 
 import ml_collections
 
-from train import autoregressive, ddpm, vae
+from train import autoregressive, ddpm, score, vae
 
 FAMILIES = {
     "autoregressive": autoregressive.Autoregressive,
     "ddpm": ddpm.DDPM,
+    "score": score.ScoreSDE,
     "vae": vae.VAE,
 }
 

@@ -90,6 +90,7 @@ class _Run:
         os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints,
         keep_every=t.keep_checkpoint_every_steps, async_save=t.async_checkpointing)
     self.is_writer = jax.process_index() == 0
+    self.measured_nfe: float | None = None
 
   def example_batch(self) -> dict[str, np.ndarray]:
     h, w, c = self.info.image_shape
@@ -129,9 +130,16 @@ class _Run:
 
   @functools.cached_property
   def sample_fn(self):
-    """`family.sample` compiled once per run (one compilation per batch size)."""
-    return jax.jit(self.family.sample, static_argnums=2,
-                   out_shardings=sharding.batch_sharding(self.mesh))
+    """`family.sample` compiled once per run (one compilation per batch size).
+
+    Families whose samplers take a data-dependent number of network evaluations
+    (adaptive ODE solvers) offer `sample_with_nfe`; its count is kept for provenance.
+    """
+    images = sharding.batch_sharding(self.mesh)
+    if hasattr(self.family, "sample_with_nfe"):
+      return jax.jit(self.family.sample_with_nfe, static_argnums=2,
+                     out_shardings=(images, self.replicated))
+    return jax.jit(self.family.sample, static_argnums=2, out_shardings=images)
 
   def provenance(self, step: int, purpose: str) -> dict[str, Any]:
     return dict(generated=True, config_name=self.config.name, checkpoint_step=int(step),
@@ -139,7 +147,9 @@ class _Run:
                 family=self.config.model.family, purpose=purpose,
                 workdir=absolute_path(self.workdir),
                 created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                **self.family.sampler_settings())
+                **self.family.sampler_settings(),
+                **({"nfe_measured": self.measured_nfe} if self.measured_nfe is not None
+                   else {}))
 
   def make_writer(self) -> metric_writers.MetricWriter:
     """TensorBoard event files from process 0 (the console gets `_progress_line`)."""
@@ -156,8 +166,12 @@ class _Run:
     fn = self.sample_fn
     chunks, start = [], time.time()
     num_batches = math.ceil(num_samples / batch_size)
+    nfes = []
     for i in range(num_batches):
       images = fn(params, jax.random.fold_in(rng, i), batch_size)
+      if isinstance(images, tuple):
+        images, nfe = images
+        nfes.append(float(nfe))
       chunks.append(np.asarray(multihost_utils.process_allgather(images, tiled=True)))
       if log_progress:
         done = (i + 1) * batch_size
@@ -165,6 +179,8 @@ class _Run:
         logging.info("Sampled %d/%d images (%.1f images/s, %s left).",
                      min(done, num_samples), num_samples, rate,
                      _format_seconds((num_samples - done) / rate))
+    # Network evaluations per sample, as measured (the mean over batches).
+    self.measured_nfe = float(np.mean(nfes)) if nfes else None
     return np.concatenate(chunks)[:num_samples]
 
 
