@@ -2,6 +2,7 @@
 
   python main.py --config=configs/ddpm_digits.py --workdir=/tmp/ddpm_digits
   python main.py --config=configs/ddpm_cifar.py --workdir=W --mode=eval
+  python main.py --config=configs/ddpm_cifar.py --workdir=W --mode=eval_watch
   python main.py --config=configs/ddpm_cifar.py --workdir=W --mode=sample \\
       --config.training.batch_size=64 --config.data.data_dir=/data/tfds
 """
@@ -20,7 +21,9 @@ config_flags.DEFINE_config_file(
     "can be overridden with --config.<field>=<value>.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples; "
                     "training resumes from the newest checkpoint in it.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "eval_watch", "sample"],
+                  "train; eval (the newest checkpoint); eval_watch (every checkpoint, "
+                  "beside a training job, until the last); sample.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for a "
                     "multi-process job (auto-detected on SLURM, Open MPI, TPU pods).")
 flags.DEFINE_integer("num_processes", None, "Processes in a multi-process job.")
@@ -35,7 +38,7 @@ def main(argv):
   distributed.maybe_initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id)
   run = {"train": loop.train_and_evaluate, "eval": loop.evaluate,
-         "sample": loop.sample}[FLAGS.mode]
+         "eval_watch": loop.evaluate_continuously, "sample": loop.sample}[FLAGS.mode]
   run(FLAGS.config, FLAGS.workdir)
 
 

@@ -126,4 +126,20 @@ def get_config() -> ml_collections.ConfigDict:
   eval_config.num_eval_examples = placeholder(int)
   # Timesteps per compiled chunk of the variational bound (memory vs speed).
   eval_config.vlb_timestep_chunk = 50
+  # Sample-based metrics of --mode=eval, on eval.num_samples samples (comma-separated
+  # from fid, is, kid, pr, classifier_fd, class_coverage); "" = the dataset's defaults
+  # (classifier_fd,class_coverage for the embedded datasets, fid,is otherwise);
+  # "none" = bits/dim only. See README "Evaluation protocol".
+  eval_config.sample_metrics = ""
+  # Reference split for FID-style statistics (the papers: the 50k training images),
+  # and how many of its images; None = the whole split.
+  eval_config.reference_split = "train"
+  eval_config.num_reference_examples = placeholder(int)
+  # pt_inception-2015-12-05-6726825d.pth; None = $INCEPTION_WEIGHTS.
+  eval_config.inception_weights = placeholder(str)
+  # Caches of reference statistics and offline classifiers; None = $EVAL_STATS_DIR /
+  # $EVAL_CLASSIFIER_DIR, else ~/.cache/genmodels/.
+  eval_config.stats_dir = placeholder(str)
+  eval_config.classifier_dir = placeholder(str)
+  eval_config.feature_batch_size = 200   # images per feature-network call
   return config

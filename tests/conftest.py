@@ -6,6 +6,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Embedded datasets are prepared into a fresh directory, never into the user's own.
 os.environ.setdefault("TFDS_DATA_DIR", tempfile.mkdtemp(prefix="tfds_test_"))
+# Offline classifiers and reference statistics are cached per test session.
+os.environ.setdefault("EVAL_CLASSIFIER_DIR", tempfile.mkdtemp(prefix="classifiers_"))
+os.environ.setdefault("EVAL_STATS_DIR", tempfile.mkdtemp(prefix="ref_stats_"))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -137,6 +137,11 @@ def test_cli_train_eval_sample_end_to_end(tmp_path):
   assert os.path.exists(workdir / "samples" / "train_step_00000020.png")
   report = json.load(open(workdir / "eval" / "step_00000020.json"))
   assert report["step"] == 20 and report["num_examples"] == 32
+  # Sample metrics beside bits/dim, with the protocol that produced them.
+  assert np.isfinite(report["classifier_fd"]) and 0 < report["class_coverage"] <= 1
+  protocol = report["protocol"]
+  assert protocol["num_samples"] == 8 and protocol["sampler"]["sampler"] == "ancestral"
+  assert protocol["sampler"]["nfe"] == 20 and protocol["sampler"]["params"] == "ema"
   with np.load(workdir / "samples" / "step_00000020" / "samples.npz") as f:
     samples = f["arr_0"]
   assert samples.shape == (8, 8, 8, 1) and samples.dtype == np.uint8
@@ -214,3 +219,16 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"from step {stop} to {stop + 2}" in proc.stderr
+
+
+def test_eval_watch_evaluates_each_checkpoint_once(tmp_path, fast_compile):
+  """Beside training: every checkpoint without an eval JSON is evaluated, then it stops."""
+  config = tiny_config(num_train_steps=4)
+  config.eval.sample_metrics = "none"
+  loop.train_and_evaluate(config, str(tmp_path))      # evaluates step 4 itself
+  assert sorted(os.listdir(tmp_path / "eval")) == ["step_00000004.json"]
+  reports = loop.evaluate_continuously(config, str(tmp_path), poll_seconds=0)
+  assert [r["step"] for r in reports] == [2]          # 4 was done already
+  assert sorted(os.listdir(tmp_path / "eval")) == ["step_00000002.json",
+                                                   "step_00000004.json"]
+  assert loop.evaluate_continuously(config, str(tmp_path), poll_seconds=0) == []

@@ -139,6 +139,10 @@ class Checkpointer:
       multihost_utils.sync_global_devices("checkpoint_move_aside")
     self._manager.reload()
 
+  def reload(self) -> None:
+    """Sees checkpoints that another process has written since this one started."""
+    self._manager.reload()
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

@@ -32,7 +32,7 @@ from train.checkpoint import Checkpointer, absolute_path, abstract_like
 from train.state import TrainState, num_params
 
 # Purposes that keys are folded with: fold_in(PRNGKey(seed), purpose).
-INIT, SAMPLE_GRID, EVAL, SAMPLE = 0, 1, 2, 3
+INIT, SAMPLE_GRID, EVAL, SAMPLE, SAMPLE_EVAL = 0, 1, 2, 3, 4
 DEVICE_KEYS = ("image", "label")  # what a family's step reads from a batch
 
 
@@ -96,8 +96,9 @@ class _Run:
     h, w, c = self.info.image_shape
     return dict(image=np.zeros((1, h, w, c), np.uint8), label=np.zeros((1,), np.int32))
 
-  def init_or_restore(self, *, must_exist: bool = False) -> TrainState:
-    """The newest checkpoint in the workdir, or a freshly initialised state."""
+  def init_or_restore(self, *, must_exist: bool = False,
+                      step: int | None = None) -> TrainState:
+    """The newest checkpoint (or `step`) in the workdir, or a freshly initialised state."""
     init_fn = jax.jit(self.family.init, out_shardings=self.replicated)
     init_rng = jax.random.fold_in(self.root_rng, INIT)
     example = self.example_batch()
@@ -115,7 +116,7 @@ class _Run:
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated),
         abstract.checkpoint_tree())
-    tree, meta, step = self.checkpointer.restore(target)
+    tree, meta, step = self.checkpointer.restore(target, step=step)
     logging.info("Restored checkpoint at step %d from %s (%s).", step,
                  self.checkpointer.directory, meta.get("config_name"))
     return abstract.replace_from_checkpoint(tree)
@@ -463,6 +464,11 @@ def _evaluate(run: _Run, state: TrainState | None) -> dict[str, Any]:
     likelihood, count = _test_set_metrics(run, params)
     results.update(likelihood)
     report["num_examples"] = count
+  names = _sample_metric_names(config)
+  if names != ["none"]:
+    values, protocol = _sample_metrics(run, params, step, names or None)
+    results.update(values)
+    report["protocol"] = protocol
   report.update(results)
   if run.is_writer:
     path = epath.Path(workdir) / "eval" / f"step_{step:08d}.json"
@@ -473,6 +479,84 @@ def _evaluate(run: _Run, state: TrainState | None) -> dict[str, Any]:
     logging.info("Eval at step %d: %s -> %s", step,
                  ", ".join(f"{k}={v:.4f}" for k, v in results.items()), path)
   return report
+
+
+def _sample_metric_names(config: ml_collections.ConfigDict) -> list[str]:
+  return [n.strip() for n in config.eval.sample_metrics.split(",") if n.strip()]
+
+
+def _sample_metrics(run: _Run, params, step: int,
+                    names: list[str] | None) -> tuple[dict[str, float], dict[str, Any]]:
+  """FID / IS / KID / P&R (or the offline classifier metrics) of eval.num_samples samples.
+
+  Samples are written in chunks under eval/samples_step_N/, so an interrupted
+  evaluation resumes where it stopped and gives the same samples.
+  """
+  from evaluation import sample_metrics  # pylint: disable=g-import-not-at-top
+  config, ev = run.config, run.config.eval
+  batch_size = math.ceil(config.sampling.batch_size / jax.device_count()) * \
+      jax.device_count()
+
+  nfes = []
+
+  def sample_fn(rng, n):
+    images = run.sample_fn(params, rng, n)
+    if isinstance(images, tuple):
+      images, nfe = images
+      nfes.append(float(nfe))
+    return np.asarray(multihost_utils.process_allgather(images, tiled=True))
+
+  images = sample_metrics.generate_samples_resumable(
+      sample_fn, jax.random.fold_in(run.root_rng, SAMPLE_EVAL), ev.num_samples,
+      batch_size, os.path.join(run.workdir, "eval", f"samples_step_{step:08d}"),
+      is_writer=run.is_writer)
+  reference = sample_metrics.ReferenceSpec.from_data_config(
+      config.data, split=ev.reference_split, num_examples=ev.num_reference_examples)
+  result = sample_metrics.compute_sample_metrics(
+      images, reference=reference, metrics=names, cache_dir=ev.stats_dir,
+      inception_weights=ev.inception_weights, classifier_dir=ev.classifier_dir,
+      batch_size=ev.feature_batch_size, mesh=run.mesh)
+  sampler = dict(run.family.sampler_settings(), seed=int(config.seed),
+                 params="ema" if config.sampling.use_ema else "raw")
+  if nfes:   # samples resumed from disk add no measurement
+    sampler["nfe_measured"] = float(np.mean(nfes))
+  protocol = dict(result.protocol, sampler=sampler)
+  return {k: float(v) for k, v in result.values.items()}, protocol
+
+
+def evaluate_continuously(config: ml_collections.ConfigDict, workdir: str, *,
+                          poll_seconds: float = 60.0, timeout_seconds: float | None = None
+                          ) -> list[dict[str, Any]]:
+  """Evaluates every checkpoint that has no eval/step_N.json yet, as training writes them.
+
+  Runs beside a training job (another process, possibly another machine sharing the
+  workdir) until the checkpoint of step num_train_steps is evaluated, or until
+  `timeout_seconds` pass without a new checkpoint. Restarted, it carries on: steps
+  already evaluated are skipped, and a half-done sample set resumes from its chunks.
+  """
+  run = _Run(config, workdir)
+  reports, idle_since = [], time.time()
+  final = config.training.num_train_steps
+  try:
+    while True:
+      run.checkpointer.reload()
+      done = {int(p.name[5:13]) for p in (epath.Path(workdir) / "eval").glob("step_*.json")} \
+          if (epath.Path(workdir) / "eval").exists() else set()
+      pending = [s for s in run.checkpointer.all_steps() if s not in done]
+      for step in pending:
+        logging.info("Evaluating checkpoint %d of %s.", step, workdir)
+        reports.append(_evaluate(run, run.init_or_restore(must_exist=True, step=step)))
+        done.add(step)
+      if final in done:
+        return reports
+      if pending:
+        idle_since = time.time()
+      elif timeout_seconds is not None and time.time() - idle_since > timeout_seconds:
+        logging.info("No new checkpoint in %d s; stopping.", timeout_seconds)
+        return reports
+      time.sleep(poll_seconds)
+  finally:
+    run.checkpointer.close()
 
 
 def _test_set_metrics(run: _Run, params) -> tuple[dict[str, float], int]:
