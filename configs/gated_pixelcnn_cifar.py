@@ -45,8 +45,10 @@ def get_config(arg: str | None = None):
   model.dropout = 0.0                 # none in the paper
   model.num_groups = 32               # unused by this family
 
-  # The paper states neither optimizer nor learning rate: Adam at 1e-3 with a 1000-step
-  # warm-up and clipping at norm 1 are our choice.
+  # The paper states neither optimizer nor learning rate (section 3.1 gives only the
+  # network size, the number of updates and the batch): Adam at 1e-3 with a 1000-step
+  # warm-up and clipping at norm 1 are our choice. (RMSProp, the PixelRNN paper's
+  # optimizer, is available as optim.optimizer='rmsprop'.)
   config.optim.optimizer = "adam"
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 1000
@@ -60,12 +62,13 @@ def get_config(arg: str | None = None):
   training.num_train_steps = 200_000  # 200K synchronous updates (section 3.1)
   training.log_every_steps = 100
   training.checkpoint_every_steps = 10_000
-  # A naive sample grid costs 32*32*3 = 3072 network evaluations.
+  # A sample grid costs 32*32*3 = 3072 steps of one pixel's worth of network each.
   training.sample_every_steps = 50_000
   training.keep_checkpoints = 3
   training.keep_checkpoint_every_steps = 50_000
 
-  config.sampling.method = "naive_autoregressive"   # the family's only sampler
+  # Cached activations (sampling/fast_autoregressive.py): the naive sampler's draws.
+  config.sampling.method = "fast"
   config.sampling.use_ema = False
   config.sampling.batch_size = 256
   config.eval.num_samples = 50_000

@@ -5,8 +5,9 @@ Reproduces the PixelCNN row of Table 5 of the paper (CIFAR-10 test NLL, 3.14 bit
 figure 5): a 7x7 mask-A convolution, 15 residual blocks (each ReLU -> 1x1 -> ReLU ->
 masked 3x3 -> ReLU -> 1x1, mask B) with h=128 (a residual stream of 2h=256 maps), then
 ReLU -> 1x1 with 1024 maps -> ReLU -> 1x1 to a 256-way softmax for each of R, G, B,
-sub-pixels conditioned in raster order and R -> G -> B. Training details that the
-paper does not state are marked below with what was chosen instead.
+sub-pixels conditioned in raster order and R -> G -> B. Section 5.2 trains with
+RMSProp on minibatches of 16 and no augmentation; the learning rate and the number of
+steps are not stated and are marked below with what was chosen instead.
 
   python main.py --config=configs/pixelcnn_cifar.py --workdir=runs/pixelcnn_cifar
   python main.py --config=configs/pixelcnn_cifar.py --workdir=runs/pixelcnn_cifar --mode=eval
@@ -42,12 +43,17 @@ def get_config(arg: str | None = None):
   model.dropout = 0.0                 # none in the paper
   model.num_groups = 32               # unused by this family
 
-  # Section 5.2 trains with RMSProp, which train/optim.py does not offer yet: Adam
-  # stands in. The paper sets learning rates "manually" per dataset and states no
-  # value: 1e-3 with a 1000-step warm-up and clipping at norm 1 are our choice.
-  config.optim.optimizer = "adam"
-  config.optim.learning_rate = 1e-3
+  # Section 5.2: "RMSProp gives best convergence performance and is used for all
+  # experiments"; the learning-rate schedules were set by hand per dataset and are not
+  # given. Our choices: 3e-4 after a 1000-step linear warm-up (RMSProp without bias
+  # correction takes steps several times larger while its average of squared gradients
+  # fills), decay 0.95, clipping at norm 1. (On digits, RMSProp at 1e-3 with decay 0.95
+  # reached 1.83 test bits/dim against Adam's 1.84 with configs/pixelcnn_digits.py.)
+  config.optim.optimizer = "rmsprop"
+  config.optim.learning_rate = 3e-4
   config.optim.warmup_steps = 1000
+  config.optim.rmsprop_decay = 0.95
+  config.optim.momentum = 0.0
   config.optim.grad_clip_norm = 1.0
   # No parameter averaging in the paper: the EMA is kept but evaluation and sampling
   # use the raw parameters (sampling.use_ema=False).
@@ -58,12 +64,13 @@ def get_config(arg: str | None = None):
   training.num_train_steps = 500_000  # not stated in the paper; our choice (~160 epochs)
   training.log_every_steps = 100
   training.checkpoint_every_steps = 10_000
-  # A naive sample grid costs 32*32*3 = 3072 network evaluations.
+  # A sample grid costs 32*32*3 = 3072 steps of one pixel's worth of network each.
   training.sample_every_steps = 50_000
   training.keep_checkpoints = 3
   training.keep_checkpoint_every_steps = 100_000
 
-  config.sampling.method = "naive_autoregressive"   # the family's only sampler
+  # Cached activations (sampling/fast_autoregressive.py): the naive sampler's draws.
+  config.sampling.method = "fast"
   config.sampling.use_ema = False
   config.sampling.batch_size = 256
   config.eval.num_samples = 50_000

@@ -1,18 +1,31 @@
-"""The autoregressive family: PixelCNN, Gated PixelCNN and PixelCNN++.
+"""The autoregressive family: PixelCNN, Gated PixelCNN, PixelRNN and PixelCNN++.
 
 p(x) = prod_t p(x_t | x_<t), exact, so the loss is the negative log-likelihood of the
 data under teacher forcing (every conditional evaluated in one pass on the true image),
 reported in bits per dimension: -log p(x) / (H W C ln 2).
 
-Two likelihoods, `config.model.likelihood`:
+Networks (`config.model.name`): 'pixelcnn', 'gated_pixelcnn' (models/pixelcnn.py),
+'row_lstm', 'diagonal_bilstm' (PixelRNN, models/pixelrnn.py), 'pixelcnnpp'
+(models/pixelcnnpp.py). Likelihoods (`config.model.likelihood`):
 - 'categorical': a 256-way softmax per sub-pixel, in raster order and R -> G -> B
-  within a pixel (van den Oord et al. 2016a, 2016b; models/pixelcnn.py);
+  within a pixel (van den Oord et al. 2016a, 2016b);
+- 'bernoulli': binary data, one logit per sub-pixel (the sigmoid output of the
+  PixelRNN paper's binarized MNIST models, table 1), for the same four networks. The
+  uint8 images are binarized inside the family (`config.model.binarization`, by
+  train/vae.py's code): 'dynamic' draws x ~ Bernoulli(pixel / 255) at every step (eval draws
+  the test set once from the eval rng), 'threshold' is x = [pixel >= 128], 'binary'
+  reads data already stored as 0/1 (tfds 'binarized_mnist'). Samples are 0 or 255.
+  Bits/dim are then per binary dimension; binarized MNIST papers report `nll_nats`;
 - 'logistic_mixture': a discretized logistic mixture per whole pixel, RGB coupled
   inside the pixel (Salimans et al. 2017; models/pixelcnnpp.py, models/logistic_mixture.py).
 
-Sampling is the naive sampler: one network evaluation per sub-pixel (categorical) or
-per pixel (mixture), on the whole canvas, in one compiled `lax.fori_loop`; the key of
-position t is fold_in(rng, t).
+Samplers (`config.sampling.method`):
+- 'naive': one network evaluation per sub-pixel (per pixel for the mixture) on the
+  whole canvas, in one compiled `lax.fori_loop`; the key of position t is
+  fold_in(rng, t). Any network.
+- 'fast': the same draws from cached activations (sampling/fast_autoregressive.py,
+  Ramachandran et al. 2017): one pixel's worth of the network per sub-pixel
+  (PixelCNN and Gated PixelCNN, categorical or Bernoulli).
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import jax
@@ -29,18 +43,31 @@ import optax
 
 from evaluation.iwae import nats_to_bits_per_dim
 from models import pixelcnn as pixelcnn_models
+from models import pixelrnn as pixelrnn_models
+from sampling import fast_autoregressive
 from train import optim as optim_lib
 from train.state import TrainState, ema_update
+from train import vae as vae_lib
+from train.vae import BINARIZATIONS, bernoulli_log_prob
 
-# Network name -> the likelihood its outputs parameterise.
+# Network name -> the likelihoods its outputs can parameterise (the first: default).
 NETWORK_LIKELIHOODS = {
-    "pixelcnn": "categorical",
-    "gated_pixelcnn": "categorical",
-    "pixelcnnpp": "logistic_mixture",
+    "pixelcnn": ("categorical", "bernoulli"),
+    "gated_pixelcnn": ("categorical", "bernoulli"),
+    "row_lstm": ("categorical", "bernoulli"),
+    "diagonal_bilstm": ("categorical", "bernoulli"),
+    "pixelcnnpp": ("logistic_mixture",),
 }
-LIKELIHOODS = ("categorical", "logistic_mixture")
-SAMPLER = "naive_autoregressive"
+LIKELIHOODS = ("categorical", "bernoulli", "logistic_mixture")
+CONDITIONAL_NETWORKS = ("gated_pixelcnn", "pixelcnnpp")
+# config.sampling.method -> the sampler's recorded name. 'naive_autoregressive' is
+# the name configs used before the fast sampler existed.
+SAMPLING_METHODS = {"naive": "naive_autoregressive",
+                    "naive_autoregressive": "naive_autoregressive",
+                    "fast": "fast_autoregressive"}
+FAST_NETWORKS = ("pixelcnn", "gated_pixelcnn")
 NUM_LEVELS = 256
+_BINARIZE = 1     # fold_in purpose of the binarization key inside a step's rng
 
 
 def scale_images(levels: jax.Array) -> jax.Array:
@@ -48,9 +75,28 @@ def scale_images(levels: jax.Array) -> jax.Array:
   return levels.astype(jnp.float32) / 127.5 - 1.0
 
 
+def scale_binary(bits: jax.Array) -> jax.Array:
+  """Binary data {0, 1} -> network input {-1, 1}."""
+  return 2.0 * bits.astype(jnp.float32) - 1.0
+
+
 def to_levels(x: jax.Array) -> jax.Array:
   """[-1, 1] on the 256-level grid -> int32 levels 0..255."""
   return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, NUM_LEVELS - 1).astype(jnp.int32)
+
+
+def binarize(images: jax.Array, rng: jax.Array, mode: str) -> jax.Array:
+  """uint8 images -> int32 {0, 1} by `mode`, with the VAE family's binarization.
+
+  train/vae.py keeps its binarization in the method VAE.prepare, which reads only
+  config.model.decoder and config.model.binarization: it is called here with those
+  two fields, so both families binarize identically.
+  """
+  if mode not in BINARIZATIONS:
+    raise ValueError(f"binarization={mode!r}; choose one of {BINARIZATIONS}.")
+  fields = SimpleNamespace(config=SimpleNamespace(
+      model=SimpleNamespace(decoder="bernoulli", binarization=mode)))
+  return vae_lib.VAE.prepare(fields, images, rng).astype(jnp.int32)
 
 
 def categorical_log_likelihood(logits: jax.Array, levels: jax.Array) -> jax.Array:
@@ -63,27 +109,51 @@ def categorical_log_likelihood(logits: jax.Array, levels: jax.Array) -> jax.Arra
   return jnp.sum(picked, axis=(1, 2, 3, 4))
 
 
+def bernoulli_log_likelihood(logits: jax.Array, bits: jax.Array) -> jax.Array:
+  """log p(x) = sum over sub-pixels of log Bernoulli(x; sigmoid(logit)), in nats.
+
+  logits [B, H, W, C, 1], bits {0, 1} [B, H, W, C] -> [B].
+  """
+  per_subpixel = bernoulli_log_prob(bits.astype(jnp.float32),
+                                    logits[..., 0].astype(jnp.float32))
+  return jnp.sum(per_subpixel, axis=(1, 2, 3))
+
+
+def bernoulli_as_categorical(logits: jax.Array) -> jax.Array:
+  """One Bernoulli logit l [..., 1] -> two-class logits [0, l] [..., 2].
+
+  softmax([0, l])[1] = sigmoid(l), so the categorical sampler draws x ~ Bernoulli.
+  """
+  return jnp.concatenate([jnp.zeros_like(logits), logits], axis=-1)
+
+
 # --------------------------------------------------------------------- sampling
 def sample_subpixels(logits_fn: Callable[[jax.Array], jax.Array], rng: jax.Array,
-                     shape: tuple[int, int, int, int]) -> jax.Array:
+                     shape: tuple[int, int, int, int],
+                     num_positions: int | None = None) -> jax.Array:
   """Naive sampling, one sub-pixel at a time: uint8 [N, H, W, C].
 
-  logits_fn maps a canvas of int32 levels [N, H, W, C] to logits [N, H, W, C, 256].
-  Position t = (i * W + j) * C + c, i.e. raster order and R, G, B within a pixel; the
-  network runs on the whole canvas at every one of the H W C positions.
+  logits_fn maps a canvas of int32 levels [N, H, W, C] to categorical logits
+  [N, H, W, C, K] (K = 256, or 2 for binary data). Position t = (i * W + j) * C + c,
+  i.e. raster order and R, G, B within a pixel; the network runs on the whole canvas
+  at every one of the H W C positions. num_positions < H W C draws only the first
+  ones (the rest stay 0): benchmarks time a few steps of a long loop with it.
   """
   n, h, w, c = shape
+  num_positions = h * w * c if num_positions is None else num_positions
 
   def body(t, canvas):
     i, rest = jnp.divmod(t, w * c)
     j, channel = jnp.divmod(rest, c)
-    logits = jax.lax.dynamic_slice(logits_fn(canvas), (0, i, j, channel, 0),
-                                   (n, 1, 1, 1, NUM_LEVELS)).reshape(n, NUM_LEVELS)
+    logits = logits_fn(canvas)
+    num_classes = logits.shape[-1]
+    logits = jax.lax.dynamic_slice(logits, (0, i, j, channel, 0),
+                                   (n, 1, 1, 1, num_classes)).reshape(n, num_classes)
     value = jax.random.categorical(jax.random.fold_in(rng, t), logits, axis=-1)
     return jax.lax.dynamic_update_slice(canvas, value.astype(jnp.int32).reshape(n, 1, 1, 1),
                                         (0, i, j, channel))
 
-  canvas = jax.lax.fori_loop(0, h * w * c, body, jnp.zeros(shape, jnp.int32))
+  canvas = jax.lax.fori_loop(0, num_positions, body, jnp.zeros(shape, jnp.int32))
   return canvas.astype(jnp.uint8)
 
 
@@ -121,6 +191,18 @@ def _logistic_mixture_modules():
                      f"in this checkout ({e}).") from e
 
 
+def _check_likelihood(name: str, likelihood: str) -> None:
+  if likelihood not in LIKELIHOODS:
+    raise ValueError(f"config.model.likelihood={likelihood!r}; choose one of "
+                     f"{LIKELIHOODS}.")
+  allowed = NETWORK_LIKELIHOODS[name]
+  if likelihood not in allowed:
+    raise ValueError(f"config.model.name={name!r} outputs a "
+                     f"{' or '.join(map(repr, allowed))} likelihood, but "
+                     f"config.model.likelihood={likelihood!r}; set "
+                     f"model.likelihood={allowed[0]!r}.")
+
+
 class Autoregressive:
   """Exact-likelihood autoregressive image models; see the module docstring."""
 
@@ -134,36 +216,50 @@ class Autoregressive:
     if name not in NETWORK_LIKELIHOODS:
       raise ValueError(f"config.model.name={name!r}; choose one of "
                        f"{tuple(NETWORK_LIKELIHOODS)}.")
-    self.likelihood = m.get("likelihood", NETWORK_LIKELIHOODS[name])
-    if self.likelihood not in LIKELIHOODS:
-      raise ValueError(f"config.model.likelihood={self.likelihood!r}; choose one of "
-                       f"{LIKELIHOODS}.")
-    if self.likelihood != NETWORK_LIKELIHOODS[name]:
-      raise ValueError(f"config.model.name={name!r} outputs a "
-                       f"{NETWORK_LIKELIHOODS[name]!r} likelihood, but "
-                       f"config.model.likelihood={self.likelihood!r}; set "
-                       f"model.likelihood={NETWORK_LIKELIHOODS[name]!r}.")
+    self.likelihood = m.get("likelihood", NETWORK_LIKELIHOODS[name][0])
+    _check_likelihood(name, self.likelihood)
+    self.binarization = None
+    if self.likelihood == "bernoulli":
+      self.binarization = m.get("binarization", None)
+      if self.binarization not in BINARIZATIONS:
+        raise ValueError(f"config.model.binarization={self.binarization!r}; the "
+                         f"Bernoulli likelihood needs one of {BINARIZATIONS}.")
     conditional = bool(m.get("conditional", False))
     if conditional and num_classes <= 0:
       raise ValueError(f"config.model.conditional=True but {config.data.dataset!r} has "
                        "no class labels.")
-    if conditional and name == "pixelcnn":
-      raise ValueError("The PixelCNN is unconditional: set model.conditional=False or "
+    if conditional and name not in CONDITIONAL_NETWORKS:
+      network = "The PixelCNN" if name == "pixelcnn" else "PixelRNN"
+      raise ValueError(f"{network} is unconditional: set model.conditional=False or "
                        "model.name='gated_pixelcnn' for class-conditional models.")
     self.num_classes = num_classes if conditional else 0
     self.dropout = float(m.get("dropout", 0.0))
-    if self.likelihood == "categorical":
-      self.model = self._categorical_network(name, m)
-      self.mixture = None
-    else:
+    self.sampler = self._sampler_name(name)
+    if self.likelihood == "logistic_mixture":
       self.mixture, pixelcnnpp = _logistic_mixture_modules()
       self.model = pixelcnnpp.PixelCNNPP(
           nr_filters=m.nr_filters, nr_resnet=m.nr_resnet,
           nr_logistic_mix=m.nr_logistic_mix, dropout=self.dropout,
           num_classes=self.num_classes)
+    else:
+      self.model = self._subpixel_network(name, m)
+      self.mixture = None
     self.tx = optim_lib.make_optimizer(config.optim)
 
-  def _categorical_network(self, name: str, m: ml_collections.ConfigDict):
+  def _sampler_name(self, name: str) -> str:
+    method = self.config.sampling.method
+    if method not in SAMPLING_METHODS:
+      raise ValueError(f"config.sampling.method={method!r}; the autoregressive family "
+                       f"samples with one of {tuple(SAMPLING_METHODS)}.")
+    sampler = SAMPLING_METHODS[method]
+    if sampler == SAMPLING_METHODS["fast"] and name not in FAST_NETWORKS:
+      raise ValueError(f"config.sampling.method='fast' caches the activations of "
+                       f"{FAST_NETWORKS} only, not of model.name={name!r}; set "
+                       "sampling.method='naive'.")
+    return sampler
+
+  def _subpixel_network(self, name: str, m: ml_collections.ConfigDict):
+    """The categorical/Bernoulli network: 256 or 1 outputs per sub-pixel."""
     num_channels = self.image_shape[-1]
     if self.dropout:
       raise ValueError(f"The {name} network has no dropout; set model.dropout=0, got "
@@ -177,40 +273,56 @@ class Autoregressive:
     for field in ("kernel_size", "first_kernel_size"):
       if m[field] < 3 or m[field] % 2 == 0:
         raise ValueError(f"config.model.{field} must be odd and >= 3, got {m[field]}.")
+    num_levels = 1 if self.likelihood == "bernoulli" else NUM_LEVELS
     common = dict(num_channels=num_channels, ch=m.ch, num_layers=m.num_layers,
                   kernel_size=m.kernel_size, first_kernel_size=m.first_kernel_size,
-                  head_features=m.head_features)
+                  head_features=m.head_features, num_levels=num_levels)
     if name == "pixelcnn":
       return pixelcnn_models.PixelCNN(**common)
-    return pixelcnn_models.GatedPixelCNN(**common, num_classes=self.num_classes)
+    if name == "gated_pixelcnn":
+      return pixelcnn_models.GatedPixelCNN(**common, num_classes=self.num_classes)
+    return pixelrnn_models.PixelRNN(**common, layer_type=name,
+                                    skip_connections=bool(m.get("skip_connections", True)))
 
   # ------------------------------------------------------------------ network
   def _labels(self, batch: dict[str, Any]) -> jax.Array | None:
     return batch["label"].astype(jnp.int32) if self.num_classes else None
 
-  def apply(self, params, levels: jax.Array, y: jax.Array | None = None, *,
+  def network_input(self, data: jax.Array) -> jax.Array:
+    """Modelled data (levels 0..255, or bits {0, 1}) -> the network's input in [-1, 1]."""
+    return scale_binary(data) if self.likelihood == "bernoulli" else scale_images(data)
+
+  def prepare(self, images: jax.Array, rng: jax.Array) -> jax.Array:
+    """uint8 images -> the modelled data: int32 levels, or bits for 'bernoulli'."""
+    if self.likelihood == "bernoulli":
+      return binarize(images, rng, self.binarization)
+    return images.astype(jnp.int32)
+
+  def apply(self, params, data: jax.Array, y: jax.Array | None = None, *,
             train: bool = False, rng: jax.Array | None = None) -> jax.Array:
-    """Network outputs for images of levels [B, H, W, C]: logits [B, H, W, C, 256]
-    (categorical) or mixture parameters [B, H, W, K] (logistic_mixture)."""
+    """Network outputs for modelled data [B, H, W, C]: logits [B, H, W, C, 256]
+    (categorical), [B, H, W, C, 1] (bernoulli) or mixture parameters [B, H, W, K]."""
     rngs = {"dropout": rng} if train and self.dropout > 0 else {}
-    return self.model.apply({"params": params}, scale_images(levels), y, train=train,
+    return self.model.apply({"params": params}, self.network_input(data), y, train=train,
                             rngs=rngs)
 
-  def log_likelihood(self, params, levels: jax.Array, y: jax.Array | None = None, *,
+  def log_likelihood(self, params, data: jax.Array, y: jax.Array | None = None, *,
                      train: bool = False, rng: jax.Array | None = None) -> jax.Array:
-    """log p(x) in nats per example [B] of images of levels [B, H, W, C]."""
-    out = self.apply(params, levels, y, train=train, rng=rng)
+    """log p(x) in nats per example [B] of modelled data [B, H, W, C] (see `prepare`)."""
+    out = self.apply(params, data, y, train=train, rng=rng)
     if self.likelihood == "categorical":
-      return categorical_log_likelihood(out, levels)
-    return self.mixture.log_prob(scale_images(levels), out,
+      return categorical_log_likelihood(out, data)
+    if self.likelihood == "bernoulli":
+      return bernoulli_log_likelihood(out, data)
+    return self.mixture.log_prob(scale_images(data), out,
                                  num_mixtures=self.config.model.nr_logistic_mix)
 
   # ----------------------------------------------------------------- training
   def init(self, rng: jax.Array, example_batch: dict[str, Any]) -> TrainState:
-    images = example_batch["image"][:1]
+    data = self.prepare(example_batch["image"][:1], rng)
     y = self._labels(example_batch)
     y = None if y is None else y[:1]
-    params = self.model.init({"params": rng, "dropout": rng}, scale_images(images), y,
+    params = self.model.init({"params": rng, "dropout": rng}, self.network_input(data), y,
                              train=False)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                       opt_state=self.tx.init(params), rng=jax.random.fold_in(rng, 1),
@@ -218,8 +330,8 @@ class Autoregressive:
 
   def loss(self, params, batch: dict[str, Any], rng: jax.Array):
     """Mean negative log-likelihood in bits/dim (teacher forcing)."""
-    log_lik = self.log_likelihood(params, batch["image"], self._labels(batch), train=True,
-                                  rng=rng)
+    data = self.prepare(batch["image"], jax.random.fold_in(rng, _BINARIZE))
+    log_lik = self.log_likelihood(params, data, self._labels(batch), train=True, rng=rng)
     return jnp.mean(nats_to_bits_per_dim(-log_lik, self.num_dims))
 
   def train_step(self, state: TrainState, batch: dict[str, Any]):
@@ -237,36 +349,54 @@ class Autoregressive:
   # --------------------------------------------------------------- evaluation
   def eval_step(self, params, batch: dict[str, Any],
                 rng: jax.Array) -> dict[str, jax.Array]:
-    """Exact per-example bits/dim ('bpd') and negative log-likelihood in nats."""
-    del rng   # the likelihood is exact and deterministic
-    nll = -self.log_likelihood(params, batch["image"], self._labels(batch))
+    """Exact per-example bits/dim ('bpd') and negative log-likelihood in nats.
+
+    The likelihood is deterministic; rng only draws a dynamic binarization.
+    """
+    data = self.prepare(batch["image"], rng)
+    nll = -self.log_likelihood(params, data, self._labels(batch))
     return dict(bpd=nats_to_bits_per_dim(nll, self.num_dims), nll_nats=nll)
 
   # ----------------------------------------------------------------- sampling
   def sample(self, params, rng: jax.Array, num_samples: int) -> jax.Array:
-    """uint8 NHWC samples by the naive sampler; conditional models cycle the classes."""
+    """uint8 NHWC samples; conditional models cycle the classes; binary data 0 / 255."""
     y = (jnp.arange(num_samples, dtype=jnp.int32) % self.num_classes
          if self.num_classes else None)
     shape = (num_samples, *self.image_shape)
-    network = lambda canvas: self.apply(params, canvas, y)  # noqa: E731
-    if self.likelihood == "categorical":
-      return sample_subpixels(network, rng, shape)
-    num_mixtures = self.config.model.nr_logistic_mix
+    if self.likelihood == "logistic_mixture":
+      num_mixtures = self.config.model.nr_logistic_mix
 
-    def draw(key, pixel_params):
-      return self.mixture.sample(key, pixel_params, num_mixtures=num_mixtures)
+      def draw(key, pixel_params):
+        return self.mixture.sample(key, pixel_params, num_mixtures=num_mixtures)
 
-    return sample_pixels(network, draw, rng, shape)
+      return sample_pixels(lambda canvas: self.apply(params, canvas, y), draw, rng, shape)
+    to_logits = (bernoulli_as_categorical if self.likelihood == "bernoulli"
+                 else lambda out: out)
+    if self.sampler == SAMPLING_METHODS["fast"]:
+      canvas = fast_autoregressive.sample_subpixels(
+          self.model, params, rng, shape, input_fn=self.network_input,
+          logits_fn=to_logits, labels=y).astype(jnp.uint8)
+    else:
+      canvas = sample_subpixels(lambda data: to_logits(self.apply(params, data, y)), rng,
+                                shape)
+    return canvas * jnp.uint8(255) if self.likelihood == "bernoulli" else canvas
 
   def num_network_evaluations(self) -> int:
     h, w, c = self.image_shape
-    return h * w * c if self.likelihood == "categorical" else h * w
+    return h * w if self.likelihood == "logistic_mixture" else h * w * c
 
   def sampler_settings(self) -> dict[str, Any]:
     m = self.config.model
-    return dict(sampler=SAMPLER, nfe=self.num_network_evaluations(),
-                network=m.name, likelihood=self.likelihood,
-                order="raster, R->G->B within a pixel" if self.likelihood == "categorical"
-                else "raster, whole pixels",
-                conditional=bool(self.num_classes),
-                use_ema=self.config.sampling.use_ema)
+    fast = self.sampler == SAMPLING_METHODS["fast"]
+    settings = dict(
+        sampler=self.sampler, nfe=self.num_network_evaluations(),
+        # What one of the nfe evaluations computes.
+        evaluation=("one pixel, cached activations" if fast else "whole canvas"),
+        network=m.name, likelihood=self.likelihood,
+        order=("raster, whole pixels" if self.likelihood == "logistic_mixture"
+               else "raster, R->G->B within a pixel"),
+        conditional=bool(self.num_classes),
+        use_ema=self.config.sampling.use_ema)
+    if self.binarization is not None:
+      settings["binarization"] = self.binarization
+    return settings
