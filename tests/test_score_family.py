@@ -169,3 +169,20 @@ def test_train_eval_sample_through_the_loop(tmp_path, fast_compile):
   provenance = image_io.read_png_provenance(
       str(tmp_path / "samples" / "train_step_00000010.png"))
   assert provenance["sampler"] == "ode" and provenance["nfe_measured"] > 0
+
+
+@pytest.mark.parametrize("module, arg", [
+    (ncsnpp_cifar, "deep,runlocal"), (ddpmpp_cifar, "subvp,deep,runlocal"),
+    (edm_cifar, "cond,runlocal"), (edm_cifar, "ncsnpp,runlocal")])
+def test_paper_configs_train_and_sample_a_step_on_tiny_shapes(module, arg, fast_compile):
+  """Each paper config's own structure, shrunk by its runlocal switch (16x16 shapes)."""
+  config = module.get_config(arg)
+  config.sde.num_scales, config.sampling.num_steps = 2, 2
+  family = score.ScoreSDE(config, (16, 16, 3), 4)
+  batch = dict(image=np.full((2, 16, 16, 3), 100, np.uint8), label=np.arange(2) % 4)
+  state = family.init(jax.random.PRNGKey(0), batch)
+  state, metrics = jax.jit(family.train_step)(state, batch)
+  assert np.isfinite(float(metrics["loss"]))
+  images, nfe = family.sample_with_nfe(state.ema_params, jax.random.PRNGKey(1), 2)
+  assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
+  assert nfe == family.sampler_settings()["nfe"]

@@ -8,11 +8,12 @@ metrics)`, `eval_step(params, batch, rng) -> per-example metrics`,
 
 import ml_collections
 
-from train import autoregressive, ddpm, score, vae
+from train import autoregressive, ddpm, gan, score, vae
 
 FAMILIES = {
     "autoregressive": autoregressive.Autoregressive,
     "ddpm": ddpm.DDPM,
+    "gan": gan.GAN,
     "score": score.ScoreSDE,
     "vae": vae.VAE,
 }
