@@ -62,9 +62,28 @@ def test_ddpm_cifar_has_the_papers_hyperparameters():
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_config_trains_one_step_on_tiny_shapes(name, tmp_path, fast_compile):
   """The config's own structure (levels, attention, schedule) with tiny widths."""
-  config = load(name)
+  with tfds.testing.mock_data(num_examples=8):
+    state = loop.train_and_evaluate(tiny(load(name)), str(tmp_path))
+  assert int(state.step) == 1
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+
+
+@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n.startswith("vqvae_")])
+def test_vqvae_prior_stage_trains_one_step(name, tmp_path, fast_compile):
+  """Stage 2 restores a stage-1 workdir, freezes it and trains the code prior."""
+  with tfds.testing.mock_data(num_examples=8):
+    loop.train_and_evaluate(tiny(load(name)), str(tmp_path / "stage1"))
+    # The Gated PixelCNN prior needs ch >= vq.latents_per_position (10 for CIFAR).
+    config = tiny(load(name, "prior"), ch=16)
+    config.vq.autoencoder_workdir = str(tmp_path / "stage1")
+    state = loop.train_and_evaluate(config, str(tmp_path / "prior"))
+  assert int(state.step) == 1
+
+
+def tiny(config, ch=8):
+  """`config` with tiny widths and one step; its structure (levels, attention) kept."""
   config.data.data_dir = os.environ.get("TFDS_DATA_DIR")
-  config.model.ch = 8
+  config.model.ch = ch
   config.model.num_groups = 4
   for depth_field in ("num_layers", "nr_resnet", "num_res_blocks"):
     if depth_field in config.model:
@@ -89,7 +108,4 @@ def test_config_trains_one_step_on_tiny_shapes(name, tmp_path, fast_compile):
         config.model[field] = value
   if "ode_rtol" in config.eval:       # score family: a loose likelihood ODE
     config.eval.ode_rtol = config.eval.ode_atol = 1e-2
-  with tfds.testing.mock_data(num_examples=8):
-    state = loop.train_and_evaluate(config, str(tmp_path))
-  assert int(state.step) == 1
-  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+  return config
