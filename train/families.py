@@ -8,7 +8,7 @@ metrics)`, `eval_step(params, batch, rng) -> per-example metrics`,
 
 import ml_collections
 
-from train import autoregressive, ddpm, gan, score, vae, vqvae
+from train import autoregressive, ddpm, gan, score, vae, vdm, vqvae
 
 FAMILIES = {
     "autoregressive": autoregressive.Autoregressive,
@@ -16,6 +16,7 @@ FAMILIES = {
     "gan": gan.GAN,
     "score": score.ScoreSDE,
     "vae": vae.VAE,
+    "vdm": vdm.VDM,
     "vqvae": vqvae.VQVAE,
 }
 
