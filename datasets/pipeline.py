@@ -246,12 +246,19 @@ def _supports_batched_reads(source: Sequence[Any]) -> bool:
   return True
 
 
+# Integer factor ids batches carry beside 'label' when the dataset has them (shapes:
+# the caption is "a {colour} {label} at {position}"), for caption conditioning.
+FACTOR_KEYS = ('colour', 'position')
+
+
 class _Reader:
   """Reads examples by index and turns them into a uint8/int32 batch."""
 
   def __init__(self, source: Sequence[Any], options: _DataOptions, builder_name: str,
-               image_shape: tuple[int, int, int], has_labels: bool):
+               image_shape: tuple[int, int, int], has_labels: bool,
+               factors: Sequence[str] = ()):
     self._source = source
+    self.factors = tuple(factors)
     self._image_size = options.image_size
     self._pre_crop = _PRE_CROP.get(builder_name)
     self._image_shape = image_shape
@@ -269,6 +276,7 @@ class _Reader:
       records = [self._source[key] for key in keys]
     images = np.empty((len(keys), *self._image_shape), np.uint8)
     labels = np.zeros(len(keys), np.int32)
+    extras = {name: np.zeros(len(keys), np.int32) for name in self.factors}
     for row, record in enumerate(records):
       image = np.asarray(record['image'])
       if self._image_size is not None:
@@ -276,7 +284,9 @@ class _Reader:
       images[row] = image
       if self._has_labels:
         labels[row] = record['label']
-    return {'image': images, 'label': labels}
+      for name in self.factors:
+        extras[name][row] = record[name]
+    return {'image': images, 'label': labels, **extras}
 
 
 def _open_reader(data_config: Any, split_field: str) -> tuple[_DataOptions, _Reader]:
@@ -284,7 +294,9 @@ def _open_reader(data_config: Any, split_field: str) -> tuple[_DataOptions, _Rea
   split = getattr(options, split_field)
   builder, (source,) = _open_sources(options, [split])
   image_shape, num_classes = _image_spec(builder, options)
-  return options, _Reader(source, options, builder.name, image_shape, num_classes > 0)
+  factors = [name for name in FACTOR_KEYS if name in builder.info.features]
+  return options, _Reader(source, options, builder.name, image_shape, num_classes > 0,
+                          factors)
 
 
 def _prefetch(
@@ -430,9 +442,10 @@ def make_eval_batches(
         'image': np.zeros((local_batch_size, *real['image'].shape[1:]), np.uint8),
         'label': np.zeros(local_batch_size, np.int32),
         'mask': mask,
+        **{name: np.zeros(local_batch_size, np.int32) for name in reader.factors},
     }
-    batch['image'][mask] = real['image']
-    batch['label'][mask] = real['label']
+    for name in ('image', 'label', *reader.factors):
+      batch[name][mask] = real[name]
     return batch
 
   return _prefetch(batch_at, iter(range(num_batches)))

@@ -69,9 +69,16 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array | None = None, *,
-               train: bool) -> jax.Array:
-    """x: [B, H, W, C] float; t: [B] int or float; y: [B] int labels or None."""
+               train: bool, cond_embedding: jax.Array | None = None) -> jax.Array:
+    """x: [B, H, W, C] float; t: [B] int or float; y: [B] int labels or None.
+
+    cond_embedding: None or a [B, 4 * ch] vector added to the time embedding as the
+    class embedding is (e.g. a caption's models.text_encoder.TextEncoder output).
+    """
     self._check_inputs(x, t, y)
+    if cond_embedding is not None and cond_embedding.shape != (x.shape[0], 4 * self.ch):
+      raise ValueError(f"cond_embedding must have shape [batch, 4 * ch] = "
+                       f"({x.shape[0]}, {4 * self.ch}), got {cond_embedding.shape}.")
     num_levels = len(self.ch_mult)
     out_channels = self.out_channels or x.shape[-1]
     resnet_block = lambda channels, name: layers.ResnetBlock(  # noqa: E731
@@ -88,6 +95,8 @@ class UNet(nn.Module):
     if self.num_classes > 0:
       temb += nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=self.dtype,
                        param_dtype=jnp.float32, name="class_embed")(y)
+    if cond_embedding is not None:
+      temb += cond_embedding.astype(temb.dtype)
 
     # Downsampling path: keep every intermediate map for the skip connections.
     h = layers.conv3x3(self.ch, dtype=self.dtype, name="conv_in")(x)

@@ -485,3 +485,19 @@ def test_hash_permutation_is_a_permutation_and_seed_dependent():
   second = transforms.permutation(transforms.derive_key(0, 2, 1), 1000)
   # Two independent permutations share about 1 fixed point; not hundreds.
   assert (first == second).sum() < 10
+
+
+def test_shapes_batches_carry_the_caption_factors(data_dir):
+  """Train and eval batches of shapes hold colour/position ids equal to the records';
+  digits batches have no such keys."""
+  records = read_split('shapes/16', data_dir, 'test', 20)
+  config = data_config('shapes/16', data_dir)
+  batch = next(datasets.make_eval_batches(config, split='test', global_batch_size=32))
+  for name in ('label', 'colour', 'position'):
+    assert batch[name].dtype == np.int32
+    np.testing.assert_array_equal(batch[name][:20], [r[name] for r in records])
+  assert set(datasets.make_train_batches(config, seed=0, global_batch_size=4).get(0)) == {
+      'image', 'label', 'colour', 'position'}
+  digits = datasets.make_train_batches(data_config('digits', data_dir), seed=0,
+                                       global_batch_size=4).get(0)
+  assert set(digits) == {'image', 'label'}

@@ -33,7 +33,9 @@ from train.state import TrainState, num_params
 
 # Purposes that keys are folded with: fold_in(PRNGKey(seed), purpose).
 INIT, SAMPLE_GRID, EVAL, SAMPLE, SAMPLE_EVAL = 0, 1, 2, 3, 4
-DEVICE_KEYS = ("image", "label")  # what a family's step reads from a batch
+# What a family's step may read from a batch ("colour"/"position": shapes' caption
+# factors, present only for datasets that have them).
+DEVICE_KEYS = ("image", "label", "colour", "position")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -243,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     while step < t.num_train_steps:
       local = [next(iterator) for _ in range(k)]
       local = {key: (np.stack([b[key] for b in local]) if k > 1 else local[0][key])
-               for key in DEVICE_KEYS}
+               for key in DEVICE_KEYS if key in local[0]}
       state, metrics = step_fn(state, sharding.to_global(local, batch_sharding))
       pending.append((step, metrics))
       step += k
@@ -576,7 +578,7 @@ def _test_set_metrics(run: _Run, params) -> tuple[dict[str, float], int]:
       process_index=jax.process_index(), process_count=jax.process_count(),
       num_examples=ev.num_eval_examples)
   for i, batch in enumerate(batches):
-    out = eval_fn(params, sharding.to_global({k: batch[k] for k in DEVICE_KEYS},
+    out = eval_fn(params, sharding.to_global({k: batch[k] for k in DEVICE_KEYS if k in batch},
                                              batch_sharding), jax.random.fold_in(rng, i))
     out, mask = multihost_utils.process_allgather(
         (out, sharding.to_global(batch["mask"], batch_sharding)), tiled=True)
