@@ -61,8 +61,19 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.beta_start = 1e-4
   diffusion.beta_end = 0.02
   # Reverse-process variance: "fixedlarge" (sigma_t^2 = beta_t, the paper's CIFAR
-  # choice) or "fixedsmall" (the posterior variance beta~_t).
+  # choice), "fixedsmall" (the posterior variance beta~_t) or "learned_range" (the
+  # U-Net outputs [eps, v]; log variance interpolates the two, Nichol & Dhariwal eq. 15).
   diffusion.var_type = "fixedlarge"
+  # Objective: "simple" (L_simple, Ho et al. eq. 14) | "hybrid" (L_simple + vlb_weight *
+  # L_vlb, Nichol & Dhariwal eq. 16, stop-gradient on the mean) | "vlb" (L_vlb alone).
+  diffusion.loss = "simple"
+  diffusion.vlb_weight = 0.001        # lambda of L_hybrid
+  # Timesteps t: "uniform" | "loss_second_moment" (p_t proportional to sqrt(E[L_t^2]),
+  # Nichol & Dhariwal eq. 18; uniform until every t has loss_history_size losses).
+  diffusion.timestep_sampler = "uniform"
+  diffusion.loss_history_size = 10    # recent losses kept per t (loss_second_moment)
+  diffusion.uniform_prob = 0.001      # uniform mixed into eq. 18, as in the paper's code
+  diffusion.rescale_timesteps = False  # the network sees t * 1000 / T (Improved DDPM code)
 
   # ------------------------------------------------------------ optimizer
   config.optim = optim = ml_collections.ConfigDict()
@@ -113,6 +124,10 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.ddim_steps = 50            # DDIM only: number of steps
   sampling.ddim_eta = 0.0             # DDIM only: 0 deterministic, 1 DDPM-like
   sampling.ddim_spacing = "uniform"   # DDIM only: uniform | quadratic
+  # K respaced steps (Nichol & Dhariwal sec. 4) for ancestral and DDIM sampling, which
+  # then ignores ddim_steps/ddim_spacing; None = all T steps (ancestral) / ddim_steps.
+  sampling.num_steps = placeholder(int)
+  sampling.respacing = "uniform"      # uniform | section counts such as "10,10,5"
   sampling.clip_denoised = True       # clip predicted x0 to [-1, 1]
   sampling.batch_size = 256           # images per compiled sampling call
   sampling.use_ema = True

@@ -1,7 +1,10 @@
 """The Gaussian forward process of DDPM (Ho et al. 2020) and its posteriors.
 
 Not a network: this is the fixed noising process q(x_{1:T} | x_0) shared by the
-diffusion training loss, the samplers and the likelihood evaluation.
+diffusion training loss, the samplers and the likelihood evaluation. It also
+holds the two additions of Nichol & Dhariwal (2021, "Improved DDPM"): learned
+reverse variances interpolated between beta_t and beta-tilde_t (eq. 15) and
+timestep respacing (sec. 4), which samples with a subsequence of the T steps.
 
 Timesteps are 0-based as in the official DDPM code: `t = 0` is the first noising
 step (the paper's t = 1) and `t = T - 1` the last. Every per-timestep quantity is
@@ -18,7 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 BETA_SCHEDULES = ('linear', 'quad', 'const', 'jsd', 'cosine')
-VAR_TYPES = ('fixedlarge', 'fixedsmall')
+# 'learned_range': the network outputs [eps, v] (2C channels); v in [-1, 1]
+# interpolates the log variance between beta-tilde_t and beta_t (Nichol &
+# Dhariwal eq. 15).
+VAR_TYPES = ('fixedlarge', 'fixedsmall', 'learned_range')
+LEARNED_VAR_TYPES = ('learned_range',)
+RESPACINGS = ('uniform', 'sections "n1,n2,..."')
 
 # Nichol & Dhariwal (2021), eq. 17: the offset s and the cap on beta_t.
 _COSINE_OFFSET = 0.008
@@ -198,16 +206,37 @@ class GaussianDiffusion:
     'fixedlarge': sigma_t^2 = beta_t, except at t = 0 where, as in the DDPM
     code, the decoder's variance is posterior_variance[1].
     'fixedsmall': sigma_t^2 = the posterior variance of eq. 7, clipped at t = 0.
+    'learned_range' depends on the network's output: see
+    `learned_range_log_variance`.
     """
     if var_type == 'fixedlarge':
       log_variances = jnp.log(
           jnp.concatenate([self.posterior_variance[1:2], self.betas[1:]]))
     elif var_type == 'fixedsmall':
       log_variances = self.posterior_log_variance_clipped
+    elif var_type in LEARNED_VAR_TYPES:
+      raise ValueError(
+          f'var_type {var_type!r} needs the network output v: call '
+          'learned_range_log_variance or p_mean_variance instead.')
     else:
       raise ValueError(
           f'Unknown var_type {var_type!r}; choose one of {VAR_TYPES}.')
     return _gather(log_variances, t, ndim)
+
+  def learned_range_log_variance(self, v: jax.Array, t: jax.Array) -> jax.Array:
+    """log Sigma_theta of Nichol & Dhariwal eq. 15 for a network output v.
+
+    v in [-1, 1] maps to frac = (v + 1) / 2 and
+      log Sigma = frac log beta_t + (1 - frac) log beta-tilde_t,
+    so v = -1 is the posterior variance beta-tilde_t (clipped at t = 0 to its
+    t = 1 value, as in `posterior_log_variance_clipped`) and v = 1 is beta_t.
+    v is not clipped: outside [-1, 1] the line is extrapolated, as in the
+    paper's code.
+    """
+    frac = (v + 1.0) / 2.0
+    max_log = _gather(jnp.log(self.betas), t, v.ndim)
+    min_log = _gather(self.posterior_log_variance_clipped, t, v.ndim)
+    return frac * max_log + (1.0 - frac) * min_log
 
   def p_mean_variance(
       self,
@@ -220,14 +249,121 @@ class GaussianDiffusion:
   ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Mean, variance, log-variance of p(x_{t-1} | x_t), and the x_0 prediction.
 
-    The mean is the posterior mean of eq. 7 at the predicted x_0, which equals
-    eq. 11 when x_0 is not clipped. The variance is always exp(log_variance):
-    at t = 0 it is the decoder's variance (see `model_log_variance`).
+    eps is the network output: the predicted noise (x_t's shape) for a fixed
+    variance, or [eps, v] concatenated on the last axis (2C channels) for
+    'learned_range'. The mean is the posterior mean of eq. 7 at the predicted
+    x_0, which equals eq. 11 when x_0 is not clipped. The variance is always
+    exp(log_variance): at t = 0 it is the decoder's variance.
     """
-    log_variance = jnp.broadcast_to(
-        self.model_log_variance(t, x_t.ndim, var_type), x_t.shape)
+    eps, v = split_model_output(eps, x_t, var_type)
+    if v is None:
+      log_variance = self.model_log_variance(t, x_t.ndim, var_type)
+    else:
+      log_variance = self.learned_range_log_variance(v, t)
+    log_variance = jnp.broadcast_to(log_variance, x_t.shape)
     pred_x0 = self.predict_x0_from_eps(x_t, t, eps)
     if clip_denoised:
       pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
     mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
     return mean, jnp.exp(log_variance), log_variance, pred_x0
+
+
+def split_model_output(
+    output: jax.Array, x_t: jax.Array, var_type: str
+) -> tuple[jax.Array, jax.Array | None]:
+  """Splits a network output into (eps, v); v is None for a fixed variance.
+
+  A 'learned_range' network outputs 2C channels: eps first, then v.
+  Raises ValueError (from static shapes) when the channel count does not fit.
+  """
+  if var_type not in VAR_TYPES:
+    raise ValueError(f'Unknown var_type {var_type!r}; choose one of {VAR_TYPES}.')
+  channels = x_t.shape[-1]
+  learned = var_type in LEARNED_VAR_TYPES
+  expected = output.shape[:-1] + (2 * channels if learned else channels,)
+  if output.shape != expected:
+    raise ValueError(
+        f'With var_type={var_type!r} the network output must have shape '
+        f'{expected} for x_t of shape {x_t.shape}, got {output.shape}: a '
+        "'learned_range' network outputs 2C channels ([eps, v]), a "
+        'fixed-variance one C.')
+  if not learned:
+    return output, None
+  return output[..., :channels], output[..., channels:]
+
+
+# ---------------------------------------------------------------- respacing
+def respaced_timesteps(
+    num_timesteps: int, num_steps: int | None = None, spacing: str = 'uniform'
+) -> np.ndarray:
+  """The increasing 0-based timesteps kept by respacing (Nichol & Dhariwal sec. 4).
+
+  spacing 'uniform' keeps num_steps timesteps evenly spread over [0, T-1],
+  first and last included (one section). A section string "n1,n2,..." splits
+  [0, T-1] into as many equal parts (the first T % len parts one step longer)
+  and keeps n_i evenly spread steps in part i, each part's first and last
+  included: the spacing of the paper's code; num_steps, when given, must equal
+  the sum. num_steps=None with 'uniform' keeps all T steps.
+  """
+  if not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 1:
+    raise ValueError(f'num_timesteps must be a positive integer, got {num_timesteps!r}.')
+  if spacing == 'uniform':
+    if num_steps is None:
+      num_steps = num_timesteps
+    if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= num_timesteps:
+      raise ValueError(
+          f'config.sampling.num_steps={num_steps!r} must be an integer in '
+          f'[1, {num_timesteps}] (or None for all T steps).')
+    sections = [int(num_steps)]
+  else:
+    try:
+      sections = [int(part) for part in str(spacing).split(',')]
+    except ValueError:
+      raise ValueError(
+          f'Unknown respacing {spacing!r}: use "uniform" or comma-separated step '
+          'counts per section such as "10,10,5".') from None
+    if any(n < 1 for n in sections) or len(sections) > num_timesteps:
+      raise ValueError(
+          f'Respacing {spacing!r} needs at most {num_timesteps} sections of '
+          'at least one step each.')
+    if num_steps is not None and num_steps != sum(sections):
+      raise ValueError(
+          f'config.sampling.num_steps={num_steps} differs from the {sum(sections)} '
+          f'steps of respacing {spacing!r}: set num_steps=None or make them agree.')
+  base, extra = divmod(num_timesteps, len(sections))
+  kept, section_start = [], 0
+  for i, count in enumerate(sections):
+    size = base + (1 if i < extra else 0)
+    if count > size:
+      raise ValueError(
+          f'Respacing section {i} asks for {count} steps but has only {size} '
+          f'timesteps (T={num_timesteps}, {len(sections)} sections).')
+    stride = 1.0 if count == 1 else (size - 1) / (count - 1)
+    # round() (half to even) keeps the section's last step exactly size - 1.
+    kept.extend(section_start + round(j * stride) for j in range(count))
+    section_start += size
+  return np.asarray(sorted(set(kept)), dtype=np.int64)
+
+
+def respace_betas(betas: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
+  """The betas of the process that visits only `timesteps` (Nichol & Dhariwal sec. 4).
+
+  The respaced process keeps alphas_cumprod at the kept steps:
+  beta'_i = 1 - abar_{t_i} / abar_{t_{i-1}}, with abar = 1 before t_0. With every
+  timestep kept it is the original schedule (up to float64 rounding).
+  """
+  betas = np.asarray(betas, dtype=np.float64)
+  _check_betas(betas)
+  timesteps = np.asarray(timesteps)
+  if (timesteps.ndim != 1 or timesteps.size == 0 or np.any(np.diff(timesteps) <= 0)
+      or timesteps[0] < 0 or timesteps[-1] >= betas.shape[0]):
+    raise ValueError(
+        'timesteps must be a non-empty, strictly increasing list of indices in '
+        f'[0, {betas.shape[0] - 1}], got {timesteps}.')
+  alphas_cumprod = np.cumprod(1.0 - betas)[timesteps]
+  return 1.0 - alphas_cumprod / np.append(1.0, alphas_cumprod[:-1])
+
+
+def respaced_diffusion(betas: np.ndarray, timesteps: np.ndarray) -> GaussianDiffusion:
+  """GaussianDiffusion of the respaced process; index i stands for timesteps[i]."""
+  return GaussianDiffusion.from_betas(respace_betas(betas, timesteps))

@@ -7,6 +7,13 @@ are Python values, checked before tracing.
 
 Randomness: x_T is drawn from `split(rng)[0]`; the noise of loop iteration i
 from `fold_in(split(rng)[1], i)`.
+
+Respacing (Nichol & Dhariwal 2021, sec. 4): pass the respaced process
+(`models.diffusion.respaced_diffusion(betas, kept)`) as `diffusion` and the
+kept original timesteps as `timestep_map`; the samplers then step through the
+K respaced steps and call eps_fn with the original timesteps the network was
+trained on. A learned-variance network (eps_fn returning [eps, v], 2C
+channels) then interpolates between the respaced beta and beta-tilde.
 """
 from __future__ import annotations
 
@@ -43,6 +50,28 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
   return shape
 
 
+def _model_timesteps(
+    diffusion: GaussianDiffusion, timestep_map: Sequence[int] | None
+) -> jax.Array | None:
+  """Checks timestep_map (process index -> network timestep) against diffusion."""
+  if timestep_map is None:
+    return None
+  timestep_map = np.asarray(timestep_map)
+  if timestep_map.shape != (diffusion.num_timesteps,):
+    raise ValueError(
+        f'timestep_map must hold one network timestep per step of the '
+        f'(respaced) process, i.e. shape ({diffusion.num_timesteps},), got '
+        f'{timestep_map.shape}.')
+  return jnp.asarray(timestep_map, dtype=jnp.int32)
+
+
+def _network_fn(eps_fn: EpsFn, model_timesteps: jax.Array | None) -> EpsFn:
+  """eps_fn called with the network's own timesteps on a respaced process."""
+  if model_timesteps is None:
+    return eps_fn
+  return lambda x, t: eps_fn(x, model_timesteps[t])
+
+
 def ancestral_sample(
     eps_fn: EpsFn,
     diffusion: GaussianDiffusion,
@@ -51,15 +80,18 @@ def ancestral_sample(
     *,
     var_type: str = 'fixedlarge',
     clip_denoised: bool = True,
+    timestep_map: Sequence[int] | None = None,
 ) -> SampleOutput:
   """Algorithm 2 of Ho et al.: x_{t-1} = mu(x_t, t) + sigma_t z, z = 0 at t = 0.
 
-  One eps_fn call per timestep, so nfe = T. With clip_denoised the last step
-  returns the clipped x_0 prediction (the posterior mean at t = 0 is x_0).
+  One eps_fn call per step of `diffusion`, so nfe = its num_timesteps (K on a
+  respaced process, see the module docstring). With clip_denoised the last
+  step returns the clipped x_0 prediction (the posterior mean at t = 0 is x_0).
   """
   shape = _check_shape(shape)
   if var_type not in VAR_TYPES:
     raise ValueError(f'Unknown var_type {var_type!r}; choose one of {VAR_TYPES}.')
+  eps_fn = _network_fn(eps_fn, _model_timesteps(diffusion, timestep_map))
   num_timesteps = diffusion.num_timesteps
   init_rng, loop_rng = jax.random.split(rng)
   x_init = jax.random.normal(init_rng, shape, jnp.float32)
@@ -111,6 +143,7 @@ def ddim_sample(
     eta: float = 0.0,
     step_spacing: str = 'uniform',
     clip_denoised: bool = True,
+    timestep_map: Sequence[int] | None = None,
 ) -> SampleOutput:
   """DDIM, Song et al. 2021 eq. 12, over the subsequence `ddim_timesteps`.
 
@@ -121,8 +154,13 @@ def ddim_sample(
   x_T; eta = 1 over all T steps is ancestral sampling with 'fixedsmall'
   variances. With clip_denoised, x0_pred is clipped to [-1, 1] and eps is
   recomputed from it so that eq. 12 stays consistent.
+
+  On a respaced process (`timestep_map`, see the module docstring) the
+  subsequence is taken from its K steps: num_steps=K visits all of them.
+  A learned-variance eps_fn may return [eps, v]; DDIM uses only eps.
   """
   shape = _check_shape(shape)
+  eps_fn = _network_fn(eps_fn, _model_timesteps(diffusion, timestep_map))
   num_timesteps = diffusion.num_timesteps
   timesteps = ddim_timesteps(num_timesteps, num_steps, step_spacing)
   eta = float(eta)
@@ -138,7 +176,8 @@ def ddim_sample(
     k = num_steps - 1 - i
     t, t_prev = timesteps[k], prev_timesteps[k]
     t_batch = jnp.full((shape[0],), t, dtype=jnp.int32)
-    eps = eps_fn(x_t, t_batch)
+    # The first C channels are eps for fixed and learned variances alike.
+    eps = eps_fn(x_t, t_batch)[..., :shape[-1]]
     x0_pred = diffusion.predict_x0_from_eps(x_t, t_batch, eps)
     if clip_denoised:
       x0_pred = jnp.clip(x0_pred, -1.0, 1.0)

@@ -1,4 +1,13 @@
-"""The DDPM family (Ho et al. 2020): L_simple training, ancestral/DDIM sampling, VLB.
+"""The DDPM family (Ho et al. 2020) with the Improved DDPM additions (Nichol & Dhariwal 2021).
+
+Losses (config.diffusion.loss):
+  'simple': L_simple, Ho et al. eq. 14.
+  'hybrid': L_simple + lambda L_vlb (Nichol & Dhariwal eq. 16), the L_vlb term
+            with a stop-gradient on the mean so that it trains only the variance.
+  'vlb':    L_vlb alone; pair it with importance sampling of t (eq. 18).
+Variances (config.diffusion.var_type): fixed ('fixedlarge', 'fixedsmall') or
+'learned_range' (eq. 15, the U-Net outputs 2C channels [eps, v]). Sampling
+(ancestral or DDIM) can use a respaced subsequence of K timesteps (sec. 4).
 
 A family is a small object of pure functions that the one training loop calls:
 `init`, `train_step`, `eval_step`, `sample`. Nothing here touches files or devices.
@@ -18,9 +27,18 @@ from sampling import ddpm as ddpm_sampling
 from train import optim as optim_lib
 from train.state import TrainState, ema_update
 
-VAR_TYPES = ("fixedlarge", "fixedsmall")
+VAR_TYPES = diffusion_lib.VAR_TYPES
 SAMPLERS = ("ancestral", "ddim")
+LOSSES = ("simple", "hybrid", "vlb")
+TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# Defaults of the Improved-DDPM fields for configs that predate them (the values
+# of a plain DDPM: L_simple, uniform t, no respacing).
+_DIFFUSION_DEFAULTS = dict(loss="simple", vlb_weight=0.001, timestep_sampler="uniform",
+                           loss_history_size=10, uniform_prob=0.001,
+                           rescale_timesteps=False)
+_SAMPLING_DEFAULTS = dict(num_steps=None, respacing="uniform")
 
 
 def scale_images(images_uint8: jax.Array) -> jax.Array:
@@ -28,15 +46,88 @@ def scale_images(images_uint8: jax.Array) -> jax.Array:
   return images_uint8.astype(jnp.float32) / 127.5 - 1.0
 
 
+# ------------------------------------------------ importance sampling of t (eq. 18)
+def init_loss_history(num_timesteps: int, history_size: int) -> dict[str, jax.Array]:
+  """Empty per-timestep history of the last `history_size` training losses."""
+  return dict(loss_history=jnp.zeros((num_timesteps, history_size), jnp.float32),
+              loss_counts=jnp.zeros((num_timesteps,), jnp.int32))
+
+
+def timestep_probabilities(loss_history: jax.Array, loss_counts: jax.Array,
+                           uniform_prob: float) -> jax.Array:
+  """p_t of Nichol & Dhariwal eq. 18: p_t ∝ sqrt(E[L_t^2]) over the recent losses.
+
+  Uniform until every timestep has a full history. As in the paper's code, the
+  result is mixed with `uniform_prob` of the uniform distribution so that no
+  timestep's probability (and importance weight 1 / (T p_t)) degenerates.
+  """
+  num_timesteps, history_size = loss_history.shape
+  warmed_up = jnp.all(loss_counts >= history_size)
+  root_mean_square = jnp.sqrt(jnp.mean(jnp.square(loss_history), axis=-1))
+  probs = root_mean_square / jnp.sum(root_mean_square)
+  probs = (1.0 - uniform_prob) * probs + uniform_prob / num_timesteps
+  uniform = jnp.full((num_timesteps,), 1.0 / num_timesteps, jnp.float32)
+  return jnp.where(warmed_up, probs, uniform)
+
+
+def importance_weights(probs: jax.Array, t: jax.Array) -> jax.Array:
+  """1 / (T p_t): E_{t~p}[w_t L_t] = (1/T) sum_t L_t, the uniform-t average."""
+  return 1.0 / (probs.shape[0] * probs[t])
+
+
+def sample_timesteps(rng: jax.Array, probs: jax.Array,
+                     batch_size: int) -> tuple[jax.Array, jax.Array]:
+  """t ~ probs and their importance weights (see `importance_weights`)."""
+  t = jax.random.categorical(rng, jnp.log(probs), shape=(batch_size,)).astype(jnp.int32)
+  return t, importance_weights(probs, t)
+
+
+def update_loss_history(loss_history: jax.Array, loss_counts: jax.Array, t: jax.Array,
+                        losses: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Appends each (t_b, loss_b) in batch order; a full row drops its oldest loss."""
+  history_size = loss_history.shape[1]
+
+  def add_one(b, carry):
+    history, counts = carry
+    t_b, count = t[b], counts[t[b]]
+    row = history[t_b]
+    full = count >= history_size
+    shifted = jnp.concatenate([row[1:], losses[b][None]])
+    filled = row.at[jnp.minimum(count, history_size - 1)].set(losses[b])
+    history = history.at[t_b].set(jnp.where(full, shifted, filled))
+    counts = counts.at[t_b].set(jnp.minimum(count + 1, history_size))
+    return history, counts
+
+  return jax.lax.fori_loop(0, t.shape[0], add_one, (loss_history, loss_counts))
+
+
 class DDPM:
-  """Denoising diffusion with an epsilon-predicting U-Net."""
+  """Denoising diffusion with an epsilon-predicting U-Net (and optionally learned variances)."""
 
   def __init__(self, config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
                num_classes: int):
     self.config = config
     d, m, s = config.diffusion, config.model, config.sampling
+    self.options = ml_collections.ConfigDict(
+        {k: d.get(k, v) for k, v in _DIFFUSION_DEFAULTS.items()})
+    self.sampling_options = ml_collections.ConfigDict(
+        {k: s.get(k, v) for k, v in _SAMPLING_DEFAULTS.items()})
+    opts = self.options
     if d.var_type not in VAR_TYPES:
       raise ValueError(f"config.diffusion.var_type={d.var_type!r}; choose {VAR_TYPES}.")
+    if opts.loss not in LOSSES:
+      raise ValueError(f"config.diffusion.loss={opts.loss!r}; choose {LOSSES}.")
+    if opts.timestep_sampler not in TIMESTEP_SAMPLERS:
+      raise ValueError(f"config.diffusion.timestep_sampler={opts.timestep_sampler!r}; "
+                       f"choose {TIMESTEP_SAMPLERS}.")
+    if not opts.vlb_weight >= 0.0:
+      raise ValueError(f"config.diffusion.vlb_weight={opts.vlb_weight} must be >= 0.")
+    if not (isinstance(opts.loss_history_size, int) and opts.loss_history_size >= 1):
+      raise ValueError("config.diffusion.loss_history_size must be a positive integer, "
+                       f"got {opts.loss_history_size!r}.")
+    if not 0.0 <= opts.uniform_prob <= 1.0:
+      raise ValueError(f"config.diffusion.uniform_prob={opts.uniform_prob} must be in "
+                       "[0, 1].")
     if s.method not in SAMPLERS:
       raise ValueError(f"config.sampling.method={s.method!r}; choose {SAMPLERS}.")
     if m.dtype not in DTYPES:
@@ -44,20 +135,40 @@ class DDPM:
     if m.conditional and num_classes <= 0:
       raise ValueError(f"config.model.conditional=True but {config.data.dataset!r} has "
                        "no class labels.")
-    if s.method == "ddim" and not 1 <= s.ddim_steps <= d.num_timesteps:
+    self.respaced = (self.sampling_options.num_steps is not None
+                     or self.sampling_options.respacing != "uniform")
+    if (s.method == "ddim" and not self.respaced
+        and not 1 <= s.ddim_steps <= d.num_timesteps):
       raise ValueError(f"config.sampling.ddim_steps={s.ddim_steps} must be in "
                        f"[1, {d.num_timesteps}].")
     self.image_shape = tuple(image_shape)
     self.num_classes = num_classes if m.conditional else 0
+    self.learned_variance = d.var_type in diffusion_lib.LEARNED_VAR_TYPES
+    channels = image_shape[-1]
     self.model = unet.UNet(
         ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
         attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
-        resamp_with_conv=m.resamp_with_conv, out_channels=image_shape[-1],
+        resamp_with_conv=m.resamp_with_conv,
+        # Learned variances: [eps, v], 2C channels (Nichol & Dhariwal sec. 3.1).
+        out_channels=2 * channels if self.learned_variance else channels,
         num_classes=self.num_classes, num_groups=m.num_groups, dtype=DTYPES[m.dtype])
-    betas = diffusion_lib.get_beta_schedule(
+    self.betas = diffusion_lib.get_beta_schedule(
         d.beta_schedule, beta_start=d.beta_start, beta_end=d.beta_end,
         num_timesteps=d.num_timesteps)
-    self.diffusion = diffusion_lib.GaussianDiffusion.from_betas(betas)
+    self.diffusion = diffusion_lib.GaussianDiffusion.from_betas(self.betas)
+    # The process the samplers walk: all T steps, or K respaced ones (sec. 4).
+    if self.respaced:
+      self.sampling_timesteps = diffusion_lib.respaced_timesteps(
+          d.num_timesteps, self.sampling_options.num_steps,
+          self.sampling_options.respacing)
+      if self.sampling_timesteps.shape[0] < 2:
+        raise ValueError("Respaced sampling needs at least 2 steps; raise "
+                         "config.sampling.num_steps.")
+      self.sampling_diffusion = diffusion_lib.respaced_diffusion(
+          self.betas, self.sampling_timesteps)
+    else:
+      self.sampling_timesteps = None
+      self.sampling_diffusion = self.diffusion
     self.tx = optim_lib.make_optimizer(config.optim)
 
   # ------------------------------------------------------------------ training
@@ -67,42 +178,116 @@ class DDPM:
     y = self._labels(example_batch)
     y = None if y is None else y[:1]
     params = self.model.init({"params": rng}, x, t, y, train=False)["params"]
+    model_state = {}
+    if self.options.timestep_sampler == "loss_second_moment":
+      model_state = init_loss_history(self.diffusion.num_timesteps,
+                                      self.options.loss_history_size)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                       opt_state=self.tx.init(params), rng=jax.random.fold_in(rng, 1),
-                      tx=self.tx)
+                      model_state=model_state, tx=self.tx)
 
   def _labels(self, batch):
     return batch["label"].astype(jnp.int32) if self.num_classes else None
 
   def eps_fn(self, params, y=None, *, train=False, rng=None):
-    """eps_theta(x_t, t) as the samplers and the likelihood want it."""
-    rngs = {"dropout": rng} if train else {}
-    return lambda x, t: self.model.apply({"params": params}, x, t, y, train=train,
-                                         rngs=rngs)
+    """The network output at (x_t, t) as the samplers and the likelihood want it.
 
-  def loss(self, params, batch, rng):
-    """L_simple (Ho et al. eq. 14): E_{t, x0, eps} ||eps - eps_theta(x_t, t)||^2."""
+    eps_theta for fixed variances; [eps_theta, v] (2C channels) for
+    'learned_range'. t is the 0-based integer timestep; with
+    config.diffusion.rescale_timesteps the network sees t * 1000 / T, as in the
+    Improved DDPM code, so that its embedding spans [0, 1000) whatever T is.
+    """
+    rngs = {"dropout": rng} if train else {}
+    scale = 1000.0 / self.diffusion.num_timesteps if self.options.rescale_timesteps else None
+
+    def fn(x, t):
+      t_in = t if scale is None else t.astype(jnp.float32) * scale
+      return self.model.apply({"params": params}, x, t_in, y, train=train, rngs=rngs)
+    return fn
+
+  def loss_terms(self, params, x0: jax.Array, t: jax.Array, noise: jax.Array,
+                 y: jax.Array | None = None, dropout_rng: jax.Array | None = None
+                 ) -> dict[str, jax.Array]:
+    """Per-example [B] loss terms at x_t = q_sample(x0, t, noise).
+
+    'mse': ||eps - eps_theta||^2 averaged over dimensions (L_simple).
+    'vb': the bound term L_t in bits/dim (the KL for t > 0, the decoder NLL at
+      t = 0), computed as in the bits/dim evaluation; for 'hybrid' the mean
+      enters through a stop-gradient (eq. 16), so it trains only v.
+      Absent for loss='simple'.
+    'loss': the per-example objective: mse | mse + lambda T vb | T vb. T vb
+      estimates sum_t L_t = L_vlb (up to the constant L_T), so lambda = 0.001
+      is the paper's weight on L_vlb.
+    """
+    train = dropout_rng is not None
+    x_t = self.diffusion.q_sample(x0, t, noise)
+    output = self.eps_fn(params, y, train=train, rng=dropout_rng)(x_t, t)
+    output = output.astype(jnp.float32)
+    var_type = self.config.diffusion.var_type
+    eps, v = diffusion_lib.split_model_output(output, x_t, var_type)
+    terms = dict(mse=jnp.mean(jnp.square(eps - noise), axis=tuple(range(1, x0.ndim))))
+    loss_kind = self.options.loss
+    if loss_kind == "simple":
+      terms["loss"] = terms["mse"]
+      return terms
+    if loss_kind == "hybrid":
+      # Eq. 16: L_vlb must not move the mean, only the variance.
+      frozen = jax.lax.stop_gradient(eps)
+      output = frozen if v is None else jnp.concatenate([frozen, v], axis=-1)
+    terms["vb"] = likelihood.vb_terms_bpd(
+        output, self.diffusion, x0, x_t, t, var_type=var_type, clip_denoised=False)
+    scaled_vb = self.diffusion.num_timesteps * terms["vb"]
+    terms["loss"] = (terms["mse"] + self.options.vlb_weight * scaled_vb
+                     if loss_kind == "hybrid" else scaled_vb)
+    return terms
+
+  def _loss_and_aux(self, params, batch, rng, model_state):
     x0 = scale_images(batch["image"])
     t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
     b = x0.shape[0]
-    t = jax.random.randint(t_rng, (b,), 0, self.diffusion.num_timesteps)
+    num_timesteps = self.diffusion.num_timesteps
+    if self.options.timestep_sampler == "loss_second_moment":
+      if not model_state:  # no history given: the sampler's uniform start
+        model_state = init_loss_history(num_timesteps, self.options.loss_history_size)
+      probs = timestep_probabilities(model_state["loss_history"],
+                                     model_state["loss_counts"], self.options.uniform_prob)
+      t, weights = sample_timesteps(t_rng, probs, b)
+    else:
+      t = jax.random.randint(t_rng, (b,), 0, num_timesteps)
+      weights = jnp.ones((b,), jnp.float32)
     noise = jax.random.normal(noise_rng, x0.shape, jnp.float32)
-    x_t = self.diffusion.q_sample(x0, t, noise)
-    eps = self.eps_fn(params, self._labels(batch), train=True, rng=dropout_rng)(x_t, t)
-    per_example = jnp.mean(jnp.square(eps.astype(jnp.float32) - noise), axis=(1, 2, 3))
-    return jnp.mean(per_example)
+    terms = self.loss_terms(params, x0, t, noise, self._labels(batch), dropout_rng)
+    loss = jnp.mean(weights * terms["loss"])
+    return loss, dict(terms=terms, t=t)
+
+  def loss(self, params, batch, rng, model_state=None):
+    """The scalar training objective (importance-weighted when t is importance-sampled)."""
+    return self._loss_and_aux(params, batch, rng, model_state)[0]
 
   def train_step(self, state: TrainState, batch: dict[str, Any]):
     rng = jax.random.fold_in(state.rng, state.step)
-    loss, grads = jax.value_and_grad(self.loss)(state.params, batch, rng)
+    (loss, aux), grads = jax.value_and_grad(self._loss_and_aux, has_aux=True)(
+        state.params, batch, rng, state.model_state)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = ema_update(state.ema_params, params, self.config.optim.ema_decay)
     metrics = dict(loss=loss, grad_norm=optax.global_norm(grads),
                    learning_rate=optim_lib.learning_rate_schedule(self.config.optim)(
                        state.step))
+    terms = aux["terms"]
+    model_state = state.model_state
+    if self.options.loss != "simple":
+      metrics.update(mse=jnp.mean(terms["mse"]), vb_bpd=jnp.mean(terms["vb"]))
+    if self.options.timestep_sampler == "loss_second_moment":
+      # The unweighted per-example losses, as in the paper's code.
+      history, counts = update_loss_history(
+          model_state["loss_history"], model_state["loss_counts"], aux["t"],
+          jax.lax.stop_gradient(terms["loss"]))
+      model_state = dict(loss_history=history, loss_counts=counts)
+      metrics["timestep_sampler_warm"] = jnp.all(
+          counts >= self.options.loss_history_size).astype(jnp.float32)
     new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
-                              opt_state=opt_state)
+                              opt_state=opt_state, model_state=model_state)
     return new_state, metrics
 
   # ---------------------------------------------------------------- evaluation
@@ -122,13 +307,20 @@ class DDPM:
          if self.num_classes else None)
     eps_fn = self.eps_fn(params, y)
     shape = (num_samples, *self.image_shape)
+    diffusion, timestep_map = self.sampling_diffusion, self.sampling_timesteps
     if s.method == "ancestral":
       out = ddpm_sampling.ancestral_sample(
-          eps_fn, self.diffusion, rng, shape, var_type=self.config.diffusion.var_type,
-          clip_denoised=s.clip_denoised)
+          eps_fn, diffusion, rng, shape, var_type=self.config.diffusion.var_type,
+          clip_denoised=s.clip_denoised, timestep_map=timestep_map)
+    elif self.respaced:
+      # DDIM through every one of the K respaced steps.
+      out = ddpm_sampling.ddim_sample(
+          eps_fn, diffusion, rng, shape, num_steps=diffusion.num_timesteps,
+          eta=s.ddim_eta, step_spacing="uniform", clip_denoised=s.clip_denoised,
+          timestep_map=timestep_map)
     else:
       out = ddpm_sampling.ddim_sample(
-          eps_fn, self.diffusion, rng, shape, num_steps=s.ddim_steps, eta=s.ddim_eta,
+          eps_fn, diffusion, rng, shape, num_steps=s.ddim_steps, eta=s.ddim_eta,
           step_spacing=s.ddim_spacing, clip_denoised=s.clip_denoised)
     return ddpm_sampling.to_uint8(out.images)
 
@@ -136,7 +328,15 @@ class DDPM:
     s, d = self.config.sampling, self.config.diffusion
     settings = dict(sampler=s.method, clip_denoised=s.clip_denoised,
                     num_timesteps=d.num_timesteps, use_ema=s.use_ema)
-    if s.method == "ancestral":
+    if self.respaced:
+      num_steps = int(self.sampling_timesteps.shape[0])
+      settings.update(respacing=str(self.sampling_options.respacing),
+                      num_steps=num_steps, nfe=num_steps)
+      if s.method == "ancestral":
+        settings.update(var_type=d.var_type)
+      else:
+        settings.update(ddim_eta=s.ddim_eta)
+    elif s.method == "ancestral":
       settings.update(var_type=d.var_type, nfe=d.num_timesteps)
     else:
       settings.update(ddim_steps=s.ddim_steps, ddim_eta=s.ddim_eta,
