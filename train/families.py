@@ -8,12 +8,13 @@ metrics)`, `eval_step(params, batch, rng) -> per-example metrics`,
 
 import ml_collections
 
-from train import autoregressive, ddpm, gan, score, vae, vdm, vqvae
+from train import autoregressive, ddpm, gan, hvae, score, vae, vdm, vqvae
 
 FAMILIES = {
     "autoregressive": autoregressive.Autoregressive,
     "ddpm": ddpm.DDPM,
     "gan": gan.GAN,
+    "hvae": hvae.HierarchicalVAE,
     "score": score.ScoreSDE,
     "vae": vae.VAE,
     "vdm": vdm.VDM,
