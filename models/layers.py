@@ -93,12 +93,16 @@ def dense(features: int, init_scale: float = 1.0, dtype: Dtype = jnp.float32,
 class ResnetBlock(nn.Module):
   """x + conv(drop(act(norm(conv(act(norm(x))) + Dense(act(temb)))))).
 
+  With scale_shift_norm (Nichol & Dhariwal 2021's U-Net) the embedding gives a
+  per-channel scale and shift of the second norm instead of a bias before it:
+  x + conv(drop(act(norm(h) * (1 + scale) + shift))), h = conv(act(norm(x))).
   The second conv starts near zero, so the block starts as the (shortcut) identity.
   """
   out_channels: int | None = None
   dropout: float = 0.0
   conv_shortcut: bool = False  # 3x3 conv instead of a 1x1 NIN when channels change
   num_groups: int = 32
+  scale_shift_norm: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -108,11 +112,18 @@ class ResnetBlock(nn.Module):
     out_channels = self.out_channels or in_channels
     h = nn.silu(group_norm(in_channels, self.num_groups, self.dtype, "norm1")(x))
     h = conv3x3(out_channels, dtype=self.dtype, name="conv1")(h)
-    if temb is not None:
-      # Per-channel bias from the timestep (and class) embedding.
-      h += dense(out_channels, dtype=self.dtype, name="temb_proj")(
-          nn.silu(temb))[:, None, None, :]
-    h = nn.silu(group_norm(out_channels, self.num_groups, self.dtype, "norm2")(h))
+    norm2 = group_norm(out_channels, self.num_groups, self.dtype, "norm2")
+    if temb is not None and self.scale_shift_norm:
+      scale, shift = jnp.split(dense(2 * out_channels, dtype=self.dtype, name="temb_proj")(
+          nn.silu(temb))[:, None, None, :], 2, axis=-1)
+      h = norm2(h) * (1 + scale) + shift
+    else:
+      if temb is not None:
+        # Per-channel bias from the timestep (and class) embedding.
+        h += dense(out_channels, dtype=self.dtype, name="temb_proj")(
+            nn.silu(temb))[:, None, None, :]
+      h = norm2(h)
+    h = nn.silu(h)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = conv3x3(out_channels, init_scale=0.0, dtype=self.dtype, name="conv2")(h)
     if in_channels != out_channels:
@@ -124,8 +135,10 @@ class ResnetBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-  """Single-head self-attention over all H*W positions, plus the input."""
+  """Self-attention over all H*W positions, plus the input (num_heads heads of
+  channels / num_heads each; DDPM uses one, Improved DDPM four)."""
   num_groups: int = 32
+  num_heads: int = 1
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -135,11 +148,16 @@ class AttentionBlock(nn.Module):
     q = dense(channels, dtype=self.dtype, name="q")(h)
     k = dense(channels, dtype=self.dtype, name="k")(h)
     v = dense(channels, dtype=self.dtype, name="v")(h)
-    q, k, v = (a.reshape(batch, height * width, channels) for a in (q, k, v))
+    if channels % self.num_heads:
+      raise ValueError(f"{channels} channels do not split into num_heads="
+                       f"{self.num_heads} heads.")
+    head_dim = channels // self.num_heads
+    q, k, v = (a.reshape(batch, height * width, self.num_heads, head_dim)
+               for a in (q, k, v))
     # Scaled dot-product logits; softmax in float32 even for bf16 activations.
-    logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32)
-    weights = jax.nn.softmax(logits * channels**-0.5, axis=-1).astype(v.dtype)
-    h = jnp.einsum("bij,bjc->bic", weights, v).reshape(x.shape)
+    logits = jnp.einsum("bihc,bjhc->bhij", q, k, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits * head_dim**-0.5, axis=-1).astype(v.dtype)
+    h = jnp.einsum("bhij,bjhc->bihc", weights, v).reshape(x.shape)
     h = dense(channels, init_scale=0.0, dtype=self.dtype, name="proj_out")(h)
     return x + h
 

@@ -29,6 +29,8 @@ class UNet(nn.Module):
   # num_classes, is the "null" label for classifier-free guidance) joins temb.
   num_classes: int = 0
   num_groups: int = 32  # GroupNorm groups; fewer below 128 channels, see layers
+  num_heads: int = 1    # attention heads (Improved DDPM: 4)
+  scale_shift_norm: bool = False  # temb scales/shifts the 2nd norm (Improved DDPM)
   dtype: Any = jnp.float32  # computation dtype; parameters stay float32
 
   def _check_inputs(self, x: jax.Array, t: jax.Array,
@@ -83,9 +85,9 @@ class UNet(nn.Module):
     out_channels = self.out_channels or x.shape[-1]
     resnet_block = lambda channels, name: layers.ResnetBlock(  # noqa: E731
         out_channels=channels, dropout=self.dropout, num_groups=self.num_groups,
-        dtype=self.dtype, name=name)
+        scale_shift_norm=self.scale_shift_norm, dtype=self.dtype, name=name)
     attention = lambda name: layers.AttentionBlock(  # noqa: E731
-        num_groups=self.num_groups, dtype=self.dtype, name=name)
+        num_groups=self.num_groups, num_heads=self.num_heads, dtype=self.dtype, name=name)
 
     # Timestep embedding (Appendix B: Transformer sinusoidal position embedding).
     temb = layers.timestep_embedding(t, self.ch)

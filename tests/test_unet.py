@@ -286,19 +286,22 @@ def _reference_group_norm(x, scale, bias, groups, eps=1e-6):
   return g.reshape(x.shape) * scale + bias
 
 
-def _reference_attention(x, p, groups):
-  """Single-head attention over pixels, softmax over keys, logits / sqrt(C)."""
+def _reference_attention(x, p, groups, heads=1):
+  """Attention over pixels, softmax over keys, logits / sqrt(C / heads) per head."""
   batch, height, width, channels = x.shape
   h = _reference_group_norm(x, p["norm"]["scale"], p["norm"]["bias"], groups)
   h = h.reshape(batch, height * width, channels)
   q, k, v = (h @ p[n]["kernel"] + p[n]["bias"] for n in ("q", "k", "v"))
   out = np.zeros_like(q)
+  d = channels // heads
   for b in range(batch):
     for i in range(height * width):
-      logits = np.array([q[b, i] @ k[b, j] for j in range(height * width)])
-      logits /= math.sqrt(channels)
-      weights = np.exp(logits - logits.max())
-      out[b, i] = (weights / weights.sum()) @ v[b]
+      for head in range(heads):
+        c = slice(head * d, (head + 1) * d)
+        logits = np.array([q[b, i, c] @ k[b, j, c] for j in range(height * width)])
+        logits /= math.sqrt(d)
+        weights = np.exp(logits - logits.max())
+        out[b, i, c] = (weights / weights.sum()) @ v[b, :, c]
   out = out @ p["proj_out"]["kernel"] + p["proj_out"]["bias"]
   return x + out.reshape(x.shape)
 
@@ -316,6 +319,20 @@ def test_attention_matches_numpy_reference():
       np.asarray(x, np.float64),
       jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"]), 2)
   np.testing.assert_allclose(block.apply(params, x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_multi_head_attention_matches_numpy_reference():
+  block = layers.AttentionBlock(num_groups=2, num_heads=4)
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+  params = _perturb(jax.jit(block.init)(jax.random.key(1), x), 2, scale=0.5)
+  as_numpy = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
+  want = _reference_attention(np.asarray(x, np.float64), as_numpy, 2, heads=4)
+  np.testing.assert_allclose(block.apply(params, x), want, rtol=1e-4, atol=1e-4)
+  # Four heads of 2 channels differ from one head of 8 with the same weights.
+  one_head = layers.AttentionBlock(num_groups=2).apply(params, x)
+  assert float(jnp.max(jnp.abs(one_head - block.apply(params, x)))) > 1e-3
+  with pytest.raises(ValueError, match="num_heads=3"):
+    layers.AttentionBlock(num_groups=2, num_heads=3).init(jax.random.key(1), x)
 
 
 def test_attention_is_permutation_equivariant():
@@ -369,14 +386,34 @@ def test_resnet_block_matches_numpy_reference(fast_compile):
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def _reference_resnet_block(x, temb, p, norm_groups):
+def test_scale_shift_resnet_block_matches_numpy_reference(fast_compile):
+  """Improved DDPM's block: norm2(h) * (1 + scale) + shift, (scale, shift) = Dense(temb)."""
+  block = layers.ResnetBlock(out_channels=8, num_groups=2, scale_shift_norm=True)
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 4))
+  temb = jax.random.normal(jax.random.key(1), (2, 16))
+  params = _perturb(
+      jax.jit(lambda: block.init(jax.random.key(2), x, temb, train=False))(), 5, scale=0.3)
+  assert params["params"]["temb_proj"]["kernel"].shape == (16, 16)
+  got = jax.jit(lambda p: block.apply(p, x, temb, train=False))(params)
+  as_numpy = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
+  want = _reference_resnet_block(np.asarray(x, np.float64), np.asarray(temb, np.float64),
+                                 as_numpy, {"norm1": 1, "norm2": 2}, scale_shift=True)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _reference_resnet_block(x, temb, p, norm_groups, scale_shift=False):
   h = _silu(_reference_group_norm(x, p["norm1"]["scale"], p["norm1"]["bias"],
                                   norm_groups["norm1"]))
   h = _reference_conv(h, p["conv1"]["kernel"], p["conv1"]["bias"])
-  h += (_silu(temb) @ p["temb_proj"]["kernel"] + p["temb_proj"]["bias"])[
-      :, None, None, :]
-  h = _silu(_reference_group_norm(h, p["norm2"]["scale"], p["norm2"]["bias"],
-                                  norm_groups["norm2"]))
+  emb = (_silu(temb) @ p["temb_proj"]["kernel"] + p["temb_proj"]["bias"])[:, None, None, :]
+  if scale_shift:
+    scale, shift = emb[..., :emb.shape[-1] // 2], emb[..., emb.shape[-1] // 2:]
+    h = _reference_group_norm(h, p["norm2"]["scale"], p["norm2"]["bias"],
+                              norm_groups["norm2"]) * (1 + scale) + shift
+  else:
+    h = _reference_group_norm(h + emb, p["norm2"]["scale"], p["norm2"]["bias"],
+                              norm_groups["norm2"])
+  h = _silu(h)
   h = _reference_conv(h, p["conv2"]["kernel"], p["conv2"]["bias"])
   shortcut = x @ p["nin_shortcut"]["kernel"] + p["nin_shortcut"]["bias"]
   return shortcut + h
