@@ -5,6 +5,15 @@
   python main.py --config=configs/ddpm_cifar.py --workdir=W --mode=eval_watch
   python main.py --config=configs/ddpm_cifar.py --workdir=W --mode=sample \\
       --config.training.batch_size=64 --config.data.data_dir=/data/tfds
+
+Conditional sampling and editing (DDPM family; outputs in workdir/edits/):
+  python main.py --config=configs/ddpm_shapes_text.py --workdir=W --mode=sample \
+      --prompt="a blue square at bottom right" --guidance=2
+  python main.py --config=configs/cfg_digits.py --workdir=W --mode=sample --label=3
+  python main.py --config=configs/ddpm_digits.py --workdir=W --mode=sample \
+      --edit=inpaint --input=digit.png --mask=center
+  python main.py --config=configs/sr3_digits.py --workdir=W --mode=sample \
+      --edit=superres --input=low_res_4x4.png
 """
 
 import os
@@ -24,12 +33,40 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and sample
 flags.DEFINE_enum("mode", "train", ["train", "eval", "eval_watch", "sample"],
                   "train; eval (the newest checkpoint); eval_watch (every checkpoint, "
                   "beside a training job, until the last); sample.")
+# --mode=sample options: one condition, or an edit of the images in --input.
+flags.DEFINE_enum("edit", None, ["inpaint", "colorize", "sdedit", "interpolate",
+                                 "superres"],
+                  "Edit the --input images instead of sampling (DDPM family).")
+flags.DEFINE_string("input", None, "Images to edit: a PNG/JPEG, or an .npz whose arr_0 "
+                    "holds uint8 [N, H, W, C] (.npy: the array).")
+flags.DEFINE_string("input_b", None, "--edit=interpolate: the second image of each pair.")
+flags.DEFINE_string("mask", "center", "--edit=inpaint: center|left|right|top|bottom (the "
+                    "region to fill) or a mask image (white = keep, black = fill).")
+flags.DEFINE_float("strength", 0.5, "--edit=sdedit: noise level t0 in [0, 1] (0 returns "
+                   "the input, 1 ignores it).")
+flags.DEFINE_integer("num_resample", 1, "--edit=inpaint|colorize: RePaint resampling "
+                     "per step (1 = none).")
+flags.DEFINE_integer("num_points", 8, "--edit=interpolate: images per pair, ends included.")
+flags.DEFINE_integer("ddim_steps", 50, "--edit=interpolate: DDIM inversion/decoding steps.")
+flags.DEFINE_integer("fixed_point_iterations", 0, "--edit=interpolate: fixed-point "
+                     "iterations per DDIM inversion step (more exact round trips).")
+flags.DEFINE_string("prompt", None, "A caption for a text-conditioned model, e.g. 'a blue "
+                    "square at bottom right'; 'all' cycles through every caption. On "
+                    "shapes the samples' prompt accuracy is written too.")
+flags.DEFINE_integer("label", None, "A class for a class-conditional model.")
+flags.DEFINE_integer("num_samples", None, "Images for --prompt/--label (default 64; "
+                     "--prompt=all: 216).")
+flags.DEFINE_float("guidance", None, "Classifier-free guidance weight w (overrides "
+                   "config.guidance.weight; 0 = plain conditional sampling).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for a "
                     "multi-process job (auto-detected on SLURM, Open MPI, TPU pods).")
 flags.DEFINE_integer("num_processes", None, "Processes in a multi-process job.")
 flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
+_EDIT_FLAGS = ("edit", "input", "input_b", "mask", "strength", "num_resample",
+               "num_points", "ddim_steps", "fixed_point_iterations", "prompt", "label",
+               "num_samples")
 
 
 def main(argv):
@@ -37,9 +74,19 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   distributed.maybe_initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id)
+  config = FLAGS.config
+  if FLAGS.guidance is not None:
+    config.guidance.weight = FLAGS.guidance
+  options = {name: FLAGS[name].value for name in _EDIT_FLAGS}
+  conditioned = any(options[k] is not None for k in ("edit", "prompt", "label"))
+  if conditioned and FLAGS.mode != "sample":
+    raise app.UsageError("--edit, --prompt and --label go with --mode=sample.")
+  if FLAGS.mode == "sample" and conditioned:
+    loop.edit(config, FLAGS.workdir, options)
+    return
   run = {"train": loop.train_and_evaluate, "eval": loop.evaluate,
          "eval_watch": loop.evaluate_continuously, "sample": loop.sample}[FLAGS.mode]
-  run(FLAGS.config, FLAGS.workdir)
+  run(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.dropout = 0.1
   model.resamp_with_conv = True       # conv (not pooling) in up/down-sampling
   model.num_groups = 32               # GroupNorm groups
+  model.num_heads = 1                 # attention heads (Improved DDPM: 4)
+  model.scale_shift_norm = False      # timestep scales/shifts the 2nd norm (Improved DDPM)
   model.conditional = False           # class-conditional (label embedding)
   model.dtype = "float32"             # compute dtype: float32 or bfloat16
 
@@ -157,4 +159,31 @@ def get_config() -> ml_collections.ConfigDict:
   eval_config.stats_dir = placeholder(str)
   eval_config.classifier_dir = placeholder(str)
   eval_config.feature_batch_size = 200   # images per feature-network call
+
+  # ---------------------------------------------- classifier-free guidance
+  # Ho & Salimans 2022 (diffusion families with a condition: model.conditional or
+  # text.enabled). One network learns p(x | c) and p(x) by training on the null
+  # condition (label num_classes / the all-padding caption) at rate p_uncond.
+  config.guidance = guidance = ml_collections.ConfigDict()
+  guidance.p_uncond = 0.0             # P(null condition) per training example; 0 = off
+  # w of eq. 6 at sampling time, eps = (1 + w) eps(x, c) - w eps(x, null); 0 = the
+  # plain conditional sampler (bit for bit). Needs p_uncond > 0 in training.
+  guidance.weight = 0.0
+
+  # ------------------------------------------------------ text conditioning
+  # Caption conditioning on the `shapes` datasets ("a red circle at top left"): a small
+  # Transformer (models/text_encoder.py) trained jointly with the U-Net; its caption
+  # vector joins the time embedding. Replaces model.conditional (the class label).
+  config.text = text = ml_collections.ConfigDict()
+  text.enabled = False                # condition on the captions (shapes only)
+  text.width = 64                     # token embedding width
+  text.num_layers = 2                 # Transformer blocks
+  text.num_heads = 4                  # attention heads (must divide width)
+
+  # --------------------------------------------- SR3 super-resolution (DDPM)
+  # Saharia et al. 2021: the U-Net sees [x_t, upsampled low-res image] (2C channels)
+  # and learns p(x | low-res); the low-res input is the box-downsampled image.
+  config.superres = superres = ml_collections.ConfigDict()
+  superres.factor = 0                 # low-res side = image side / factor; 0 = no SR3
+  superres.upsample_method = "bicubic"  # nearest | bilinear | bicubic (SR3: bicubic)
   return config

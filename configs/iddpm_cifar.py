@@ -11,10 +11,8 @@ ch_mult (1,2,2,2), 3 residual blocks per level, attention at 16x16 and 8x8, drop
 Adam, learning rate 1e-4, no warm-up, no gradient clipping, batch 128, EMA 0.9999,
 500K steps, no data augmentation; timesteps fed to the network as t * 1000 / T.
 
-Parameters: 49,066,246 with this repository's U-Net (models/unet.py, the DDPM U-Net
-with 2C = 6 output channels). The paper's checkpoint is named "50M": its U-Net also
-has 4-head attention and scale-shift (adaptive) GroupNorm, which models/unet.py does
-not implement; everything else is the paper's setting.
+Parameters: 52,546,438 (models/unet.py with 2C = 6 output channels, 4-head attention
+and scale-shift GroupNorm, as in the released U-Net; its checkpoint is named "50M").
 
   python main.py --config=configs/iddpm_cifar.py --workdir=runs/iddpm_cifar
   python main.py --config=configs/iddpm_cifar.py:vlb --workdir=runs/iddpm_cifar_vlb
@@ -79,6 +77,8 @@ def get_config(arg: str | None = None):
   model.num_res_blocks = 3
   model.attn_resolutions = (16, 8)
   model.dropout = 0.3
+  model.num_heads = 4                 # the released U-Net's attention heads
+  model.scale_shift_norm = True       # timestep embedding scales and shifts the norm
   model.resamp_with_conv = True
   model.num_groups = 32
 

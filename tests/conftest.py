@@ -4,8 +4,11 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Embedded datasets are prepared into a fresh directory, never into the user's own.
-os.environ.setdefault("TFDS_DATA_DIR", tempfile.mkdtemp(prefix="tfds_test_"))
+# Embedded datasets are prepared into a fresh directory, never into the user's own;
+# each pytest-xdist worker prepares its own copy, so no two processes write one folder.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_TFDS_ROOT = os.environ.get("TFDS_DATA_DIR") or tempfile.mkdtemp(prefix="tfds_test_")
+os.environ["TFDS_DATA_DIR"] = os.path.join(_TFDS_ROOT, _WORKER) if _WORKER else _TFDS_ROOT
 # Offline classifiers and reference statistics are cached per test session.
 os.environ.setdefault("EVAL_CLASSIFIER_DIR", tempfile.mkdtemp(prefix="classifiers_"))
 os.environ.setdefault("EVAL_STATS_DIR", tempfile.mkdtemp(prefix="ref_stats_"))

@@ -78,6 +78,7 @@ def tiny_batch(config):
 
 
 # ------------------------------------------------------------------- every config
+@pytest.mark.slow   # tests/test_configs.py trains one step of every config in CI
 @pytest.mark.parametrize("name,arg", CONFIGS)
 def test_every_config_trains_one_step_on_tiny_shapes(name, arg, fast_compile):
   config = shrink(load(name, arg))

@@ -31,10 +31,10 @@ def init_apply(module, *args, train=True, **kwargs):
      gan_models.SNGANCNNDiscriminator(4, (1, 2, 4)), (16, 16, 3)),
     ("resnet", gan_models.ResNetGenerator(4, (1, 1), (16, 16, 3)),
      gan_models.ResNetDiscriminator(4, (1, 1, 1), (True, True, False)), (16, 16, 3)),
-    ("stylegan2", stylegan2.StyleGAN2Generator((16, 16, 3), (8, 8, 8), w_dim=8,
-                                               mapping_layers=2),
-     stylegan2.StyleGAN2Discriminator((16, 16, 3), (8, 8, 8), mbstd_group_size=2),
-     (16, 16, 3)),
+    pytest.param("stylegan2", stylegan2.StyleGAN2Generator((16, 16, 3), (8, 8, 8), w_dim=8,
+                                                           mapping_layers=2),
+                 stylegan2.StyleGAN2Discriminator((16, 16, 3), (8, 8, 8), mbstd_group_size=2),
+                 (16, 16, 3), marks=pytest.mark.slow),
 ])
 def test_generators_make_images_and_discriminators_one_logit(name, generator, discriminator,
                                                              shape, fast_compile):
@@ -260,6 +260,7 @@ def test_cutout_zeroes_one_square_clipped_at_the_border():
   np.testing.assert_array_equal(mask, want)
 
 
+@pytest.mark.slow
 def test_random_augmentations_stay_in_their_ranges_and_are_differentiable():
   x = jax.random.uniform(KEY, (64, 8, 8, 3), minval=-1.0, maxval=1.0)
   policy = diffaugment.parse_policy("color,translation,cutout")

@@ -409,7 +409,7 @@ def test_configs_carry_the_papers_settings():
   shapes = jax.eval_shape(
       lambda: family.model.init({'params': jax.random.key(0)}, jnp.zeros((1, 32, 32, 3)),
                                 jnp.zeros((1,), jnp.int32), train=False))
-  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == 49_066_246
+  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == 52_546_438
 
 
 def test_short_hybrid_digits_run_decreases_the_loss(fast_compile):

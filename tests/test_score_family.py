@@ -86,6 +86,7 @@ def test_ideal_network_samples_the_data_distribution(kind, method):
     assert 0 < int(nfe) < 4096
 
 
+@pytest.mark.slow   # the discrete losses' values are checked in tests/test_score_losses.py
 def test_smld_and_ddpm_discrete_losses_train(fast_compile):
   for kind in ("ve", "vp"):
     config = score_digits.get_config(f"{kind},runlocal")
@@ -172,8 +173,10 @@ def test_train_eval_sample_through_the_loop(tmp_path, fast_compile):
 
 
 @pytest.mark.parametrize("module, arg", [
-    (ncsnpp_cifar, "deep,runlocal"), (ddpmpp_cifar, "subvp,deep,runlocal"),
-    (edm_cifar, "cond,runlocal"), (edm_cifar, "ncsnpp,runlocal")])
+    pytest.param(ncsnpp_cifar, "deep,runlocal", marks=pytest.mark.slow),
+    pytest.param(ddpmpp_cifar, "subvp,deep,runlocal", marks=pytest.mark.slow),
+    (edm_cifar, "cond,runlocal"),
+    pytest.param(edm_cifar, "ncsnpp,runlocal", marks=pytest.mark.slow)])
 def test_paper_configs_train_and_sample_a_step_on_tiny_shapes(module, arg, fast_compile):
   """Each paper config's own structure, shrunk by its runlocal switch (16x16 shapes)."""
   config = module.get_config(arg)

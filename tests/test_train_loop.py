@@ -187,6 +187,21 @@ def test_resuming_with_a_different_config_is_refused_unless_allowed(tmp_path,
   assert int(loop.train_and_evaluate(changed, str(tmp_path)).step) == 4
 
 
+def test_fields_added_after_a_run_started_resume_at_their_defaults(tmp_path):
+  """A config.json written before a field existed: the field at its default changes
+  nothing; set to another value, it is a change."""
+  config = tiny_config(2)
+  loop.check_workdir_config(config, str(tmp_path))
+  path = tmp_path / "config.json"
+  saved = json.loads(path.read_text())
+  del saved["guidance.p_uncond"], saved["diffusion.loss"]   # an older run's config.json
+  path.write_text(json.dumps(saved))
+  loop.check_workdir_config(config, str(tmp_path))
+  config.diffusion.loss = "hybrid"
+  with pytest.raises(ValueError, match=r"diffusion.loss: None -> 'hybrid'"):
+    loop.check_workdir_config(config, str(tmp_path))
+
+
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
   """What SLURM/TPU preemption sends: checkpoint now, exit 0, resume on restart."""
   import signal

@@ -9,6 +9,14 @@ Variances (config.diffusion.var_type): fixed ('fixedlarge', 'fixedsmall') or
 'learned_range' (eq. 15, the U-Net outputs 2C channels [eps, v]). Sampling
 (ancestral or DDIM) can use a respaced subsequence of K timesteps (sec. 4).
 
+Conditioning (configs/default.py: config.guidance, config.text, config.superres):
+  class labels (model.conditional) or `shapes` captions (text.enabled, a text
+  encoder trained jointly, models/text_encoder.py), with label dropout at rate
+  guidance.p_uncond and classifier-free guidance of weight guidance.weight at
+  sampling time (Ho & Salimans 2022, eq. 6; bits/dim stay unguided); or SR3
+  super-resolution (superres.factor > 0, Saharia et al. 2021): the U-Net sees
+  [x_t, upsampled low-res image]. `edit_eps_fn` serves sampling/editing.py.
+
 A family is a small object of pure functions that the one training loop calls:
 `init`, `train_step`, `eval_step`, `sample`. Nothing here touches files or devices.
 """
@@ -22,8 +30,11 @@ import optax
 
 from evaluation import likelihood
 from models import diffusion as diffusion_lib
+from models import text_encoder
 from models import unet
 from sampling import ddpm as ddpm_sampling
+from sampling import editing
+from sampling import guidance as guidance_lib
 from train import optim as optim_lib
 from train.state import TrainState, ema_update
 
@@ -39,6 +50,28 @@ _DIFFUSION_DEFAULTS = dict(loss="simple", vlb_weight=0.001, timestep_sampler="un
                            loss_history_size=10, uniform_prob=0.001,
                            rescale_timesteps=False)
 _SAMPLING_DEFAULTS = dict(num_steps=None, respacing="uniform")
+# ... and of the conditioning sections (configs/default.py documents them).
+_GUIDANCE_DEFAULTS = dict(p_uncond=0.0, weight=0.0)
+_TEXT_DEFAULTS = dict(enabled=False, width=64, num_layers=2, num_heads=4)
+_SUPERRES_DEFAULTS = dict(factor=0, upsample_method="bicubic")
+# Every caption of `shapes` (4 shapes x 6 colours x 9 positions).
+NUM_CAPTIONS = 216
+
+
+def _section(config: ml_collections.ConfigDict, name: str,
+             defaults: dict[str, Any]) -> ml_collections.ConfigDict:
+  """config.<name> completed with `defaults` (configs may predate the section)."""
+  section = config.get(name) or {}
+  return ml_collections.ConfigDict({k: section.get(k, v) for k, v in defaults.items()})
+
+
+def cycling_captions(num_samples: int) -> dict[str, jax.Array]:
+  """Factor ids of sample i: shape i % 4, colour (i // 4) % 6, position (i // 24) % 9.
+
+  Every one of the 216 captions once per 216 samples, each factor balanced.
+  """
+  i = jnp.arange(num_samples, dtype=jnp.int32)
+  return dict(shape=i % 4, colour=(i // 4) % 6, position=(i // 24) % 9)
 
 
 def scale_images(images_uint8: jax.Array) -> jax.Array:
@@ -135,6 +168,10 @@ class DDPM:
     if m.conditional and num_classes <= 0:
       raise ValueError(f"config.model.conditional=True but {config.data.dataset!r} has "
                        "no class labels.")
+    self.guidance = _section(config, "guidance", _GUIDANCE_DEFAULTS)
+    self.text = _section(config, "text", _TEXT_DEFAULTS)
+    self.superres = _section(config, "superres", _SUPERRES_DEFAULTS)
+    self._check_conditioning(config, image_shape)
     self.respaced = (self.sampling_options.num_steps is not None
                      or self.sampling_options.respacing != "uniform")
     if (s.method == "ddim" and not self.respaced
@@ -142,16 +179,28 @@ class DDPM:
       raise ValueError(f"config.sampling.ddim_steps={s.ddim_steps} must be in "
                        f"[1, {d.num_timesteps}].")
     self.image_shape = tuple(image_shape)
-    self.num_classes = num_classes if m.conditional else 0
+    self.num_classes = num_classes if m.conditional and not self.text.enabled else 0
+    self.text_conditioned = bool(self.text.enabled)
+    self.superres_factor = int(self.superres.factor)
     self.learned_variance = d.var_type in diffusion_lib.LEARNED_VAR_TYPES
     channels = image_shape[-1]
-    self.model = unet.UNet(
+    network = unet.UNet(
         ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
         attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
         resamp_with_conv=m.resamp_with_conv,
         # Learned variances: [eps, v], 2C channels (Nichol & Dhariwal sec. 3.1).
+        # SR3 takes 2C input channels but predicts the C of eps all the same.
         out_channels=2 * channels if self.learned_variance else channels,
-        num_classes=self.num_classes, num_groups=m.num_groups, dtype=DTYPES[m.dtype])
+        num_classes=self.num_classes, num_groups=m.num_groups,
+        num_heads=m.get("num_heads", 1), scale_shift_norm=m.get("scale_shift_norm", False),
+        dtype=DTYPES[m.dtype])
+    if self.text_conditioned:
+      # The caption vector joins the time embedding, as a class embedding does.
+      network = text_encoder.TextConditioned(
+          network=network, encoder=text_encoder.TextEncoder(
+              out_dim=4 * m.ch, width=self.text.width, num_layers=self.text.num_layers,
+              num_heads=self.text.num_heads))
+    self.model = network
     self.betas = diffusion_lib.get_beta_schedule(
         d.beta_schedule, beta_start=d.beta_start, beta_end=d.beta_end,
         num_timesteps=d.num_timesteps)
@@ -171,12 +220,99 @@ class DDPM:
       self.sampling_diffusion = self.diffusion
     self.tx = optim_lib.make_optimizer(config.optim)
 
+  def _check_conditioning(self, config, image_shape) -> None:
+    """Bad combinations of guidance / text / SR3 fields, before anything compiles."""
+    g, text, sr, m = self.guidance, self.text, self.superres, config.model
+    if not 0.0 <= g.p_uncond <= 1.0:
+      raise ValueError(f"config.guidance.p_uncond={g.p_uncond} must be in [0, 1].")
+    if not g.weight >= 0.0:
+      raise ValueError(f"config.guidance.weight={g.weight} must be >= 0 (0 = the "
+                       "plain conditional sampler).")
+    conditioned = m.conditional or text.enabled
+    if (g.p_uncond > 0 or g.weight > 0) and not conditioned:
+      raise ValueError("config.guidance needs a conditional model: set "
+                       "config.model.conditional=True (class labels) or "
+                       "config.text.enabled=True (shapes captions).")
+    if text.enabled:
+      if m.conditional:
+        raise ValueError("config.text.enabled=True conditions on captions, which "
+                         "name the class already: set config.model.conditional=False.")
+      if not str(config.data.dataset).startswith("shapes"):
+        raise ValueError(f"config.text.enabled=True needs the captions of 'shapes' "
+                         f"(or shapes/16, shapes/64), not {config.data.dataset!r}.")
+      if text.width % text.num_heads:
+        raise ValueError(f"config.text.width={text.width} must be divisible by "
+                         f"config.text.num_heads={text.num_heads}.")
+    if sr.factor:
+      if not isinstance(sr.factor, int) or sr.factor < 2:
+        raise ValueError(f"config.superres.factor={sr.factor!r} must be 0 (off) or an "
+                         "integer >= 2.")
+      h, w = image_shape[:2]
+      if h % sr.factor or w % sr.factor:
+        raise ValueError(f"config.superres.factor={sr.factor} must divide the image "
+                         f"size {h}x{w}.")
+      if sr.upsample_method not in editing.UPSAMPLE_METHODS:
+        raise ValueError(f"config.superres.upsample_method={sr.upsample_method!r}; "
+                         f"choose {editing.UPSAMPLE_METHODS}.")
+      if conditioned:
+        raise ValueError("An SR3 model (config.superres.factor > 0) is conditioned on "
+                         "its low-res image only: set config.model.conditional=False "
+                         "and config.text.enabled=False.")
+
+  # ---------------------------------------------------------------- conditions
+  @property
+  def null_condition_value(self) -> int:
+    """The null condition of guidance: the padding id, or the extra label row."""
+    return text_encoder.PAD_ID if self.text_conditioned else self.num_classes
+
+  @property
+  def is_conditional(self) -> bool:
+    return self.text_conditioned or self.num_classes > 0
+
+  def condition(self, batch: dict[str, Any]) -> jax.Array | None:
+    """The network's condition for a data batch: caption tokens, labels or None."""
+    if self.text_conditioned:
+      missing = [k for k in ("label", "colour", "position") if k not in batch]
+      if missing:
+        raise ValueError(f"A caption-conditioned model needs the batch keys {missing} "
+                         "(the shapes datasets provide them).")
+      return text_encoder.tokens_from_factors(
+          batch["label"].astype(jnp.int32), batch["colour"].astype(jnp.int32),
+          batch["position"].astype(jnp.int32))
+    return self._labels(batch)
+
+  def sample_conditions(self, num_samples: int) -> jax.Array | None:
+    """Conditions of `sample`: every caption (or class) in turn."""
+    if self.text_conditioned:
+      f = cycling_captions(num_samples)
+      return text_encoder.tokens_from_factors(f["shape"], f["colour"], f["position"])
+    if self.num_classes:
+      return jnp.arange(num_samples, dtype=jnp.int32) % self.num_classes
+    return None
+
+  def caption_factors(self, num_samples: int) -> dict[str, jax.Array]:
+    """The factor ids of `sample`'s captions (`cycling_captions`), for prompt accuracy."""
+    return cycling_captions(num_samples)
+
+  def _network_input(self, x_t: jax.Array, condition_image: jax.Array | None):
+    """x_t, or SR3's [x_t, upsampled low-res] along channels."""
+    if self.superres_factor:
+      if condition_image is None:
+        raise ValueError("An SR3 model needs its upsampled low-res condition image.")
+      return editing.concat_condition(x_t, condition_image)
+    return x_t
+
   # ------------------------------------------------------------------ training
   def init(self, rng: jax.Array, example_batch: dict[str, Any]) -> TrainState:
     x = scale_images(example_batch["image"][:1])
+    if self.superres_factor:   # the 2C-channel input [x_t, condition]
+      x = jnp.concatenate([x, x], axis=-1)
     t = jnp.zeros((1,), jnp.int32)
-    y = self._labels(example_batch)
-    y = None if y is None else y[:1]
+    if self.text_conditioned:  # the loop's example batch has no caption factors
+      y = jnp.asarray(text_encoder.null_tokens(1))
+    else:
+      y = self._labels(example_batch)
+      y = None if y is None else y[:1]
     params = self.model.init({"params": rng}, x, t, y, train=False)["params"]
     model_state = {}
     if self.options.timestep_sampler == "loss_second_moment":
@@ -206,8 +342,8 @@ class DDPM:
     return fn
 
   def loss_terms(self, params, x0: jax.Array, t: jax.Array, noise: jax.Array,
-                 y: jax.Array | None = None, dropout_rng: jax.Array | None = None
-                 ) -> dict[str, jax.Array]:
+                 y: jax.Array | None = None, dropout_rng: jax.Array | None = None,
+                 condition_image: jax.Array | None = None) -> dict[str, jax.Array]:
     """Per-example [B] loss terms at x_t = q_sample(x0, t, noise).
 
     'mse': ||eps - eps_theta||^2 averaged over dimensions (L_simple).
@@ -215,13 +351,16 @@ class DDPM:
       t = 0), computed as in the bits/dim evaluation; for 'hybrid' the mean
       enters through a stop-gradient (eq. 16), so it trains only v.
       Absent for loss='simple'.
+    y: the condition (labels [B] or caption tokens [B, L]); condition_image:
+      SR3's upsampled low-res image [B, H, W, C].
     'loss': the per-example objective: mse | mse + lambda T vb | T vb. T vb
       estimates sum_t L_t = L_vlb (up to the constant L_T), so lambda = 0.001
       is the paper's weight on L_vlb.
     """
     train = dropout_rng is not None
     x_t = self.diffusion.q_sample(x0, t, noise)
-    output = self.eps_fn(params, y, train=train, rng=dropout_rng)(x_t, t)
+    output = self.eps_fn(params, y, train=train, rng=dropout_rng)(
+        self._network_input(x_t, condition_image), t)
     output = output.astype(jnp.float32)
     var_type = self.config.diffusion.var_type
     eps, v = diffusion_lib.split_model_output(output, x_t, var_type)
@@ -242,8 +381,19 @@ class DDPM:
     return terms
 
   def _loss_and_aux(self, params, batch, rng, model_state):
-    x0 = scale_images(batch["image"])
+    condition_image = None
+    if self.superres_factor:   # (x_0, upsampled box-downsampled x_0), SR3
+      x0, condition_image = editing.superres_training_pair(
+          batch["image"], self.superres_factor, self.superres.upsample_method)
+    else:
+      x0 = scale_images(batch["image"])
     t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
+    y = self.condition(batch)
+    if y is not None and self.guidance.p_uncond > 0:
+      # Ho & Salimans Algorithm 1: c <- null with probability p_uncond. A key of its
+      # own, so that the other draws are those of an undropped run.
+      y = guidance_lib.drop_labels(y, jax.random.fold_in(rng, 3),
+                                   self.guidance.p_uncond, self.null_condition_value)
     b = x0.shape[0]
     num_timesteps = self.diffusion.num_timesteps
     if self.options.timestep_sampler == "loss_second_moment":
@@ -256,7 +406,7 @@ class DDPM:
       t = jax.random.randint(t_rng, (b,), 0, num_timesteps)
       weights = jnp.ones((b,), jnp.float32)
     noise = jax.random.normal(noise_rng, x0.shape, jnp.float32)
-    terms = self.loss_terms(params, x0, t, noise, self._labels(batch), dropout_rng)
+    terms = self.loss_terms(params, x0, t, noise, y, dropout_rng, condition_image)
     loss = jnp.mean(weights * terms["loss"])
     return loss, dict(terms=terms, t=t)
 
@@ -292,20 +442,61 @@ class DDPM:
 
   # ---------------------------------------------------------------- evaluation
   def eval_step(self, params, batch: dict[str, Any], rng: jax.Array) -> dict[str, jax.Array]:
-    """Per-example bits/dim of the variational bound (all T terms, L_0 and L_T)."""
+    """Per-example bits/dim of the variational bound (all T terms, L_0 and L_T).
+
+    Conditional models: the bound of p(x | c) at the batch's own condition (label,
+    caption, or SR3's low-res image), unguided.
+    """
+    eps_fn = self.eps_fn(params, self.condition(batch))
+    if self.superres_factor:
+      _, condition_image = editing.superres_training_pair(
+          batch["image"], self.superres_factor, self.superres.upsample_method)
+      eps_fn = editing.conditioned_eps_fn(eps_fn, condition_image)
     out = likelihood.vlb_bpd(
-        self.eps_fn(params, self._labels(batch)), self.diffusion, batch["image"], rng,
+        eps_fn, self.diffusion, batch["image"], rng,
         var_type=self.config.diffusion.var_type, clip_denoised=False,
         timestep_chunk=self.config.eval.vlb_timestep_chunk)
     return {k: out[k] for k in ("bpd_vlb", "prior_bpd", "decoder_bpd")}
 
   # ------------------------------------------------------------------ sampling
+  def edit_eps_fn(self, params, condition: jax.Array | None = None,
+                  guidance_weight: float | None = None):
+    """eps_fn(x, t) for samplers and editing: guided by config.guidance.weight.
+
+    condition: labels [B] / caption tokens [B, L] of a conditional model (the null
+    condition gives the unconditional model), None for an unconditional one. With
+    weight 0 this is the plain conditional network (Ho & Salimans eq. 6); for
+    learned variances only eps is guided, v stays conditional (GLIDE).
+    """
+    if self.is_conditional and condition is None:
+      raise ValueError("This model is conditional: pass labels or caption tokens.")
+    if not self.is_conditional:
+      if condition is not None:
+        raise ValueError("This model is unconditional: pass no condition.")
+      return self.eps_fn(params)
+    weight = self.guidance.weight if guidance_weight is None else guidance_weight
+    model_fn = lambda x, t, c: self.eps_fn(params, c)(x, t)  # noqa: E731
+    channels = self.image_shape[-1]
+    return guidance_lib.classifier_free_guidance(
+        model_fn, condition,
+        guidance_lib.null_condition_like(condition, self.null_condition_value), weight,
+        num_guided_channels=channels if self.learned_variance else None)
+
   def sample(self, params, rng: jax.Array, num_samples: int) -> jax.Array:
-    """uint8 NHWC samples; conditional models cycle through the classes."""
+    """uint8 NHWC samples; conditional models cycle through the classes (captions)."""
+    if self.superres_factor:
+      raise ValueError(
+          "An SR3 model samples given a low-res image: run --mode=sample "
+          "--edit=superres --input=LOW_RES.png (config.training.sample_every_steps=0, "
+          "config.eval.sample_metrics='none').")
+    return self.sample_with_condition(params, rng, self.sample_conditions(num_samples),
+                                      num_samples)
+
+  def sample_with_condition(self, params, rng: jax.Array, condition: jax.Array | None,
+                            num_samples: int) -> jax.Array:
+    """uint8 NHWC samples of p(x | condition), guided by config.guidance.weight."""
     s = self.config.sampling
-    y = (jnp.arange(num_samples, dtype=jnp.int32) % self.num_classes
-         if self.num_classes else None)
-    eps_fn = self.eps_fn(params, y)
+    eps_fn = self.edit_eps_fn(params, condition)
     shape = (num_samples, *self.image_shape)
     diffusion, timestep_map = self.sampling_diffusion, self.sampling_timesteps
     if s.method == "ancestral":
@@ -328,6 +519,13 @@ class DDPM:
     s, d = self.config.sampling, self.config.diffusion
     settings = dict(sampler=s.method, clip_denoised=s.clip_denoised,
                     num_timesteps=d.num_timesteps, use_ema=s.use_ema)
+    if self.is_conditional:
+      settings.update(guidance_weight=float(self.guidance.weight),
+                      p_uncond=float(self.guidance.p_uncond),
+                      condition="caption" if self.text_conditioned else "class")
+    if self.superres_factor:
+      settings.update(superres_factor=self.superres_factor,
+                      upsample_method=self.superres.upsample_method)
     if self.respaced:
       num_steps = int(self.sampling_timesteps.shape[0])
       settings.update(respacing=str(self.sampling_options.respacing),
@@ -341,4 +539,7 @@ class DDPM:
     else:
       settings.update(ddim_steps=s.ddim_steps, ddim_eta=s.ddim_eta,
                       ddim_spacing=s.ddim_spacing, nfe=s.ddim_steps)
+    if self.is_conditional and self.guidance.weight > 0:
+      # Each guided step evaluates the network on the batch [x; x]: twice the cost.
+      settings["nfe_per_sample_network_passes"] = 2 * settings["nfe"]
     return settings

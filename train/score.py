@@ -15,6 +15,12 @@ with sigma(t) = sigma_min (sigma_max / sigma_min)^t, since x = x0 + sigma n in b
 (models/sde.py). The test-set bits/dim come from the probability-flow ODE
 (evaluation/ode_likelihood.py) of that SDE, so EDM models get a likelihood too.
 
+Class-conditional models (model.conditional) can drop labels to the null label at
+rate config.guidance.p_uncond in training and sample with classifier-free guidance
+of weight config.guidance.weight (Ho & Salimans 2022, eq. 6, applied to the score or
+the EDM denoiser: both are affine in eps with condition-free coefficients); the
+bits/dim stay unguided.
+
 Data are scaled to [-1, 1] (`sde.data_range`); EDM's sigma_data = 0.5 is the std of
 CIFAR-10 in that range.
 """
@@ -29,6 +35,7 @@ import optax
 
 from evaluation import ode_likelihood
 from models import ncsnpp, sde as sde_lib, unet
+from sampling import guidance as guidance_lib
 from sampling import sde as sde_sampling
 from sampling.ddpm import to_uint8
 from train import optim as optim_lib
@@ -107,6 +114,16 @@ class ScoreSDE:
     if s.importance_sampling and not s.likelihood_weighting:
       raise ValueError("config.sde.importance_sampling=True needs "
                        "config.sde.likelihood_weighting=True.")
+    g = config.get("guidance") or {}
+    self.p_uncond = float(g.get("p_uncond", 0.0))
+    self.guidance_weight = float(g.get("weight", 0.0))
+    if not 0.0 <= self.p_uncond <= 1.0:
+      raise ValueError(f"config.guidance.p_uncond={self.p_uncond} must be in [0, 1].")
+    if not self.guidance_weight >= 0.0:
+      raise ValueError(f"config.guidance.weight={self.guidance_weight} must be >= 0.")
+    if (self.p_uncond > 0 or self.guidance_weight > 0) and not m.conditional:
+      raise ValueError("config.guidance needs a class-conditional model: set "
+                       "config.model.conditional=True.")
     self.image_shape = tuple(image_shape)
     self.num_classes = num_classes if m.conditional else 0
     self.network = _build_network(m, image_shape[-1], self.num_classes)
@@ -201,6 +218,9 @@ class ScoreSDE:
     s = self.config.sde
     x0 = scale_images(batch["image"], s.data_centered)
     y = self._labels(batch)
+    if y is not None and self.p_uncond > 0:   # Ho & Salimans Algorithm 1
+      y = guidance_lib.drop_labels(y, jax.random.fold_in(rng, 2), self.p_uncond,
+                                   self.num_classes)
     loss_rng, dropout_rng = jax.random.split(rng)
     raw = self._raw_fn(params, y, True, dropout_rng)
     if s.type == "edm":
@@ -246,6 +266,21 @@ class ScoreSDE:
                 likelihood_nfe=jnp.broadcast_to(out.nfe, out.bpd.shape).astype(jnp.float32))
 
   # ------------------------------------------------------------------ sampling
+  def guided_fns(self, params, y):
+    """(score_fn, denoiser_fn) guided with config.guidance.weight (eq. 6).
+
+    Weight 0 (or an unconditional model) gives the plain conditional functions.
+    """
+    if y is None or self.guidance_weight == 0:
+      return self.score_fn(params, y), self.denoiser_fn(params, y)
+    null = guidance_lib.null_condition_like(y, self.num_classes)
+    w = self.guidance_weight
+    score = guidance_lib.classifier_free_guidance(
+        lambda x, t, c: self.score_fn(params, c)(x, t), y, null, w)
+    denoiser = guidance_lib.classifier_free_guidance(
+        lambda x, sigma, c: self.denoiser_fn(params, c)(x, sigma), y, null, w)
+    return score, denoiser
+
   def sample(self, params, rng: jax.Array, num_samples: int) -> jax.Array:
     return self.sample_with_nfe(params, rng, num_samples)[0]
 
@@ -255,31 +290,32 @@ class ScoreSDE:
     y = (jnp.arange(num_samples, dtype=jnp.int32) % self.num_classes
          if self.num_classes else None)
     shape = (num_samples, *self.image_shape)
+    score_fn, denoiser_fn = self.guided_fns(params, y)
     if smp.method == "pc":
       out = sde_sampling.pc_sample(
-          self.score_fn(params, y), self.sde, rng, shape, predictor=smp.predictor,
+          score_fn, self.sde, rng, shape, predictor=smp.predictor,
           corrector=smp.corrector, snr=smp.snr, n_steps=smp.n_steps_each,
           denoise=smp.noise_removal, eps=s.sample_eps)
     elif smp.method == "ode":
       out = sde_sampling.ode_sample(
-          self.score_fn(params, y), self.sde, rng, shape, rtol=smp.ode_rtol,
+          score_fn, self.sde, rng, shape, rtol=smp.ode_rtol,
           atol=smp.ode_atol, solver=smp.ode_solver, eps=s.sample_eps,
           denoise=smp.noise_removal)
     elif smp.method == "edm_heun":
       sigma_min, sigma_max = self._sigma_range()
       out = sde_sampling.edm_sample(
-          self.denoiser_fn(params, y), rng, shape, num_steps=smp.num_steps,
+          denoiser_fn, rng, shape, num_steps=smp.num_steps,
           sigma_min=sigma_min, sigma_max=sigma_max, rho=smp.rho, s_churn=smp.s_churn,
           s_min=smp.s_min, s_max=smp.s_max, s_noise=smp.s_noise)
     elif s.type in ("vesde", "edm"):   # dpm_solver in sigma space (alpha = 1)
       sigma_min, sigma_max = self._sigma_range()
       out = sde_sampling.dpm_solver_pp_edm_sample(
-          self.denoiser_fn(params, y), rng, shape, num_steps=smp.num_steps,
+          denoiser_fn, rng, shape, num_steps=smp.num_steps,
           sigma_min=sigma_min, sigma_max=sigma_max, rho=smp.rho,
           skip_type=smp.skip_type)
     else:
       out = sde_sampling.dpm_solver_pp_sample(
-          sde_lib.data_prediction_from_score(self.score_fn(params, y), self.sde), self.sde,
+          sde_lib.data_prediction_from_score(score_fn, self.sde), self.sde,
           rng, shape, num_steps=smp.num_steps, skip_type=smp.skip_type, eps=s.sample_eps,
           rho=smp.rho)
     images = out.images if s.data_centered else 2.0 * out.images - 1.0
@@ -302,6 +338,8 @@ class ScoreSDE:
   def sampler_settings(self) -> dict[str, Any]:
     smp, s = self.config.sampling, self.config.sde
     settings = dict(sampler=smp.method, sde=s.type, use_ema=smp.use_ema)
+    if self.num_classes:
+      settings.update(guidance_weight=self.guidance_weight, p_uncond=self.p_uncond)
     if smp.method == "pc":
       p = 0 if smp.predictor == "none" else 1
       c = smp.n_steps_each if smp.corrector == "langevin" else 0
