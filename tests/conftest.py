@@ -17,8 +17,10 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 # Many tests build the same small networks: a persistent compilation cache shared by
-# the session turns their repeated XLA compilations into cache hits.
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="jax_cache_"))
+# the session (the xdist workers inherit the controller's folder) turns their repeated
+# XLA compilations into cache hits.
+os.environ.setdefault("TEST_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="jax_cache_"))
+jax.config.update("jax_compilation_cache_dir", os.environ["TEST_JAX_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
