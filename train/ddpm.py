@@ -36,13 +36,12 @@ from sampling import ddpm as ddpm_sampling
 from sampling import editing
 from sampling import guidance as guidance_lib
 from train import optim as optim_lib
-from train.state import TrainState, ema_update
+from train.state import DTYPES, TrainState, ema_update
 
 VAR_TYPES = diffusion_lib.VAR_TYPES
 SAMPLERS = ("ancestral", "ddim")
 LOSSES = ("simple", "hybrid", "vlb")
 TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # Defaults of the Improved-DDPM fields for configs that predate them (the values
 # of a plain DDPM: L_simple, uniform t, no respacing).

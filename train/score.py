@@ -40,12 +40,11 @@ from sampling import sde as sde_sampling
 from sampling.ddpm import to_uint8
 from train import optim as optim_lib
 from train import score_losses
-from train.state import TrainState, ema_update
+from train.state import DTYPES, TrainState, ema_update
 
 SDE_TYPES = ("vesde", "vpsde", "subvpsde", "edm")
 NETWORKS = ("ncsnpp", "songunet", "ddpm_unet")
 SAMPLERS = ("pc", "ode", "edm_heun", "dpm_solver")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def scale_images(images_uint8: jax.Array, centered: bool) -> jax.Array:

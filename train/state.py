@@ -4,6 +4,7 @@ from typing import Any
 
 import flax
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -31,6 +32,10 @@ class TrainState(flax.struct.PyTreeNode):
 
   def replace_from_checkpoint(self, tree: dict[str, Any]) -> "TrainState":
     return self.replace(**tree)
+
+
+# config.model.dtype -> the compute dtype of a family's network (parameters stay float32).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def ema_update(ema_params: Any, params: Any, decay: float) -> Any:

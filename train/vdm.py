@@ -39,12 +39,11 @@ import optax
 
 from models import vdm as vdm_models
 from train import optim as optim_lib
-from train.state import TrainState, ema_update
+from train.state import DTYPES, TrainState, ema_update
 
 VOCAB_SIZE = 256          # 8-bit data
 SCHEDULES = ("fixed_linear", "learned_linear", "learned")
 SCHEDULE_GRADIENTS = ("variance", "vlb")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 TERMS = ("diffusion", "prior", "recon")
 
 GammaFn = Callable[[jax.Array], jax.Array]
