@@ -67,6 +67,8 @@ def get_config(arg: str | None = None):
   config.sampling.batch_size = 256
   config.eval.num_samples = 1024
   config.eval.batch_size = 360        # the whole test split (355) in one padded batch
+  config.eval.iwae_samples = 1000     # k of the importance-weighted bound (0: ELBO only)
+  config.eval.iwae_chunk = 20         # draws per decoder call (memory: 20 x 360 images)
 
   if arg == "runlocal":   # a seconds-long smoke test
     model.ch = 8
@@ -81,6 +83,8 @@ def get_config(arg: str | None = None):
     config.eval.num_samples = 8
     config.eval.num_eval_examples = 32
     config.eval.batch_size = 32
+    config.eval.iwae_samples = 4
+    config.eval.iwae_chunk = 2
   elif arg:
     raise ValueError(f"Unknown config argument {arg!r}; the only one is 'runlocal'.")
   return config

@@ -96,6 +96,9 @@ def get_config(arg: str | None = None):
   config.sampling.batch_size = 256
   config.eval.batch_size = 250        # 10k test images in 40 batches
   config.eval.num_samples = 50_000
+  # VDVAE reports the ELBO; the IWAE bound costs k decoder passes per test image.
+  config.eval.iwae_samples = 0        # k > 0 adds bpd_iwae (e.g. 100, chunk 10)
+  config.eval.iwae_chunk = 1
 
   if arg == "runlocal":   # a seconds-long smoke test of the same structure
     model.ch = 16

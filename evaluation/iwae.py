@@ -79,39 +79,60 @@ def check_num_samples(num_samples: int, chunk_size: int) -> int:
   return chunk
 
 
+# sample_log_weights(rng, n) -> {'log_w': [n, B], other per-draw terms: [n, B]}
+SampleLogWeightsFn = Callable[[jax.Array, int], dict[str, jax.Array]]
+
+
+def chunked_log_mean_weight(sample_log_weights: SampleLogWeightsFn, rng: jax.Array, *,
+                            num_samples: int, chunk_size: int) -> dict[str, jax.Array]:
+  """log (1/k) sum_i w_i over k = num_samples draws, made `chunk_size` at a time.
+
+  Chunk i calls sample_log_weights(fold_in(rng, i), chunk), so a result depends on
+  (rng, num_samples, chunk_size) only. Returns [B] arrays: 'iwae' (Burda et al. eq. 8)
+  and, for every key the function returns (log_w included), 'mean_<key>', the mean
+  over the k draws (mean_log_w is the all-Monte-Carlo ELBO).
+  """
+  chunk = check_num_samples(num_samples, chunk_size)
+  shapes = jax.eval_shape(lambda key: sample_log_weights(key, chunk), rng)
+  batch_shape = shapes["log_w"].shape[1:]
+
+  def body(carry, index):
+    running_max, running_sum, sums = carry
+    terms = sample_log_weights(jax.random.fold_in(rng, index), chunk)
+    running_max, running_sum = _merge_logsumexp(running_max, running_sum, terms["log_w"])
+    sums = {k: sums[k] + jnp.sum(v.astype(jnp.float32), 0) for k, v in terms.items()}
+    return (running_max, running_sum, sums), None
+
+  zeros = {k: jnp.zeros(batch_shape, jnp.float32) for k in shapes}
+  init = (jnp.full(batch_shape, -jnp.inf, jnp.float32), jnp.zeros(batch_shape, jnp.float32),
+          zeros)
+  (running_max, running_sum, sums), _ = jax.lax.scan(
+      body, init, jnp.arange(num_samples // chunk))
+  out = {f"mean_{k}": v / num_samples for k, v in sums.items()}
+  out["iwae"] = running_max + jnp.log(running_sum) - math.log(num_samples)
+  return out
+
+
 def importance_weighted_bounds(log_likelihood_fn: LogLikelihoodFn, mean: jax.Array,
                                log_std: jax.Array, rng: jax.Array, *, num_samples: int,
                                chunk_size: int) -> dict[str, jax.Array]:
   """Per-example bounds on log p(x) in nats from `num_samples` posterior samples.
 
-  mean, log_std: [B, D]. Chunk i draws eps ~ N(0, I) of shape [chunk, B, D] from
-  fold_in(rng, i), so a result depends on (rng, num_samples, chunk_size) only.
-  Returns [B] arrays:
+  mean, log_std: [B, D]; eps ~ N(0, I) of shape [chunk, B, D] per chunk (see
+  chunked_log_mean_weight). Returns [B] arrays:
     'iwae': log (1/k) sum_i w_i (Burda et al. eq. 8);
     'elbo': mean_i log p(x|z_i) - KL(q || p), the KL in closed form (lower variance);
     'elbo_mc': mean_i log w_i, the all-Monte-Carlo ELBO (equals 'iwae' when k = 1).
   """
-  chunk = check_num_samples(num_samples, chunk_size)
-  num_chunks = num_samples // chunk
-  batch = mean.shape[0]
-
-  def body(carry, index):
-    running_max, running_sum, sum_log_w, sum_log_lik = carry
-    eps = jax.random.normal(jax.random.fold_in(rng, index), (chunk, *mean.shape),
-                            mean.dtype)
+  def sample_log_weights(key, n):
+    eps = jax.random.normal(key, (n, *mean.shape), mean.dtype)
     log_w, log_lik = log_importance_weights(log_likelihood_fn, mean, log_std, eps)
-    running_max, running_sum = _merge_logsumexp(running_max, running_sum, log_w)
-    return (running_max, running_sum, sum_log_w + jnp.sum(log_w, 0),
-            sum_log_lik + jnp.sum(log_lik, 0)), None
+    return dict(log_w=log_w, log_lik=log_lik)
 
-  zeros = jnp.zeros((batch,), jnp.float32)
-  init = (jnp.full((batch,), -jnp.inf, jnp.float32), zeros, zeros, zeros)
-  (running_max, running_sum, sum_log_w, sum_log_lik), _ = jax.lax.scan(
-      body, init, jnp.arange(num_chunks))
-  iwae = running_max + jnp.log(running_sum) - math.log(num_samples)
+  out = chunked_log_mean_weight(sample_log_weights, rng, num_samples=num_samples,
+                                chunk_size=chunk_size)
   kl = jnp.sum(gaussian_kl_to_standard_normal(mean, log_std), axis=-1)
-  return dict(iwae=iwae, elbo=sum_log_lik / num_samples - kl,
-              elbo_mc=sum_log_w / num_samples)
+  return dict(iwae=out["iwae"], elbo=out["mean_log_lik"] - kl, elbo_mc=out["mean_log_w"])
 
 
 def nats_to_bits_per_dim(nats: jax.Array, num_dims: int) -> jax.Array:

@@ -24,6 +24,12 @@ The encoder sees the images standardized with hvae.input_mean / input_std (VDVAE
 uses the training set's mean and standard deviation); the likelihood is of the
 images scaled to [-1, 1].
 
+Evaluation reports the ELBO from one posterior draw and, with config.eval.iwae_samples
+= k > 0, the importance-weighted bound (Burda et al. 2016, eq. 8) with
+  log w = log p(x | z) + sum_i [log p(z_i | z_<i) - log q(z_i | x, z_<i)],
+z ~ q drawn top-down k times (the encoder runs once; the decoder k times, in chunks of
+config.eval.iwae_chunk). L_k >= ELBO, and tends to log p(x) as k grows.
+
 Sampling runs the decoder top-down from the prior, each prior's standard deviation
 multiplied by config.sampling.temperature, and draws x from the mixture.
 """
@@ -36,6 +42,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from evaluation import iwae as iwae_lib
 from models import hvae as hvae_models
 from models import logistic_mixture
 from sampling.ddpm import to_uint8
@@ -119,6 +126,9 @@ class HierarchicalVAE:
     if config.sampling.temperature <= 0:
       raise ValueError("config.sampling.temperature must be > 0, got "
                        f"{config.sampling.temperature}.")
+    self.iwae_samples = config.eval.get("iwae_samples", 0)
+    if self.iwae_samples:
+      iwae_lib.check_num_samples(self.iwae_samples, config.eval.get("iwae_chunk", 1))
     self.network = hvae_models.HierarchicalVAENetwork(
         image_shape=self.image_shape, enc_blocks=enc, dec_blocks=dec,
         width=config.model.ch, zdim=h.zdim, bottleneck_multiple=h.bottleneck_multiple,
@@ -200,18 +210,49 @@ class HierarchicalVAE:
                          opt_state=opt_state), metrics
 
   # ---------------------------------------------------------------- evaluation
+  def log_importance_weights(self, params, images: jax.Array, rng: jax.Array,
+                             num_draws: int) -> dict[str, jax.Array]:
+    """log w and log p(x | z) [num_draws, B] in nats for z ~ q(z | x) (module docstring).
+
+    The encoder runs once; its activations are repeated for the num_draws * B
+    top-down passes.
+    """
+    x_in, target = self.prepare(images)
+    batch = images.shape[0]
+    activations = self._apply(params, x_in, method=self.network.encode)
+    tiled = {r: jnp.tile(a, (num_draws, 1, 1, 1)) for r, a in activations.items()}
+    mixture_params, stats = self._apply(params, tiled, num_draws * batch,
+                                        method=self.network.decode, rng=rng)
+    log_lik = self.log_likelihood(jnp.tile(target, (num_draws, 1, 1, 1)), mixture_params)
+    log_w = log_lik
+    for s in stats:
+      log_p = iwae_lib.diagonal_gaussian_log_prob(s["z"], s["p_mean"], s["p_log_std"])
+      log_q = iwae_lib.diagonal_gaussian_log_prob(s["z"], s["q_mean"], s["q_log_std"])
+      # Summed over the last axis above; the positions remain.
+      log_w = log_w + jnp.sum((log_p - log_q).reshape(num_draws * batch, -1), axis=-1)
+    return dict(log_w=log_w.reshape(num_draws, batch),
+                log_lik=log_lik.reshape(num_draws, batch))
+
   def eval_step(self, params, batch: dict[str, Any], rng: jax.Array) -> dict[str, jax.Array]:
     """Per-example bits/dim of the ELBO (one posterior sample), and its parts.
 
-    Also the KL per resolution, in nats: 'kl_nats_res{r}'.
+    Also the KL per resolution, in nats: 'kl_nats_res{r}', and with
+    config.eval.iwae_samples = k > 0 the IWAE bound 'bpd_iwae' (k draws).
     """
-    recon, kls = self.negative_elbo_terms(params, batch["image"], rng)
+    elbo_rng, iwae_rng = jax.random.split(rng)
+    recon, kls = self.negative_elbo_terms(params, batch["image"], elbo_rng)
     kl = jnp.sum(kls, axis=0)
     to_bpd = 1.0 / (self.num_dims * math.log(2.0))
     out = dict(bpd_elbo=(recon + kl) * to_bpd, recon_nats=recon, kl_nats=kl)
     for r in sorted({b.resolution for b in self.dec_blocks}):
       rows = [i for i, b in enumerate(self.dec_blocks) if b.resolution == r]
       out[f"kl_nats_res{r}"] = jnp.sum(kls[jnp.asarray(rows)], axis=0)
+    if self.iwae_samples:
+      bounds = iwae_lib.chunked_log_mean_weight(
+          lambda key, n: self.log_importance_weights(params, batch["image"], key, n),
+          iwae_rng, num_samples=self.iwae_samples,
+          chunk_size=self.config.eval.get("iwae_chunk", 1))
+      out["bpd_iwae"] = -bounds["iwae"] * to_bpd
     return out
 
   # ------------------------------------------------------------------ sampling
