@@ -55,6 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.scale_shift_norm = False      # timestep scales/shifts the 2nd norm (Improved DDPM)
   model.conditional = False           # class-conditional (label embedding)
   model.dtype = "float32"             # compute dtype: float32 or bfloat16
+  model.fused_attention = False       # jax.nn.dot_product_attention (U-Net attention)
+  model.remat = False                 # recompute U-Net ResNet blocks in backward (memory)
 
   # ----------------------------------------------------------- diffusion
   config.diffusion = diffusion = ml_collections.ConfigDict()

@@ -32,6 +32,10 @@ class UNet(nn.Module):
   num_heads: int = 1    # attention heads (Improved DDPM: 4)
   scale_shift_norm: bool = False  # temb scales/shifts the 2nd norm (Improved DDPM)
   dtype: Any = jnp.float32  # computation dtype; parameters stay float32
+  fused_attention: bool = False  # jax.nn.dot_product_attention (layers.AttentionBlock)
+  # Recompute each ResNet block's activations in the backward pass instead of
+  # storing them: less memory per image, about one more forward pass of compute.
+  remat: bool = False
 
   def _check_inputs(self, x: jax.Array, t: jax.Array,
                     y: jax.Array | None) -> None:
@@ -83,11 +87,15 @@ class UNet(nn.Module):
                        f"({x.shape[0]}, {4 * self.ch}), got {cond_embedding.shape}.")
     num_levels = len(self.ch_mult)
     out_channels = self.out_channels or x.shape[-1]
-    resnet_block = lambda channels, name: layers.ResnetBlock(  # noqa: E731
+    # static_argnums counts self as 0: `train` (argument 3) selects the dropout code.
+    block_cls = (nn.remat(layers.ResnetBlock, static_argnums=(3,)) if self.remat
+                 else layers.ResnetBlock)
+    resnet_block = lambda channels, name: block_cls(  # noqa: E731
         out_channels=channels, dropout=self.dropout, num_groups=self.num_groups,
         scale_shift_norm=self.scale_shift_norm, dtype=self.dtype, name=name)
     attention = lambda name: layers.AttentionBlock(  # noqa: E731
-        num_groups=self.num_groups, num_heads=self.num_heads, dtype=self.dtype, name=name)
+        num_groups=self.num_groups, num_heads=self.num_heads, dtype=self.dtype,
+        fused=self.fused_attention, name=name)
 
     # Timestep embedding (Appendix B: Transformer sinusoidal position embedding).
     temb = layers.timestep_embedding(t, self.ch)
@@ -105,8 +113,7 @@ class UNet(nn.Module):
     skips = [h]
     for level, mult in enumerate(self.ch_mult):
       for block in range(self.num_res_blocks):
-        h = resnet_block(self.ch * mult, f"down_{level}_block_{block}")(
-            h, temb, train=train)
+        h = resnet_block(self.ch * mult, f"down_{level}_block_{block}")(h, temb, train)
         if h.shape[1] in self.attn_resolutions:
           h = attention(f"down_{level}_attn_{block}")(h)
         skips.append(h)
@@ -116,16 +123,16 @@ class UNet(nn.Module):
         skips.append(h)
 
     # Middle: always attention at the lowest resolution.
-    h = resnet_block(h.shape[-1], "mid_block_0")(h, temb, train=train)
+    h = resnet_block(h.shape[-1], "mid_block_0")(h, temb, train)
     h = attention("mid_attn")(h)
-    h = resnet_block(h.shape[-1], "mid_block_1")(h, temb, train=train)
+    h = resnet_block(h.shape[-1], "mid_block_1")(h, temb, train)
 
     # Upsampling path: one extra block per level consumes the downsampler's skip.
     for level in reversed(range(num_levels)):
       for block in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop().astype(h.dtype)], axis=-1)
         h = resnet_block(self.ch * self.ch_mult[level], f"up_{level}_block_{block}")(
-            h, temb, train=train)
+            h, temb, train)
         if h.shape[1] in self.attn_resolutions:
           h = attention(f"up_{level}_attn_{block}")(h)
       if level != 0:

@@ -218,6 +218,40 @@ def test_dropout(tiny, fast_compile):
   assert float(jnp.max(jnp.abs(train_a - train_b))) > 1e-3
 
 
+def test_remat_and_fused_attention_change_neither_outputs_nor_gradients(tiny, fast_compile):
+  """Rematerialized ResNet blocks and jax.nn.dot_product_attention compute the same
+  function with the same parameter tree: outputs and gradients (dropout on, so the
+  recomputed forward pass must redraw the same masks) agree with the plain U-Net."""
+  _, x, params = tiny
+  params = _perturb(params, 5)
+  t = jnp.array([5, 50])
+
+  def loss_and_grad(model):
+    def loss(p):
+      out = model.apply(p, x, t, train=True, rngs={"dropout": jax.random.key(2)})
+      return jnp.mean(jnp.square(out - x)), out
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+  (want_loss, want_out), want_grad = loss_and_grad(UNet(**TINY, dropout=0.3))
+  for options in (dict(remat=True), dict(fused_attention=True)):
+    model = UNet(**TINY, dropout=0.3, **options)
+    assert jax.tree.structure(_init(model, x, t)) == jax.tree.structure(params)
+    (got_loss, got_out), got_grad = loss_and_grad(model)
+    np.testing.assert_allclose(got_out, want_out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 got_grad, want_grad)
+
+
+def test_fused_multi_head_attention_matches_numpy_reference():
+  block = layers.AttentionBlock(num_groups=2, num_heads=2, fused=True)
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+  params = _perturb(jax.jit(block.init)(jax.random.key(1), x), 2, scale=0.5)
+  as_numpy = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
+  want = _reference_attention(np.asarray(x, np.float64), as_numpy, 2, heads=2)
+  np.testing.assert_allclose(block.apply(params, x), want, rtol=1e-4, atol=1e-4)
+
+
 def test_initialisation_follows_the_reference(tiny):
   """fan_avg uniform: bound sqrt(3 * scale / ((fan_in + fan_out) / 2))."""
   params = tiny[2]["params"]
