@@ -8,6 +8,8 @@ of the FLOP/s a large matmul achieves on the same devices.
   python benchmarks/throughput.py --config=configs/ddpm_digits.py --steps=20
   python benchmarks/throughput.py --config=configs/ddpm_cifar.py \\
       --config.training.batch_size=256 --config.model.dtype=bfloat16
+  python benchmarks/throughput.py --config=configs/ddpm_cifar.py --steps=0 \\
+      --memory_batches=8,32 --memory_budget_gib=16    # memory per training image
 
 Runs on random uint8 batches, so it needs no dataset.
 """
@@ -29,9 +31,14 @@ from train import families, sharding  # noqa: E402
 from train.state import num_params  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-flags.DEFINE_integer("steps", 50, "Timed train steps (after one compile step).")
+flags.DEFINE_integer("steps", 50, "Timed train steps (after one compile step); 0: "
+                     "only the memory report.")
 flags.DEFINE_integer("sample_batches", 1, "Timed sampling calls (0: skip sampling).")
 flags.DEFINE_integer("matmul_size", 8192, "Side of the square reference matmul.")
+flags.DEFINE_list("memory_batches", [], "Two or more global batch sizes: compile the "
+                  "train step at each and report memory per image (the slope) and the "
+                  "fixed part (params, optimizer state, EMA).")
+flags.DEFINE_float("memory_budget_gib", 16.0, "Budget for the largest-batch estimate.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 # Native image shapes, so that the benchmark needs no prepared dataset.
@@ -75,6 +82,52 @@ def train_step_flops(lowered) -> float:
   return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
+def train_step_memory(family, config, image_shape, batch_size: int) -> dict[str, int]:
+  """Bytes XLA assigns to one compiled, donated train step at `batch_size`.
+
+  From the compiled module's buffer assignment (no step is run): arguments (state and
+  batch), outputs, temporaries, and the peak: arguments + outputs + temporaries - the
+  donated aliases, or the backend's own peak figure when that is larger (the CPU
+  backend's figure leaves the temporaries out).
+  """
+  mesh = sharding.make_mesh()
+  rep, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  example = dict(image=np.zeros((1, *image_shape), np.uint8), label=np.zeros((1,), np.int32))
+  state = jax.eval_shape(family.init, jax.random.PRNGKey(0), example)
+  batch = dict(image=jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.uint8),
+               label=jax.ShapeDtypeStruct((batch_size,), jnp.int32))
+  step = jax.jit(family.train_step, in_shardings=(rep, batch_sh),
+                 out_shardings=(rep, rep), donate_argnums=0)
+  stats = step.lower(state, batch).compile().memory_analysis()
+  out = dict(argument=stats.argument_size_in_bytes, output=stats.output_size_in_bytes,
+             alias=stats.alias_size_in_bytes, temp=stats.temp_size_in_bytes)
+  peak = getattr(stats, "peak_memory_in_bytes", 0)
+  out["peak"] = max(peak, out["argument"] + out["output"] + out["temp"] - out["alias"])
+  return out
+
+
+def memory_report(family, config, image_shape, batch_sizes, budget_bytes: float) -> None:
+  """Prints peak memory per batch size, per image (a least-squares slope), the fixed
+  part, and the largest global batch (a multiple of the device count) in the budget."""
+  sizes = sorted({int(b) for b in batch_sizes})
+  if len(sizes) < 2:
+    raise ValueError(f"--memory_batches needs two or more sizes, got {batch_sizes}.")
+  peaks = []
+  for b in sizes:
+    sharding.check_batch_size(b)
+    m = train_step_memory(family, config, image_shape, b)
+    peaks.append(m["peak"])
+    print(f"memory at batch {b}: peak {m['peak'] / 2**20:.1f} MiB (arguments "
+          f"{m['argument'] / 2**20:.1f}, temporaries {m['temp'] / 2**20:.1f}, outputs "
+          f"{m['output'] / 2**20:.1f}, donated {m['alias'] / 2**20:.1f} MiB)")
+  per_image, fixed = np.polyfit(np.asarray(sizes, float), np.asarray(peaks, float), 1)
+  devices = jax.device_count()
+  largest = int((budget_bytes - fixed) // per_image) // devices * devices
+  print(f"memory: {per_image / 2**20:.2f} MiB per training image + {fixed / 2**20:.1f} "
+        f"MiB fixed; largest global batch in {budget_bytes / 2**30:.0f} GiB: "
+        f"{max(largest, 0)}")
+
+
 def main(argv):
   del argv
   config = FLAGS.config
@@ -84,6 +137,11 @@ def main(argv):
     h = w = config.data.image_size
   family = families.get_family(config, (h, w, channels), 10 if config.model.conditional
                                else 0)
+  if FLAGS.memory_batches:
+    memory_report(family, config, (h, w, channels), FLAGS.memory_batches,
+                  FLAGS.memory_budget_gib * 2**30)
+  if FLAGS.steps <= 0:    # memory only
+    return
   mesh = sharding.make_mesh()
   rep, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   b = config.training.batch_size
