@@ -23,7 +23,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow is only a libra
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from sampling.editing import EDIT_KINDS  # noqa: E402
 from train import distributed, loop  # noqa: E402
+from train import edit as edit_lib  # noqa: E402
+
+_DEFAULTS = edit_lib.EDIT_DEFAULTS
 
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/ddpm_cifar.py; any field "
@@ -34,22 +38,25 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "eval_watch", "sample"],
                   "train; eval (the newest checkpoint); eval_watch (every checkpoint, "
                   "beside a training job, until the last); sample.")
 # --mode=sample options: one condition, or an edit of the images in --input.
-flags.DEFINE_enum("edit", None, ["inpaint", "colorize", "sdedit", "interpolate",
-                                 "superres"],
+flags.DEFINE_enum("edit", None, list(EDIT_KINDS),
                   "Edit the --input images instead of sampling (DDPM family).")
 flags.DEFINE_string("input", None, "Images to edit: a PNG/JPEG, or an .npz whose arr_0 "
                     "holds uint8 [N, H, W, C] (.npy: the array).")
 flags.DEFINE_string("input_b", None, "--edit=interpolate: the second image of each pair.")
-flags.DEFINE_string("mask", "center", "--edit=inpaint: center|left|right|top|bottom (the "
-                    "region to fill) or a mask image (white = keep, black = fill).")
-flags.DEFINE_float("strength", 0.5, "--edit=sdedit: noise level t0 in [0, 1] (0 returns "
-                   "the input, 1 ignores it).")
-flags.DEFINE_integer("num_resample", 1, "--edit=inpaint|colorize: RePaint resampling "
-                     "per step (1 = none).")
-flags.DEFINE_integer("num_points", 8, "--edit=interpolate: images per pair, ends included.")
-flags.DEFINE_integer("ddim_steps", 50, "--edit=interpolate: DDIM inversion/decoding steps.")
-flags.DEFINE_integer("fixed_point_iterations", 0, "--edit=interpolate: fixed-point "
-                     "iterations per DDIM inversion step (more exact round trips).")
+flags.DEFINE_string("mask", _DEFAULTS["mask"], "--edit=inpaint: center|left|right|top|"
+                    "bottom (the region to fill) or a mask image (white = keep, black = "
+                    "fill).")
+flags.DEFINE_float("strength", _DEFAULTS["strength"], "--edit=sdedit: noise level t0 in "
+                   "[0, 1] (0 returns the input, 1 ignores it).")
+flags.DEFINE_integer("num_resample", _DEFAULTS["num_resample"], "--edit=inpaint|colorize: "
+                     "RePaint resampling per step (1 = none).")
+flags.DEFINE_integer("num_points", _DEFAULTS["num_points"], "--edit=interpolate: images "
+                     "per pair, ends included.")
+flags.DEFINE_integer("ddim_steps", _DEFAULTS["ddim_steps"], "--edit=interpolate: DDIM "
+                     "inversion/decoding steps.")
+flags.DEFINE_integer("fixed_point_iterations", _DEFAULTS["fixed_point_iterations"],
+                     "--edit=interpolate: fixed-point iterations per DDIM inversion step "
+                     "(more exact round trips).")
 flags.DEFINE_string("prompt", None, "A caption for a text-conditioned model, e.g. 'a blue "
                     "square at bottom right'; 'all' cycles through every caption. On "
                     "shapes the samples' prompt accuracy is written too.")
@@ -64,9 +71,8 @@ flags.DEFINE_integer("num_processes", None, "Processes in a multi-process job.")
 flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
-_EDIT_FLAGS = ("edit", "input", "input_b", "mask", "strength", "num_resample",
-               "num_points", "ddim_steps", "fixed_point_iterations", "prompt", "label",
-               "num_samples")
+# Every edit option but shape_classifier is a flag of the same name.
+_EDIT_FLAGS = tuple(name for name in _DEFAULTS if name != "shape_classifier")
 
 
 def main(argv):
@@ -82,7 +88,7 @@ def main(argv):
   if conditioned and FLAGS.mode != "sample":
     raise app.UsageError("--edit, --prompt and --label go with --mode=sample.")
   if FLAGS.mode == "sample" and conditioned:
-    loop.edit(config, FLAGS.workdir, options)
+    edit_lib.edit(config, FLAGS.workdir, options)
     return
   run = {"train": loop.train_and_evaluate, "eval": loop.evaluate,
          "eval_watch": loop.evaluate_continuously, "sample": loop.sample}[FLAGS.mode]

@@ -17,6 +17,7 @@ from models import text_encoder
 from sampling import ddpm as ddpm_sampling
 from sampling import image_io
 from train import ddpm as ddpm_family
+from train import edit as edit_lib
 from train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,7 +183,7 @@ def test_inpaint_and_sdedit_from_files(digits_workdir, tmp_path, fast_compile):
   config, workdir = digits_workdir
   digit = np.random.default_rng(2).integers(0, 256, (8, 8, 1), dtype=np.uint8)
   png = _write_png(tmp_path / "digit.png", digit)
-  out = loop.edit(config, workdir, dict(edit="inpaint", input=png, mask="left"))
+  out = edit_lib.edit(config, workdir, dict(edit="inpaint", input=png, mask="left"))
   images = np.load(os.path.join(out["directory"], "samples.npz"))["arr_0"]
   assert images.shape == (1, 8, 8, 1)
   np.testing.assert_array_equal(images[0, :, 4:], digit[:, 4:])   # kept pixels exact
@@ -195,7 +196,7 @@ def test_inpaint_and_sdedit_from_files(digits_workdir, tmp_path, fast_compile):
   # SDEdit at strength 0 returns the guides exactly, from an .npz batch.
   guides = np.random.default_rng(3).integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
   np.savez(tmp_path / "guides.npz", arr_0=guides)
-  out = loop.edit(config, workdir, dict(edit="sdedit", input=str(tmp_path / "guides.npz"),
+  out = edit_lib.edit(config, workdir, dict(edit="sdedit", input=str(tmp_path / "guides.npz"),
                                         strength=0.0))
   np.testing.assert_array_equal(
       np.load(os.path.join(out["directory"], "samples.npz"))["arr_0"], guides)
@@ -207,7 +208,7 @@ def test_interpolation_writes_one_row_per_pair(digits_workdir, tmp_path, fast_co
   rng = np.random.default_rng(4)
   np.save(tmp_path / "a.npy", rng.integers(0, 256, (2, 8, 8, 1), dtype=np.uint8))
   np.save(tmp_path / "b.npy", rng.integers(0, 256, (2, 8, 8, 1), dtype=np.uint8))
-  out = loop.edit(config, workdir, dict(edit="interpolate", input=str(tmp_path / "a.npy"),
+  out = edit_lib.edit(config, workdir, dict(edit="interpolate", input=str(tmp_path / "a.npy"),
                                         input_b=str(tmp_path / "b.npy"), num_points=3,
                                         ddim_steps=3))
   images = np.load(os.path.join(out["directory"], "samples.npz"))["arr_0"]
@@ -218,23 +219,23 @@ def test_interpolation_writes_one_row_per_pair(digits_workdir, tmp_path, fast_co
 def test_bad_edit_inputs_raise_clear_errors(digits_workdir, tmp_path):
   config, workdir = digits_workdir
   with pytest.raises(FileNotFoundError, match="no such file"):
-    loop.edit(config, workdir, dict(edit="inpaint", input=str(tmp_path / "none.png")))
+    edit_lib.edit(config, workdir, dict(edit="inpaint", input=str(tmp_path / "none.png")))
   big = _write_png(tmp_path / "big.png", np.zeros((10, 10, 3), np.uint8))
   with pytest.raises(ValueError, match=r"10x10x3 images; this model wants 8x8x1"):
-    loop.edit(config, workdir, dict(edit="sdedit", input=big))
+    edit_lib.edit(config, workdir, dict(edit="sdedit", input=big))
   small = _write_png(tmp_path / "small.png", np.zeros((8, 8, 1), np.uint8))
   with pytest.raises(ValueError, match="RGB model"):
-    loop.edit(config, workdir, dict(edit="colorize", input=small))
+    edit_lib.edit(config, workdir, dict(edit="colorize", input=small))
   with pytest.raises(ValueError, match="--prompt needs a caption-conditioned"):
-    loop.edit(config, workdir, dict(prompt="a red circle at top left"))
+    edit_lib.edit(config, workdir, dict(prompt="a red circle at top left"))
   with pytest.raises(ValueError, match="needs --input_b"):
-    loop.edit(config, workdir, dict(edit="interpolate", input=small))
+    edit_lib.edit(config, workdir, dict(edit="interpolate", input=small))
   with pytest.raises(ValueError, match="choose one of"):
-    loop.edit(config, workdir, dict(edit="paint", input=small))
+    edit_lib.edit(config, workdir, dict(edit="paint", input=small))
 
 
 def test_cli_reports_a_wrong_input_size(digits_workdir, tmp_path):
-  """main.py --mode=sample --edit=... reaches loop.edit and fails before compiling."""
+  """main.py --mode=sample --edit=... reaches edit.edit and fails before compiling."""
   _, workdir = digits_workdir
   big = _write_png(tmp_path / "big.png", np.zeros((16, 16, 1), np.uint8))
   env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -254,7 +255,7 @@ def test_prompt_sampling_writes_samples_and_prompt_accuracy(tmp_path, fast_compi
   with tfds.testing.mock_data(num_examples=8):
     loop.train_and_evaluate(config, str(tmp_path))
     config.guidance.weight = 2.0
-    out = loop.edit(config, str(tmp_path), dict(prompt="a blue square at bottom right",
+    out = edit_lib.edit(config, str(tmp_path), dict(prompt="a blue square at bottom right",
                                                 num_samples=3, shape_classifier=False))
   images = np.load(os.path.join(out["directory"], "samples.npz"))["arr_0"]
   assert images.shape == (3, 8, 8, 3)
@@ -263,7 +264,7 @@ def test_prompt_sampling_writes_samples_and_prompt_accuracy(tmp_path, fast_compi
   assert report["guidance_weight"] == 2.0 and report["num_samples"] == 3
   assert 0.0 <= report["all_accuracy"] <= 1.0 and "colour_accuracy" in report
   with pytest.raises(ValueError, match="Unknown word"):
-    loop.edit(config, str(tmp_path), dict(prompt="a purple square at top left"))
+    edit_lib.edit(config, str(tmp_path), dict(prompt="a purple square at top left"))
 
 
 # ------------------------------------------------------------------------ SR3
@@ -274,16 +275,16 @@ def test_sr3_trains_and_super_resolves(tmp_path, fast_compile):
   assert json.load(open(tmp_path / "eval" / "step_00000001.json"))["bpd_vlb"] > 0
   low = np.random.default_rng(5).integers(0, 256, (2, 4, 4, 1), dtype=np.uint8)
   np.savez(tmp_path / "low.npz", arr_0=low)
-  out = loop.edit(config, str(tmp_path), dict(edit="superres",
+  out = edit_lib.edit(config, str(tmp_path), dict(edit="superres",
                                               input=str(tmp_path / "low.npz")))
   images = np.load(os.path.join(out["directory"], "samples.npz"))["arr_0"]
   assert images.shape == (2, 8, 8, 1)
   assert out["settings"]["superres_factor"] == 2
   big = _write_png(tmp_path / "big.png", np.zeros((8, 8, 1), np.uint8))
   with pytest.raises(ValueError, match=r"wants 4x4x1"):
-    loop.edit(config, str(tmp_path), dict(edit="superres", input=big))
+    edit_lib.edit(config, str(tmp_path), dict(edit="superres", input=big))
   with pytest.raises(ValueError, match="only super-resolves"):
-    loop.edit(config, str(tmp_path), dict(edit="sdedit", input=big))
+    edit_lib.edit(config, str(tmp_path), dict(edit="sdedit", input=big))
 
 
 # ---------------------------------------------------------------- score family
