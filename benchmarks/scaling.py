@@ -32,26 +32,21 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THROUGHPUT = os.path.join(REPO, "benchmarks", "throughput.py")
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
-# throughput.py's lines: "train: {steps/s:.2f} steps/s, {images/s:.1f} images/s" and
+# throughput.py's lines: "train: {steps/s:.4g} steps/s, {images/s:.4g} images/s" and
 # "...; train step compile {seconds:.1f} s".
-_TRAIN_LINE = re.compile(r"^train: ([0-9.]+) steps/s, ([0-9.]+) images/s", re.M)
+_NUMBER = r"([0-9.]+(?:e[+-]?[0-9]+)?)"
+_TRAIN_LINE = re.compile(rf"^train: {_NUMBER} steps/s, {_NUMBER} images/s", re.M)
 _COMPILE = re.compile(r"train step compile ([0-9.]+) s")
 
 
-def parse_throughput(stdout: str, global_batch: int) -> dict[str, float]:
-  """images/s and compile seconds from throughput.py's output.
-
-  throughput.py rounds steps/s to 0.005 and images/s to 0.05: of steps/s x batch and
-  images/s, the figure with the smaller rounding error is taken.
-  """
+def parse_throughput(stdout: str) -> dict[str, float]:
+  """images/s and compile seconds from throughput.py's output."""
   train = _TRAIN_LINE.search(stdout)
   compile_seconds = _COMPILE.search(stdout)
   if not train or not compile_seconds:
     raise ValueError(f"No train throughput in throughput.py's output:\n{stdout[-2000:]}")
-  steps_per_sec, images_per_sec = float(train.group(1)), float(train.group(2))
-  if 0.005 * global_batch < 0.05 and steps_per_sec > 0:
-    images_per_sec = steps_per_sec * global_batch
-  return dict(images_per_sec=images_per_sec, compile_seconds=float(compile_seconds.group(1)))
+  return dict(images_per_sec=float(train.group(2)),
+              compile_seconds=float(compile_seconds.group(1)))
 
 
 def device_env(num_devices: int) -> dict[str, str]:
@@ -70,14 +65,14 @@ def run_one(num_devices: int, per_device_batch: int, config: str, overrides: lis
   global_batch = num_devices * per_device_batch
   cmd = [sys.executable, THROUGHPUT, f"--config={config}", *overrides,
          f"--config.training.batch_size={global_batch}", f"--steps={steps}",
-         "--sample_batches=0", "--matmul_size=64"]
+         "--sample_batches=0", "--matmul_size=0"]
   out = subprocess.run(cmd, env=device_env(num_devices), capture_output=True, text=True,
                        timeout=timeout, cwd=REPO)
   if out.returncode:
     raise RuntimeError(f"throughput.py failed on {num_devices} device(s):\n"
                        f"{' '.join(cmd)}\n{out.stderr[-3000:]}")
   return dict(num_devices=num_devices, global_batch=global_batch,
-              **parse_throughput(out.stdout, global_batch))
+              **parse_throughput(out.stdout))
 
 
 def table_rows(results: list[dict[str, float]]) -> list[dict[str, float]]:

@@ -14,9 +14,11 @@ of the FLOP/s a large matmul achieves on the same devices.
 Runs on random uint8 batches, so it needs no dataset.
 """
 
+import dataclasses
 import os
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -30,16 +32,18 @@ from ml_collections import config_flags  # noqa: E402
 from train import families, sharding  # noqa: E402
 from train.state import num_params  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "ddpm_cifar.py")
+config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file.", lock_config=True)
 flags.DEFINE_integer("steps", 50, "Timed train steps (after one compile step); 0: "
                      "only the memory report.")
 flags.DEFINE_integer("sample_batches", 1, "Timed sampling calls (0: skip sampling).")
-flags.DEFINE_integer("matmul_size", 8192, "Side of the square reference matmul.")
+flags.DEFINE_integer("matmul_size", 8192, "Side of the square reference matmul (0: "
+                     "no matmul, no FLOP/s ratio).")
 flags.DEFINE_list("memory_batches", [], "Two or more global batch sizes: compile the "
                   "train step at each and report memory per image (the slope) and the "
                   "fixed part (params, optimizer state, EMA).")
 flags.DEFINE_float("memory_budget_gib", 16.0, "Budget for the largest-batch estimate.")
-flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 # Native image shapes, so that the benchmark needs no prepared dataset.
 NATIVE_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
@@ -128,51 +132,79 @@ def memory_report(family, config, image_shape, batch_sizes, budget_bytes: float)
         f"{max(largest, 0)}")
 
 
-def main(argv):
-  del argv
-  config = FLAGS.config
-  sharding.check_batch_size(config.training.batch_size)
+def image_shape_of(config) -> tuple[int, int, int]:
+  """The config's image shape without preparing its dataset."""
   h, w, channels = NATIVE_SHAPES.get(config.data.dataset.split(":")[0], (32, 32, 3))
   if config.data.image_size:
     h = w = config.data.image_size
-  family = families.get_family(config, (h, w, channels), 10 if config.model.conditional
-                               else 0)
-  if FLAGS.memory_batches:
-    memory_report(family, config, (h, w, channels), FLAGS.memory_batches,
-                  FLAGS.memory_budget_gib * 2**30)
-  if FLAGS.steps <= 0:    # memory only
-    return
+  return h, w, channels
+
+
+@dataclasses.dataclass
+class TrainStep:
+  """A family's donated, sharded train step, compiled for one random uint8 batch."""
+  family: Any
+  image_shape: tuple[int, int, int]
+  state: Any
+  batch: dict[str, jax.Array]
+  images: np.ndarray             # the batch's images, on the host
+  compiled: Any                  # compiled(state, batch) -> (state, metrics)
+  lowered: Any
+  compile_seconds: float
+
+
+def build_train_step(config, batch_size: int | None = None) -> TrainStep:
+  """Family, initial state, a random batch and the compiled train step of `config`."""
+  image_shape = image_shape_of(config)
+  b = batch_size or config.training.batch_size
+  sharding.check_batch_size(b)
+  family = families.get_family(config, image_shape, 10 if config.model.conditional else 0)
   mesh = sharding.make_mesh()
   rep, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  b = config.training.batch_size
   rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (b, *image_shape), dtype=np.uint8)
   batch = sharding.to_global(
-      dict(image=rng.integers(0, 256, (b, h, w, channels), dtype=np.uint8),
-           label=rng.integers(0, 10, (b,), dtype=np.int32)), batch_sh)
-  state = jax.jit(family.init, out_shardings=rep)(jax.random.PRNGKey(0),
-                                                  {k: np.asarray(v[:1]) for k, v in
-                                                   batch.items()})
+      dict(image=images, label=rng.integers(0, 10, (b,), dtype=np.int32)), batch_sh)
+  state = jax.jit(family.init, out_shardings=rep)(
+      jax.random.PRNGKey(0), {k: np.asarray(v[:1]) for k, v in batch.items()})
   step = jax.jit(family.train_step, in_shardings=(rep, batch_sh),
                  out_shardings=(rep, rep), donate_argnums=0)
   t0 = time.perf_counter()
   lowered = step.lower(state, batch)
-  lowered.compile()
-  compile_seconds = time.perf_counter() - t0
-  flops = train_step_flops(lowered)
+  compiled = lowered.compile()
+  return TrainStep(family, image_shape, state, batch, images, compiled, lowered,
+                   time.perf_counter() - t0)
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  if FLAGS.memory_batches:
+    family = families.get_family(config, image_shape_of(config),
+                                 10 if config.model.conditional else 0)
+    memory_report(family, config, image_shape_of(config), FLAGS.memory_batches,
+                  FLAGS.memory_budget_gib * 2**30)
+  if FLAGS.steps <= 0:    # memory only
+    return
+  built = build_train_step(config)
+  family, state, batch, step = built.family, built.state, built.batch, built.compiled
+  flops = train_step_flops(built.lowered)
+  b = config.training.batch_size
+  h, w, channels = built.image_shape
 
   state, metrics = step(state, batch)   # warm-up
   jax.block_until_ready(metrics)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} "
         f"({jax.default_backend()}); config {config.name}; global batch {b}; "
         f"image {h}x{w}x{channels}; {num_params(state.params):,} params; train step "
-        f"compile {compile_seconds:.1f} s")
+        f"compile {built.compile_seconds:.1f} s")
   start = time.perf_counter()
   for _ in range(FLAGS.steps):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - start) / FLAGS.steps
-  print(f"train: {1 / seconds:.2f} steps/s, {b / seconds:.1f} images/s")
-  if flops:
+  print(f"train: {1 / seconds:.4g} steps/s, {b / seconds:.4g} images/s")
+  if flops and FLAGS.matmul_size > 0:
     achieved = flops / seconds
     peak = matmul_flops_per_sec(FLAGS.matmul_size)
     print(f"train step: {flops / 1e9:.2f} GFLOP (XLA cost analysis), "
@@ -181,6 +213,7 @@ def main(argv):
 
   if FLAGS.sample_batches:
     n = config.sampling.batch_size
+    batch_sh = sharding.batch_sharding(sharding.make_mesh())
     sample = jax.jit(family.sample, static_argnums=2, out_shardings=batch_sh)
     params = state.ema_params
     seconds = _time(lambda: sample(params, jax.random.PRNGKey(1), n),

@@ -43,8 +43,6 @@ from models import layers  # noqa: E402
 from train import families, sharding  # noqa: E402
 from train.state import num_params  # noqa: E402
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "ddpm_cifar.py")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -280,10 +278,7 @@ def main(argv):
     if value < 1 or value % jax.device_count():
       raise ValueError(f"--{name}={value} must be a positive multiple of the "
                        f"{jax.device_count()} devices.")
-  h, w, channels = throughput.NATIVE_SHAPES.get(config.data.dataset.split(":")[0],
-                                                (32, 32, 3))
-  if config.data.image_size:
-    h = w = config.data.image_size
+  h, w, channels = throughput.image_shape_of(config)
   if h != w:
     raise ValueError(f"Square images only, got {h}x{w}.")
   if on_cpu:
@@ -303,23 +298,12 @@ def main(argv):
   unet = build_diffusers_unet(config.model, h, channels)
   trainer = DiffusersTrainer(unet, config, device, FLAGS.dtype == "bfloat16")
 
-  # ---- the project: family, state, jitted donated train step (as throughput.py).
-  family = families.get_family(config, (h, w, channels), 0)
-  mesh = sharding.make_mesh()
-  rep, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (batch, h, w, channels), dtype=np.uint8)
-  jax_batch = sharding.to_global(dict(image=images, label=np.zeros((batch,), np.int32)),
-                                 batch_sh)
-  state = jax.jit(family.init, out_shardings=rep)(
-      jax.random.PRNGKey(0), {k: np.asarray(v[:1]) for k, v in jax_batch.items()})
-  step = jax.jit(family.train_step, in_shardings=(rep, batch_sh),
-                 out_shardings=(rep, rep), donate_argnums=0)
-  t0 = time.perf_counter()
-  lowered = step.lower(state, jax_batch)
-  compiled = lowered.compile()
-  compile_seconds = time.perf_counter() - t0
-  flops = throughput.train_step_flops(lowered)
+  # ---- the project: family, state, the compiled donated train step (throughput.py).
+  built = throughput.build_train_step(config, batch)
+  family, state, jax_batch, images = built.family, built.state, built.batch, built.images
+  compiled, compile_seconds = built.compiled, built.compile_seconds
+  flops = throughput.train_step_flops(built.lowered)
+  batch_sh = sharding.batch_sharding(sharding.make_mesh())
   t0 = time.perf_counter()
   state, metrics = compiled(state, jax_batch)
   jax.block_until_ready(metrics)
@@ -363,6 +347,7 @@ def main(argv):
 
   if not FLAGS.skip_sampling:
     params = state.ema_params
+    rng = np.random.default_rng(1)
     x = jax.device_put(rng.standard_normal((sample_batch, h, w, channels),
                                            dtype=np.float32), batch_sh)
     t = jax.device_put(np.full((sample_batch,), config.diffusion.num_timesteps // 2,
@@ -459,7 +444,4 @@ def _define_flags() -> None:
 if __name__ == "__main__":
   from absl import app
   _define_flags()
-  args = sys.argv
-  if not any(a == "--config" or a.startswith("--config=") for a in args[1:]):
-    args = [args[0], f"--config={DEFAULT_CONFIG}", *args[1:]]
-  app.run(main, argv=args)
+  app.run(main)
