@@ -65,10 +65,15 @@ def test_ddpm_cifar_has_the_papers_hyperparameters():
 # counts) and train the same families' digits configs here.
 SLOW_TO_COMPILE = ("ncsnpp_cifar", "ddpmpp_cifar", "edm_cifar", "vdvae_cifar", "iddpm_cifar",
                    "pixelcnnpp_cifar")
+# Trained through the loop from these very config files by their family's tests:
+# tests/test_conditioning.py (ddpm_shapes_text, sr3_digits), tests/test_hvae.py
+# (hvae_digits), tests/test_iddpm.py (iddpm_digits).
+COVERED_ELSEWHERE = ("ddpm_shapes_text", "sr3_digits", "hvae_digits", "iddpm_digits")
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_COMPILE else n
+    pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_COMPILE + COVERED_ELSEWHERE
+    else n
     for n in EXPERIMENTS])
 def test_config_trains_one_step_on_tiny_shapes(name, tmp_path, fast_compile):
   """The config's own structure (levels, attention, schedule) with tiny widths."""

@@ -338,16 +338,15 @@ def test_iwae_bound_against_a_two_layer_brute_force_marginal(fast_compile):
         key, num_samples=k, chunk_size=chunk)["iwae"])(params, jax.random.PRNGKey(seed)),
         np.float64)
 
-  l1 = bounds(1, 20_000, 1)
+  l1 = bounds(1, 8000, 1)
   assert abs(l1.mean() - elbo) < 4 * l1.std() / math.sqrt(l1.size) + 1e-4, (l1.mean(), elbo)
-  means = [bounds(k, 400, min(k, 10), seed=k).mean() for k in (1, 10, 100)]
+  means = [bounds(k, 200, min(k, 10), seed=k).mean() for k in (1, 10, 100)]
   assert means[0] < means[1] < means[2] < log_marginal + 1e-3, (means, log_marginal)
-  l_large = bounds(2000, 32, 100)     # 32 independent L_2000 estimates
+  l_large = bounds(2000, 32, 500)     # 32 independent L_2000 estimates
   assert abs(l_large.mean() - log_marginal) < 0.01, (l_large.mean(), log_marginal)
-  np.testing.assert_allclose(bounds(20, 3, 20, seed=5), bounds(20, 3, 20, seed=5))
   # Chunking changes the draws, not the estimator: equal in distribution, so compare
   # two chunk sizes on many copies.
-  a, b = bounds(20, 2000, 4, seed=6), bounds(20, 2000, 20, seed=7)
+  a, b = bounds(20, 1000, 4, seed=6), bounds(20, 1000, 20, seed=7)
   assert abs(a.mean() - b.mean()) < 4 * math.hypot(a.std(), b.std()) / math.sqrt(a.size)
 
 
@@ -360,9 +359,10 @@ def test_eval_step_reports_an_iwae_bound_above_the_elbo(fast_compile):
   out = jax.jit(family.eval_step)(params, batch, jax.random.PRNGKey(1))
   assert out["bpd_iwae"].shape == (4,) and np.all(np.isfinite(out["bpd_iwae"]))
   # One-draw ELBOs averaged over many draws vs the 8-draw bound (in bits/dim).
-  elbos = jax.jit(jax.vmap(lambda r: family.eval_step(params, batch, r)["bpd_elbo"]))(
-      jax.random.split(jax.random.PRNGKey(2), 64))
-  assert np.all(np.asarray(out["bpd_iwae"]) < np.asarray(elbos).mean(0))
+  repeated = dict(image=np.tile(batch["image"], (64, 1, 1, 1)))
+  elbos = jax.jit(family.eval_step)(params, repeated, jax.random.PRNGKey(2))["bpd_elbo"]
+  elbos = np.asarray(elbos).reshape(64, 4)
+  assert np.all(np.asarray(out["bpd_iwae"]) < elbos.mean(0))
   config.eval.iwae_samples, config.eval.iwae_chunk = 10, 4
   with pytest.raises(ValueError, match="multiple of"):
     family_for(config)

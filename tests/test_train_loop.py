@@ -44,8 +44,18 @@ def tiny_config(num_train_steps=4, **training):
   config.eval.batch_size = 8
   config.eval.vlb_timestep_chunk = 5
   config.eval.num_samples = 6
+  # Bits/dim only: the CLI test checks the sample metrics, the others need not pay
+  # for the classifier and its reference statistics.
+  config.eval.sample_metrics = "none"
   config.sampling.batch_size = 4
   return config
+
+
+def cli_env() -> dict[str, str]:
+  """A main.py subprocess's environment: one CPU device, the session's persistent
+  compilation cache (tests/conftest.py), so that later runs reuse earlier compilations."""
+  from tests.test_multihost import subprocess_env  # here: it imports this module
+  return subprocess_env(1, jax.config.jax_compilation_cache_dir)
 
 
 def leaves(tree):
@@ -125,7 +135,7 @@ def test_cli_train_eval_sample_end_to_end(tmp_path):
   base = [sys.executable, os.path.join(REPO, "main.py"),
           "--config=" + os.path.join(REPO, "configs/ddpm_digits.py") + ":runlocal",
           f"--workdir={workdir}", *overrides]
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="true")
+  env = cli_env()
   for mode in ("train", "eval", "sample"):
     proc = subprocess.run(base + [f"--mode={mode}"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -214,7 +224,7 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
           "--config.training.batch_size=8", "--config.training.log_every_steps=1",
           "--config.training.checkpoint_every_steps=1000",
           "--config.training.sample_every_steps=0"]
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="true")
+  env = cli_env()
   proc = subprocess.Popen(base + ["--config.training.num_train_steps=100000"], cwd=REPO,
                           env=env, stderr=subprocess.PIPE, text=True)
   lines, deadline = [], time.time() + 300
