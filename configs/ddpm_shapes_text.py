@@ -35,6 +35,10 @@ def get_config(arg: str | None = None):
   model.dropout = 0.0
   model.num_groups = 8
   model.conditional = False           # the caption names the class already
+  # "at top left" needs absolute position: the caption vector is a spatially uniform
+  # bias and convolutions are translation equivariant (models/unet.py). Without
+  # these channels, 5,554 steps gave colour and shape accuracy 1.00, position 0.22.
+  model.coordinate_channels = True
 
   config.text.enabled = True
   config.text.width = 64

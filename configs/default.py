@@ -57,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.dtype = "float32"             # compute dtype: float32 or bfloat16
   model.fused_attention = False       # jax.nn.dot_product_attention (U-Net attention)
   model.remat = False                 # recompute U-Net ResNet blocks in backward (memory)
+  model.coordinate_channels = False   # U-Net input gets (row, col) channels (CoordConv)
 
   # ----------------------------------------------------------- diffusion
   config.diffusion = diffusion = ml_collections.ConfigDict()

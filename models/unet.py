@@ -16,6 +16,15 @@ import jax.numpy as jnp
 from models import layers
 
 
+def coordinate_channels(batch: int, height: int, width: int,
+                        dtype: Any = jnp.float32) -> jax.Array:
+  """[batch, H, W, 2]: each pixel centre's (row, column), scaled to [-1, 1]."""
+  rows = (jnp.arange(height, dtype=jnp.float32) + 0.5) / height * 2.0 - 1.0
+  cols = (jnp.arange(width, dtype=jnp.float32) + 0.5) / width * 2.0 - 1.0
+  grid = jnp.stack(jnp.meshgrid(rows, cols, indexing="ij"), axis=-1)
+  return jnp.broadcast_to(grid, (batch, height, width, 2)).astype(dtype)
+
+
 class UNet(nn.Module):
   """Predicts a [B, H, W, out_channels] map (e.g. the noise eps) from x_t, t, y."""
   ch: int = 128  # base channel count; the time embedding has 4 * ch features
@@ -36,6 +45,12 @@ class UNet(nn.Module):
   # Recompute each ResNet block's activations in the backward pass instead of
   # storing them: less memory per image, about one more forward pass of compute.
   remat: bool = False
+  # Two extra input channels holding each pixel's row and column in [-1, 1]
+  # (CoordConv, Liu et al. 2018). Convolutions and attention are translation
+  # equivariant and the conditioning vector is spatially uniform, so without them
+  # the only cue for absolute position is the zero padding at the border: a
+  # caption's "at top left" is then learned far more slowly than its colour.
+  coordinate_channels: bool = False
 
   def _check_inputs(self, x: jax.Array, t: jax.Array,
                     y: jax.Array | None) -> None:
@@ -109,6 +124,9 @@ class UNet(nn.Module):
       temb += cond_embedding.astype(temb.dtype)
 
     # Downsampling path: keep every intermediate map for the skip connections.
+    if self.coordinate_channels:
+      x = jnp.concatenate([x, coordinate_channels(x.shape[0], x.shape[1], x.shape[2],
+                                                  x.dtype)], axis=-1)
     h = layers.conv3x3(self.ch, dtype=self.dtype, name="conv_in")(x)
     skips = [h]
     for level, mult in enumerate(self.ch_mult):

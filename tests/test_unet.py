@@ -498,3 +498,23 @@ def test_resampling():
   assert conv_down.init_with_output(jax.random.key(0), x)[0].shape == (1, 2, 3, 3)
   conv_up = layers.Upsample(with_conv=True)
   assert conv_up.init_with_output(jax.random.key(0), x)[0].shape == (1, 8, 12, 3)
+
+
+def test_coordinate_channels_are_the_input_concatenated_with_pixel_centres(fast_compile):
+  """coordinate_channels=True is the plain U-Net fed [x, row, col], with the pixel
+  centres' coordinates computed here independently: (i + 1/2) / size * 2 - 1."""
+  x = jax.random.normal(jax.random.key(0), (2, 16, 8, 1))
+  t = jnp.array([5, 50])
+  model = UNet(**TINY, coordinate_channels=True)
+  params = _perturb(_init(model, x, t), 6)
+  assert params["params"]["conv_in"]["kernel"].shape == (3, 3, 3, TINY["ch"])
+  rows = (np.arange(16) + 0.5) / 16 * 2 - 1
+  cols = (np.arange(8) + 0.5) / 8 * 2 - 1
+  coords = np.stack(np.broadcast_arrays(rows[:, None], cols[None, :]), -1)
+  assert coords[0, 0].tolist() == [-15 / 16, -7 / 8]
+  x_with_coords = jnp.concatenate([x, jnp.broadcast_to(coords, (2, 16, 8, 2))], -1)
+  plain = UNet(**TINY, out_channels=1)
+  want = jax.jit(lambda p: plain.apply(p, x_with_coords, t, train=False))(params)
+  got = jax.jit(lambda p: model.apply(p, x, t, train=False))(params)
+  assert got.shape == x.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -193,7 +193,8 @@ class DDPM:
         num_classes=self.num_classes, num_groups=m.num_groups,
         num_heads=m.get("num_heads", 1), scale_shift_norm=m.get("scale_shift_norm", False),
         dtype=DTYPES[m.dtype], fused_attention=m.get("fused_attention", False),
-        remat=m.get("remat", False))
+        remat=m.get("remat", False),
+        coordinate_channels=m.get("coordinate_channels", False))
     if self.text_conditioned:
       # The caption vector joins the time embedding, as a class embedding does.
       network = text_encoder.TextConditioned(

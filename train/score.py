@@ -61,7 +61,8 @@ def _build_network(m: ml_collections.ConfigDict, out_channels: int, num_classes:
         attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
         resamp_with_conv=m.resamp_with_conv, out_channels=out_channels,
         num_classes=num_classes, num_groups=m.num_groups, dtype=dtype,
-        fused_attention=m.get("fused_attention", False), remat=m.get("remat", False))
+        fused_attention=m.get("fused_attention", False), remat=m.get("remat", False),
+        coordinate_channels=m.get("coordinate_channels", False))
   common = dict(attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
                 embedding_type=m.embedding_type, fourier_scale=m.fourier_scale,
                 num_classes=num_classes, num_groups=m.num_groups,
