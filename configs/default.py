@@ -182,6 +182,7 @@ def get_config() -> ml_collections.ConfigDict:
   text.width = 64                     # token embedding width
   text.num_layers = 2                 # Transformer blocks
   text.num_heads = 4                  # attention heads (must divide width)
+  text.cross_attention = False        # U-Net attention layers also attend to the tokens
 
   # --------------------------------------------- SR3 super-resolution (DDPM)
   # Saharia et al. 2021: the U-Net sees [x_t, upsampled low-res image] (2C channels)

@@ -138,6 +138,12 @@ class AttentionBlock(nn.Module):
   """Self-attention over all H*W positions, plus the input (num_heads heads of
   channels / num_heads each; DDPM uses one, Improved DDPM four).
 
+  With a `context` [B, L, D] (a caption's token features) the keys and values of
+  the L context tokens are appended to the H*W image ones, as GLIDE's U-Net
+  (Nichol et al. 2022, sec. 4) does: every position can attend to every word, so
+  "at top left" can act where it applies. `context_mask` [B, L] marks the real
+  tokens; a context with no real token gives exactly the self-attention output.
+
   fused: jax.nn.dot_product_attention (cuDNN's flash attention where the GPU and
   dtype allow it, XLA's otherwise) instead of two einsums and a softmax; the same
   function, without the [B, heads, HW, HW] logits in memory on GPU.
@@ -148,7 +154,8 @@ class AttentionBlock(nn.Module):
   fused: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, context: jax.Array | None = None,
+               context_mask: jax.Array | None = None) -> jax.Array:
     batch, height, width, channels = x.shape
     h = group_norm(channels, self.num_groups, self.dtype, "norm")(x)
     q = dense(channels, dtype=self.dtype, name="q")(h)
@@ -160,12 +167,33 @@ class AttentionBlock(nn.Module):
     head_dim = channels // self.num_heads
     q, k, v = (a.reshape(batch, height * width, self.num_heads, head_dim)
                for a in (q, k, v))
+    mask = None   # [B, 1, 1, keys]: which keys may be attended to
+    if context is not None:
+      if context.ndim != 3 or context.shape[0] != batch:
+        raise ValueError(f"context must be [batch, tokens, features] with batch "
+                         f"{batch}, got shape {context.shape}.")
+      length = context.shape[1]
+      if context_mask is None:
+        context_mask = jnp.ones((batch, length), bool)
+      if context_mask.shape != (batch, length):
+        raise ValueError(f"context_mask must have shape {(batch, length)}, got "
+                         f"{context_mask.shape}.")
+      kc, vc = (dense(channels, dtype=self.dtype, name=name)(context).reshape(
+          batch, length, self.num_heads, head_dim) for name in ("context_k", "context_v"))
+      k = jnp.concatenate([k, kc.astype(k.dtype)], axis=1)
+      v = jnp.concatenate([v, vc.astype(v.dtype)], axis=1)
+      mask = jnp.concatenate([jnp.ones((batch, height * width), bool),
+                              context_mask.astype(bool)], axis=1)[:, None, None, :]
     if self.fused:
-      h = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5).reshape(x.shape)
+      h = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5,
+                                       mask=mask).reshape(x.shape)
     else:
       # Scaled dot-product logits; softmax in float32 even for bf16 activations.
       logits = jnp.einsum("bihc,bjhc->bhij", q, k, preferred_element_type=jnp.float32)
-      weights = jax.nn.softmax(logits * head_dim**-0.5, axis=-1).astype(v.dtype)
+      logits = logits * head_dim**-0.5
+      if mask is not None:   # image keys are always there, so no row is all masked
+        logits = jnp.where(mask, logits, -jnp.inf)
+      weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
       h = jnp.einsum("bhij,bjhc->bihc", weights, v).reshape(x.shape)
     h = dense(channels, init_scale=0.0, dtype=self.dtype, name="proj_out")(h)
     return x + h

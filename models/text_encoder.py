@@ -166,9 +166,13 @@ class TextEncoder(nn.Module):
   num_heads: int = 4
   max_length: int = MAX_CAPTION_TOKENS
   vocab_size: int = VOCAB_SIZE
+  # > 0: also return the tokens' features, LayerNorm -> Dense(context_dim), and
+  # their mask, for a U-Net's cross-attention: (vector, [B, L, context_dim], [B, L]).
+  context_dim: int = 0
 
   @nn.compact
-  def __call__(self, tokens: jax.Array) -> jax.Array:
+  def __call__(self, tokens: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array,
+                                                               jax.Array]:
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f'tokens must be integer ids [B, L], got {tokens.dtype} '
                        f'{tokens.shape}.')
@@ -188,7 +192,12 @@ class TextEncoder(nn.Module):
     weights = mask[..., None].astype(h.dtype)
     pooled = jnp.sum(h * weights, axis=1) / jnp.maximum(
         jnp.sum(weights, axis=1), 1.0)
-    return nn.Dense(self.out_dim, name='out')(nn.LayerNorm(name='norm_out')(pooled))
+    vector = nn.Dense(self.out_dim, name='out')(nn.LayerNorm(name='norm_out')(pooled))
+    if not self.context_dim:
+      return vector
+    context = nn.Dense(self.context_dim, name='context')(
+        nn.LayerNorm(name='norm_context')(h))
+    return vector, context, mask
 
 
 class TextConditioned(nn.Module):
@@ -205,6 +214,10 @@ class TextConditioned(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, tokens: jax.Array, *,
                train: bool) -> jax.Array:
+    if self.encoder.context_dim:   # the network cross-attends to the tokens too
+      vector, context, mask = self.encoder(tokens)
+      return self.network(x, t, cond_embedding=vector, context=context,
+                          context_mask=mask, train=train)
     return self.network(x, t, cond_embedding=self.encoder(tokens), train=train)
 
 

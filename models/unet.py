@@ -51,6 +51,10 @@ class UNet(nn.Module):
   # the only cue for absolute position is the zero padding at the border: a
   # caption's "at top left" is then learned far more slowly than its colour.
   coordinate_channels: bool = False
+  # Attention layers also attend to a `context` of caption tokens (GLIDE's
+  # U-Net, Nichol et al. 2022): per-position conditioning, besides the global
+  # caption vector added to the time embedding.
+  cross_attention: bool = False
 
   def _check_inputs(self, x: jax.Array, t: jax.Array,
                     y: jax.Array | None) -> None:
@@ -90,16 +94,24 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array | None = None, *,
-               train: bool, cond_embedding: jax.Array | None = None) -> jax.Array:
+               train: bool, cond_embedding: jax.Array | None = None,
+               context: jax.Array | None = None,
+               context_mask: jax.Array | None = None) -> jax.Array:
     """x: [B, H, W, C] float; t: [B] int or float; y: [B] int labels or None.
 
     cond_embedding: None or a [B, 4 * ch] vector added to the time embedding as the
     class embedding is (e.g. a caption's models.text_encoder.TextEncoder output).
+    context, context_mask: [B, L, D] token features and [B, L] bool for
+    cross_attention (layers.AttentionBlock); required by it and only with it.
     """
     self._check_inputs(x, t, y)
     if cond_embedding is not None and cond_embedding.shape != (x.shape[0], 4 * self.ch):
       raise ValueError(f"cond_embedding must have shape [batch, 4 * ch] = "
                        f"({x.shape[0]}, {4 * self.ch}), got {cond_embedding.shape}.")
+    if self.cross_attention != (context is not None):
+      raise ValueError("A cross_attention U-Net needs context tokens, and only it takes "
+                       f"them: cross_attention={self.cross_attention}, context "
+                       f"{'given' if context is not None else 'missing'}.")
     num_levels = len(self.ch_mult)
     out_channels = self.out_channels or x.shape[-1]
     # static_argnums counts self as 0: `train` (argument 3) selects the dropout code.
@@ -133,7 +145,7 @@ class UNet(nn.Module):
       for block in range(self.num_res_blocks):
         h = resnet_block(self.ch * mult, f"down_{level}_block_{block}")(h, temb, train)
         if h.shape[1] in self.attn_resolutions:
-          h = attention(f"down_{level}_attn_{block}")(h)
+          h = attention(f"down_{level}_attn_{block}")(h, context, context_mask)
         skips.append(h)
       if level != num_levels - 1:
         h = layers.Downsample(self.resamp_with_conv, dtype=self.dtype,
@@ -142,7 +154,7 @@ class UNet(nn.Module):
 
     # Middle: always attention at the lowest resolution.
     h = resnet_block(h.shape[-1], "mid_block_0")(h, temb, train)
-    h = attention("mid_attn")(h)
+    h = attention("mid_attn")(h, context, context_mask)
     h = resnet_block(h.shape[-1], "mid_block_1")(h, temb, train)
 
     # Upsampling path: one extra block per level consumes the downsampler's skip.
@@ -152,7 +164,7 @@ class UNet(nn.Module):
         h = resnet_block(self.ch * self.ch_mult[level], f"up_{level}_block_{block}")(
             h, temb, train)
         if h.shape[1] in self.attn_resolutions:
-          h = attention(f"up_{level}_attn_{block}")(h)
+          h = attention(f"up_{level}_attn_{block}")(h, context, context_mask)
       if level != 0:
         h = layers.Upsample(self.resamp_with_conv, dtype=self.dtype,
                             name=f"up_{level}_upsample")(h)

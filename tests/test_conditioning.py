@@ -128,10 +128,13 @@ def _shapes_batch(n=4):
               position=rng.integers(0, 9, n).astype(np.int32))
 
 
-def test_caption_model_trains_jointly_and_samples_a_prompt(fast_compile):
+@pytest.mark.parametrize("cross_attention", [False, True])
+def test_caption_model_trains_jointly_and_samples_a_prompt(cross_attention, fast_compile):
   config = _tiny(ddpm_shapes_text.get_config())
+  config.text.cross_attention = cross_attention
   family, state = _family(config, (8, 8, 3), 4)
   assert "encoder" in state.params and "network" in state.params
+  assert ("context_k" in state.params["network"]["mid_attn"]) == cross_attention
   step = jax.jit(family.train_step)
   new_state = state
   for _ in range(2):   # conv_out starts at 0: the encoder learns from step 2 on

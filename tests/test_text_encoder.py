@@ -139,6 +139,38 @@ def test_text_conditioned_trains_encoder_and_network_jointly(fast_compile):
   assert np.abs(np.asarray(grads['encoder']['out']['kernel'])).max() > 0
 
 
+def test_encoder_context_for_cross_attention(fast_compile):
+  """context_dim > 0 adds per-token features and the real-token mask; the pooled
+  vector is the same function of the shared parameters as without it."""
+  encoder = te.TextEncoder(out_dim=16, width=16, num_layers=1, num_heads=2,
+                           context_dim=12)
+  tokens = jnp.asarray(te.tokenize(['a red circle at top left', '']))
+  params = jax.jit(encoder.init)(jax.random.key(0), tokens)['params']
+  vector, context, mask = jax.jit(lambda p: encoder.apply({'params': p}, tokens))(params)
+  assert vector.shape == (2, 16) and context.shape == (2, tokens.shape[1], 12)
+  np.testing.assert_array_equal(mask, np.asarray(tokens) != te.PAD_ID)
+  assert not np.asarray(mask[1]).any()   # the null caption: no token to attend to
+  plain = te.TextEncoder(out_dim=16, width=16, num_layers=1, num_heads=2)
+  shared = {k: v for k, v in params.items() if 'context' not in k}
+  np.testing.assert_allclose(plain.apply({'params': shared}, tokens), vector,
+                             rtol=1e-6, atol=1e-6)
+
+  class StubNetwork(nn.Module):
+    @nn.compact
+    def __call__(self, x, t, *, cond_embedding, context, context_mask, train):
+      del t, train
+      pooled = jnp.sum(context * context_mask[..., None], axis=1)
+      return x + nn.Dense(x.shape[-1])(cond_embedding) + nn.Dense(x.shape[-1])(pooled)
+
+  model = te.TextConditioned(network=StubNetwork(), encoder=encoder)
+  x, t = jnp.ones((2, 3)), jnp.ones((2,))
+  model_params = jax.jit(lambda k: model.init(k, x, t, tokens, train=True))(
+      jax.random.key(1))['params']
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(
+      model.apply({'params': p}, x, t, tokens, train=True) ** 2)))(model_params)
+  assert np.abs(np.asarray(grads['encoder']['context']['kernel'])).max() > 0
+
+
 def test_encoder_rejects_bad_tokens(encoder_and_params):
   encoder, params = encoder_and_params
   with pytest.raises(ValueError, match='max_length'):

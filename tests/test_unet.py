@@ -320,8 +320,9 @@ def _reference_group_norm(x, scale, bias, groups, eps=1e-6):
   return g.reshape(x.shape) * scale + bias
 
 
-def _reference_attention(x, p, groups, heads=1):
-  """Attention over pixels, softmax over keys, logits / sqrt(C / heads) per head."""
+def _reference_attention(x, p, groups, heads=1, context=None, context_mask=None):
+  """Attention over pixels, softmax over keys, logits / sqrt(C / heads) per head;
+  with a context, its real tokens (context_mask) are extra keys and values."""
   batch, height, width, channels = x.shape
   h = _reference_group_norm(x, p["norm"]["scale"], p["norm"]["bias"], groups)
   h = h.reshape(batch, height * width, channels)
@@ -329,13 +330,20 @@ def _reference_attention(x, p, groups, heads=1):
   out = np.zeros_like(q)
   d = channels // heads
   for b in range(batch):
+    keys, values = list(k[b]), list(v[b])
+    if context is not None:
+      for token, real in zip(context[b], context_mask[b]):
+        if real:
+          keys.append(token @ p["context_k"]["kernel"] + p["context_k"]["bias"])
+          values.append(token @ p["context_v"]["kernel"] + p["context_v"]["bias"])
+    keys, values = np.asarray(keys), np.asarray(values)
     for i in range(height * width):
       for head in range(heads):
         c = slice(head * d, (head + 1) * d)
-        logits = np.array([q[b, i, c] @ k[b, j, c] for j in range(height * width)])
+        logits = np.array([q[b, i, c] @ key[c] for key in keys])
         logits /= math.sqrt(d)
         weights = np.exp(logits - logits.max())
-        out[b, i, c] = (weights / weights.sum()) @ v[b, :, c]
+        out[b, i, c] = (weights / weights.sum()) @ values[:, c]
   out = out @ p["proj_out"]["kernel"] + p["proj_out"]["bias"]
   return x + out.reshape(x.shape)
 
@@ -367,6 +375,57 @@ def test_multi_head_attention_matches_numpy_reference():
   assert float(jnp.max(jnp.abs(one_head - block.apply(params, x)))) > 1e-3
   with pytest.raises(ValueError, match="num_heads=3"):
     layers.AttentionBlock(num_groups=2, num_heads=3).init(jax.random.key(1), x)
+
+
+def test_cross_attention_matches_numpy_reference_and_ignores_padding():
+  """Context tokens join the keys and values (GLIDE); padded tokens count for
+  nothing, so an all-padding context is exactly self-attention."""
+  block = layers.AttentionBlock(num_groups=2, num_heads=2)
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+  context = jax.random.normal(jax.random.key(1), (2, 5, 6))
+  mask = jnp.asarray([[True, True, True, False, False], [True] * 5])
+  params = _perturb(jax.jit(block.init)(jax.random.key(2), x, context, mask), 3,
+                    scale=0.5)
+  as_numpy = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
+  want = _reference_attention(np.asarray(x, np.float64), as_numpy, 2, heads=2,
+                              context=np.asarray(context, np.float64),
+                              context_mask=np.asarray(mask))
+  got = block.apply(params, x, context, mask)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  fused = layers.AttentionBlock(num_groups=2, num_heads=2, fused=True)
+  np.testing.assert_allclose(fused.apply(params, x, context, mask), got, rtol=1e-5,
+                             atol=1e-5)
+  # Changing a padded token changes nothing; changing a real one does.
+  moved = context.at[0, 3].add(5.0)
+  np.testing.assert_array_equal(block.apply(params, x, moved, mask), got)
+  assert float(jnp.max(jnp.abs(block.apply(params, x, context.at[0, 1].add(5.0),
+                                           mask) - got))) > 1e-3
+  no_tokens = jnp.zeros_like(mask)
+  self_only = {"params": {k: v for k, v in params["params"].items()
+                          if not k.startswith("context_")}}
+  np.testing.assert_allclose(block.apply(params, x, context, no_tokens),
+                             block.apply(self_only, x), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="context_mask"):
+    block.apply(params, x, context, mask[:, :3])
+
+
+def test_cross_attention_unet_needs_context_and_uses_it(fast_compile):
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 1))
+  t = jnp.array([5, 50])
+  context = jax.random.normal(jax.random.key(1), (2, 3, 4))
+  mask = jnp.ones((2, 3), bool)
+  model = UNet(**TINY, cross_attention=True)
+  params = _perturb(jax.jit(lambda r: model.init(r, x, t, train=False, context=context,
+                                                 context_mask=mask))(jax.random.key(2)), 4)
+  names = [n for n in params["params"] if "attn" in n]
+  assert names and all("context_k" in params["params"][n] for n in names)
+  apply = jax.jit(lambda c: model.apply(params, x, t, train=False, context=c,
+                                        context_mask=mask))
+  assert float(jnp.max(jnp.abs(apply(context) - apply(context + 1.0)))) > 1e-4
+  with pytest.raises(ValueError, match="needs context"):
+    model.apply(params, x, t, train=False)
+  with pytest.raises(ValueError, match="needs context"):
+    UNet(**TINY).init(jax.random.key(0), x, t, train=False, context=context)
 
 
 def test_attention_is_permutation_equivariant():

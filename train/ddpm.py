@@ -51,7 +51,8 @@ _DIFFUSION_DEFAULTS = dict(loss="simple", vlb_weight=0.001, timestep_sampler="un
 _SAMPLING_DEFAULTS = dict(num_steps=None, respacing="uniform")
 # ... and of the conditioning sections (configs/default.py documents them).
 _GUIDANCE_DEFAULTS = dict(p_uncond=0.0, weight=0.0)
-_TEXT_DEFAULTS = dict(enabled=False, width=64, num_layers=2, num_heads=4)
+_TEXT_DEFAULTS = dict(enabled=False, width=64, num_layers=2, num_heads=4,
+                      cross_attention=False)
 _SUPERRES_DEFAULTS = dict(factor=0, upsample_method="bicubic")
 # Every caption of `shapes` (4 shapes x 6 colours x 9 positions).
 NUM_CAPTIONS = 216
@@ -194,13 +195,16 @@ class DDPM:
         num_heads=m.get("num_heads", 1), scale_shift_norm=m.get("scale_shift_norm", False),
         dtype=DTYPES[m.dtype], fused_attention=m.get("fused_attention", False),
         remat=m.get("remat", False),
-        coordinate_channels=m.get("coordinate_channels", False))
+        coordinate_channels=m.get("coordinate_channels", False),
+        cross_attention=self.text_conditioned and bool(self.text.cross_attention))
     if self.text_conditioned:
-      # The caption vector joins the time embedding, as a class embedding does.
+      # The caption vector joins the time embedding, as a class embedding does;
+      # with text.cross_attention the attention layers also see every token.
       network = text_encoder.TextConditioned(
           network=network, encoder=text_encoder.TextEncoder(
               out_dim=4 * m.ch, width=self.text.width, num_layers=self.text.num_layers,
-              num_heads=self.text.num_heads))
+              num_heads=self.text.num_heads,
+              context_dim=self.text.width if self.text.cross_attention else 0))
     self.model = network
     self.betas = diffusion_lib.get_beta_schedule(
         d.beta_schedule, beta_start=d.beta_start, beta_end=d.beta_end,
