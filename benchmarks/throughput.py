@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from datasets import shapes as shapes_data  # noqa: E402
 from train import families, sharding  # noqa: E402
 from train.state import num_params  # noqa: E402
 
@@ -96,10 +97,11 @@ def train_step_memory(family, config, image_shape, batch_size: int) -> dict[str,
   """
   mesh = sharding.make_mesh()
   rep, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  example = dict(image=np.zeros((1, *image_shape), np.uint8), label=np.zeros((1,), np.int32))
+  labels = random_labels(config, 1, np.random.default_rng(0))
+  example = dict(image=np.zeros((1, *image_shape), np.uint8), **labels)
   state = jax.eval_shape(family.init, jax.random.PRNGKey(0), example)
   batch = dict(image=jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.uint8),
-               label=jax.ShapeDtypeStruct((batch_size,), jnp.int32))
+               **{k: jax.ShapeDtypeStruct((batch_size,), jnp.int32) for k in labels})
   step = jax.jit(family.train_step, in_shardings=(rep, batch_sh),
                  out_shardings=(rep, rep), donate_argnums=0)
   stats = step.lower(state, batch).compile().memory_analysis()
@@ -140,6 +142,15 @@ def image_shape_of(config) -> tuple[int, int, int]:
   return h, w, channels
 
 
+def random_labels(config, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """Random int32 labels, and the shapes caption factors when the model reads captions."""
+  if not config.get("text", {}).get("enabled", False):
+    return dict(label=rng.integers(0, 10, (batch_size,), dtype=np.int32))
+  sizes = dict(label=len(shapes_data.SHAPES), colour=len(shapes_data.COLOURS),
+               position=len(shapes_data.POSITIONS))
+  return {k: rng.integers(0, n, (batch_size,), dtype=np.int32) for k, n in sizes.items()}
+
+
 @dataclasses.dataclass
 class TrainStep:
   """A family's donated, sharded train step, compiled for one random uint8 batch."""
@@ -163,8 +174,7 @@ def build_train_step(config, batch_size: int | None = None) -> TrainStep:
   rep, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (b, *image_shape), dtype=np.uint8)
-  batch = sharding.to_global(
-      dict(image=images, label=rng.integers(0, 10, (b,), dtype=np.int32)), batch_sh)
+  batch = sharding.to_global(dict(image=images, **random_labels(config, b, rng)), batch_sh)
   state = jax.jit(family.init, out_shardings=rep)(
       jax.random.PRNGKey(0), {k: np.asarray(v[:1]) for k, v in batch.items()})
   step = jax.jit(family.train_step, in_shardings=(rep, batch_sh),

@@ -4,6 +4,7 @@ import importlib.util
 import os
 
 import jax
+import numpy as np
 import pytest
 
 from configs import ddpm_digits
@@ -53,3 +54,19 @@ def test_memory_report_prints_per_image_figures(throughput, capsys, fast_compile
   assert "MiB per training image" in out and "largest global batch in 1 GiB" in out
   with pytest.raises(ValueError, match="two or more"):
     throughput.memory_report(family, config, (8, 8, 1), ["8"], 2**30)
+
+
+def test_caption_model_gets_random_caption_factors(throughput, fast_compile):
+  """A caption-conditioned config compiles: its batch carries colour and position."""
+  from configs import ddpm_shapes_text  # pylint: disable=g-import-not-at-top
+  config = ddpm_shapes_text.get_config()
+  config.model.update(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                      num_groups=2)
+  config.text.update(width=8, num_layers=1, num_heads=2)
+  labels = throughput.random_labels(config, 64, np.random.default_rng(0))
+  assert sorted(labels) == ["colour", "label", "position"]
+  assert [int(labels[k].max()) < n for k, n in (("label", 4), ("colour", 6),
+                                               ("position", 9))] == [True] * 3
+  family = families.get_family(config, (16, 16, 3), 0)
+  memory = throughput.train_step_memory(family, config, (16, 16, 3), 4)
+  assert memory["temp"] > 0
