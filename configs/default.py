@@ -72,6 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Objective: "simple" (L_simple, Ho et al. eq. 14) | "hybrid" (L_simple + vlb_weight *
   # L_vlb, Nichol & Dhariwal eq. 16, stop-gradient on the mean) | "vlb" (L_vlb alone).
   diffusion.loss = "simple"
+  # What the network predicts: "eps" (Ho et al.) | "v" = sqrt(abar) eps - sqrt(1-abar) x0
+  # (Salimans & Ho 2022); L_simple is then on v: eps-MSE / abar_t, more weight at low SNR.
+  diffusion.prediction = "eps"
   diffusion.vlb_weight = 0.001        # lambda of L_hybrid
   # Timesteps t: "uniform" | "loss_second_moment" (p_t proportional to sqrt(E[L_t^2]),
   # Nichol & Dhariwal eq. 18; uniform until every t has loss_history_size losses).

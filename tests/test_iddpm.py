@@ -377,8 +377,48 @@ def test_learned_variance_family_samples_with_respacing(method, fast_compile):
   assert settings['sampler'] == method
 
 
+@pytest.mark.parametrize('var_type', ['fixedlarge', 'learned_range'])
+def test_v_prediction_eps_and_loss_follow_the_definition_of_v(var_type, fast_compile):
+  """v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022): the exact v gives
+  back the exact eps; the loss is ||v - v_theta||^2, i.e. the eps error / abar_t."""
+  family = ddpm_family.DDPM(_tiny_config('hybrid', var_type, prediction='v'),
+                            (8, 8, 1), 10)
+  x0 = ddpm_family.scale_images(_digit_images(4))
+  noise = jax.random.normal(jax.random.key(5), x0.shape)
+  t = jnp.asarray([0, 3, 6, 9])
+  abar = np.asarray(family.diffusion.alphas_cumprod, np.float64)[np.asarray(t)]
+  a, b = (np.sqrt(abar)[:, None, None, None], np.sqrt(1 - abar)[:, None, None, None])
+  x_t = a * np.asarray(x0) + b * np.asarray(noise)
+  v_true = a * np.asarray(noise) - b * np.asarray(x0)
+  extra = np.full(x0.shape, 0.3, np.float32)   # learned-variance channels pass through
+  output = v_true if var_type == 'fixedlarge' else np.concatenate([v_true, extra], -1)
+  eps = family.eps_from_v(jnp.asarray(output, jnp.float32), jnp.asarray(x_t, jnp.float32), t)
+  np.testing.assert_allclose(eps[..., :1], noise, atol=2e-5)
+  if var_type != 'fixedlarge':
+    np.testing.assert_array_equal(eps[..., 1:], extra)
+
+  params = family.init(jax.random.key(0), {'image': _digit_images(1)}).params
+  params = jax.tree.map(
+      lambda p: p + 0.05 * jax.random.normal(jax.random.key(p.size), p.shape), params)
+  terms = jax.jit(family.loss_terms)(params, x0, t, noise)
+  x_t32 = jnp.asarray(x_t, jnp.float32)
+  raw = family._network_fn(params)(x_t32, t)[..., :1]   # the network, t rescaled
+  want_v = np.mean((np.asarray(raw, np.float64) - v_true) ** 2, axis=(1, 2, 3))
+  np.testing.assert_allclose(terms['mse'], want_v, rtol=1e-4)
+  eps_theta = family.eps_fn(params)(x_t32, t)[..., :1]
+  want_eps = np.mean((np.asarray(eps_theta, np.float64) - np.asarray(noise)) ** 2,
+                     axis=(1, 2, 3)) / abar
+  np.testing.assert_allclose(terms['mse'], want_eps, rtol=2e-3)
+  if var_type == 'fixedlarge':   # trains and samples end to end
+    state = family.init(jax.random.key(0), {'image': _digit_images(4)})
+    state, metrics = jax.jit(family.train_step)(state, {'image': _digit_images(4)})
+    assert np.isfinite(float(metrics['loss']))
+    images = jax.jit(family.sample, static_argnums=2)(state.params, jax.random.key(1), 2)
+    assert images.shape == (2, 8, 8, 1) and images.dtype == jnp.uint8
+
+
 def test_bad_improved_ddpm_settings_raise_before_compiling():
-  for field, value in [('loss', 'l2'), ('timestep_sampler', 'sqrt'),
+  for field, value in [('loss', 'l2'), ('timestep_sampler', 'sqrt'), ('prediction', 'x0'),
                        ('var_type', 'learned'), ('vlb_weight', -1.0)]:
     config = _tiny_config()
     config.diffusion[field] = value

@@ -42,12 +42,13 @@ VAR_TYPES = diffusion_lib.VAR_TYPES
 SAMPLERS = ("ancestral", "ddim")
 LOSSES = ("simple", "hybrid", "vlb")
 TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment")
+PREDICTIONS = ("eps", "v")
 
 # Defaults of the Improved-DDPM fields for configs that predate them (the values
 # of a plain DDPM: L_simple, uniform t, no respacing).
 _DIFFUSION_DEFAULTS = dict(loss="simple", vlb_weight=0.001, timestep_sampler="uniform",
                            loss_history_size=10, uniform_prob=0.001,
-                           rescale_timesteps=False)
+                           rescale_timesteps=False, prediction="eps")
 _SAMPLING_DEFAULTS = dict(num_steps=None, respacing="uniform")
 # ... and of the conditioning sections (configs/default.py documents them).
 _GUIDANCE_DEFAULTS = dict(p_uncond=0.0, weight=0.0)
@@ -150,6 +151,9 @@ class DDPM:
       raise ValueError(f"config.diffusion.var_type={d.var_type!r}; choose {VAR_TYPES}.")
     if opts.loss not in LOSSES:
       raise ValueError(f"config.diffusion.loss={opts.loss!r}; choose {LOSSES}.")
+    if opts.prediction not in PREDICTIONS:
+      raise ValueError(f"config.diffusion.prediction={opts.prediction!r}; choose "
+                       f"{PREDICTIONS}.")
     if opts.timestep_sampler not in TIMESTEP_SAMPLERS:
       raise ValueError(f"config.diffusion.timestep_sampler={opts.timestep_sampler!r}; "
                        f"choose {TIMESTEP_SAMPLERS}.")
@@ -336,8 +340,17 @@ class DDPM:
     eps_theta for fixed variances; [eps_theta, v] (2C channels) for
     'learned_range'. t is the 0-based integer timestep; with
     config.diffusion.rescale_timesteps the network sees t * 1000 / T, as in the
-    Improved DDPM code, so that its embedding spans [0, 1000) whatever T is.
+    Improved DDPM code, so that its embedding spans [0, 1000) whatever T is. A
+    v-prediction network's output is turned into eps here (`eps_from_v`), so every
+    sampler, guidance and the likelihood see eps.
     """
+    network = self._network_fn(params, y, train=train, rng=rng)
+    if self.options.prediction == "eps":
+      return network
+    return lambda x, t: self.eps_from_v(network(x, t), x, t)  # noqa: E731
+
+  def _network_fn(self, params, y=None, *, train=False, rng=None):
+    """The raw network output at (x_t, t): eps or v (config.diffusion.prediction)."""
     rngs = {"dropout": rng} if train else {}
     scale = 1000.0 / self.diffusion.num_timesteps if self.options.rescale_timesteps else None
 
@@ -346,12 +359,28 @@ class DDPM:
       return self.model.apply({"params": params}, x, t_in, y, train=train, rngs=rngs)
     return fn
 
+  def _signal_noise_scales(self, t: jax.Array, ndim: int) -> tuple[jax.Array, jax.Array]:
+    """(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)), shaped to broadcast over [B, ...]."""
+    shape = (-1,) + (1,) * (ndim - 1)
+    return (self.diffusion.sqrt_alphas_cumprod[t].reshape(shape),
+            self.diffusion.sqrt_one_minus_alphas_cumprod[t].reshape(shape))
+
+  def eps_from_v(self, output: jax.Array, x: jax.Array, t: jax.Array) -> jax.Array:
+    """eps = sqrt(abar) v + sqrt(1 - abar) x_t for v = sqrt(abar) eps - sqrt(1 - abar) x0
+    (Salimans & Ho 2022, sec. 4); learned-variance channels pass through. x may
+    carry SR3's condition channels after x_t's C."""
+    c = self.image_shape[-1]
+    a, b = self._signal_noise_scales(t, x.ndim)
+    eps = a * output[..., :c] + b * x[..., :c]
+    return jnp.concatenate([eps, output[..., c:]], axis=-1) if output.shape[-1] > c else eps
+
   def loss_terms(self, params, x0: jax.Array, t: jax.Array, noise: jax.Array,
                  y: jax.Array | None = None, dropout_rng: jax.Array | None = None,
                  condition_image: jax.Array | None = None) -> dict[str, jax.Array]:
     """Per-example [B] loss terms at x_t = q_sample(x0, t, noise).
 
-    'mse': ||eps - eps_theta||^2 averaged over dimensions (L_simple).
+    'mse': ||eps - eps_theta||^2 averaged over dimensions (L_simple), or
+      ||v - v_theta||^2 for config.diffusion.prediction='v'.
     'vb': the bound term L_t in bits/dim (the KL for t > 0, the decoder NLL at
       t = 0), computed as in the bits/dim evaluation; for 'hybrid' the mean
       enters through a stop-gradient (eq. 16), so it trains only v.
@@ -364,12 +393,21 @@ class DDPM:
     """
     train = dropout_rng is not None
     x_t = self.diffusion.q_sample(x0, t, noise)
-    output = self.eps_fn(params, y, train=train, rng=dropout_rng)(
-        self._network_input(x_t, condition_image), t)
-    output = output.astype(jnp.float32)
+    raw = self._network_fn(params, y, train=train, rng=dropout_rng)(
+        self._network_input(x_t, condition_image), t).astype(jnp.float32)
     var_type = self.config.diffusion.var_type
+    dims = tuple(range(1, x0.ndim))
+    v_prediction = self.options.prediction == "v"
+    output = self.eps_from_v(raw, x_t, t) if v_prediction else raw
     eps, v = diffusion_lib.split_model_output(output, x_t, var_type)
-    terms = dict(mse=jnp.mean(jnp.square(eps - noise), axis=tuple(range(1, x0.ndim))))
+    if v_prediction:
+      # L_simple on v (Salimans & Ho 2022): ||v - v_theta||^2 = ||eps - eps_theta||^2
+      # / abar_t, which weights the low-SNR steps, where a caption's layout is set.
+      a, b = self._signal_noise_scales(t, x0.ndim)
+      mse = jnp.mean(jnp.square(raw[..., :x0.shape[-1]] - (a * noise - b * x0)), axis=dims)
+    else:
+      mse = jnp.mean(jnp.square(eps - noise), axis=dims)
+    terms = dict(mse=mse)
     loss_kind = self.options.loss
     if loss_kind == "simple":
       terms["loss"] = terms["mse"]
