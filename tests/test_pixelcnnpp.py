@@ -152,7 +152,9 @@ def test_remat_gives_the_same_gradients(fast_compile):
   assert forward(model.clone(remat=True)).count("remat") == 4   # one per block
   plain, remat = grads(model), grads(model.clone(remat=True))
   for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # float32 sums in another order: error relative to the leaf's largest entry
+    # (gradients here reach ~20; a 2e-5 difference on an entry of 0.07 was seen).
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(a).max()))
 
 
 def test_bad_inputs_are_rejected_before_compiling():
