@@ -31,7 +31,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from datasets import shapes as shapes_data  # noqa: E402
 from train import families, sharding  # noqa: E402
-from train.state import num_params  # noqa: E402
+from train.state import jit_run_once, num_params  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "ddpm_cifar.py")
@@ -175,7 +175,7 @@ def build_train_step(config, batch_size: int | None = None) -> TrainStep:
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (b, *image_shape), dtype=np.uint8)
   batch = sharding.to_global(dict(image=images, **random_labels(config, b, rng)), batch_sh)
-  state = jax.jit(family.init, out_shardings=rep)(
+  state = jit_run_once(family.init, out_shardings=rep)(
       jax.random.PRNGKey(0), {k: np.asarray(v[:1]) for k, v in batch.items()})
   step = jax.jit(family.train_step, in_shardings=(rep, batch_sh),
                  out_shardings=(rep, rep), donate_argnums=0)

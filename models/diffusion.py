@@ -168,10 +168,16 @@ class GaussianDiffusion:
     return (mean, jnp.broadcast_to(variance, mean.shape),
             jnp.broadcast_to(log_variance, mean.shape))
 
+  def signal_noise_scales(self, t: jax.Array, ndim: int) -> tuple[jax.Array, jax.Array]:
+    """(sqrt(abar_t), sqrt(1 - abar_t)), shaped to broadcast over an array of rank
+    `ndim` ([B, ...]): the scales of x_0 and of the noise in eq. 4."""
+    return (_gather(self.sqrt_alphas_cumprod, t, ndim),
+            _gather(self.sqrt_one_minus_alphas_cumprod, t, ndim))
+
   def q_sample(self, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
     """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise (eq. 4)."""
-    return (_gather(self.sqrt_alphas_cumprod, t, x0.ndim) * x0
-            + _gather(self.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise)
+    signal, noise_scale = self.signal_noise_scales(t, x0.ndim)
+    return signal * x0 + noise_scale * noise
 
   def q_posterior_mean_variance(
       self, x0: jax.Array, x_t: jax.Array, t: jax.Array

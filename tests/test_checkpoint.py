@@ -13,7 +13,7 @@ from orbax.checkpoint._src.path import atomicity
 
 from tests.test_train_loop import tiny_config
 from train import loop, sharding
-from train.checkpoint import Checkpointer, abstract_like
+from train.checkpoint import Checkpointer, abstract_like, fingerprint
 
 # When a restore fails, Orbax closes its asyncio loop while tensorstore still posts
 # the other reads' completions to it ("Event loop is closed", harmless): expected in
@@ -131,6 +131,27 @@ def test_abstract_like_keeps_shapes_dtypes_and_shardings():
   for a, x in zip(jax.tree.leaves(abstract), jax.tree.leaves(tree)):
     assert isinstance(a, jax.ShapeDtypeStruct)
     assert (a.shape, a.dtype, a.sharding) == (x.shape, x.dtype, x.sharding)
+
+
+def test_fingerprint_is_the_position_weighted_sum_of_each_leafs_bits():
+  """Against numpy: sum_i bits_i * (2 (i mod 65521) + 1) mod 2^32, per leaf."""
+  rng = np.random.RandomState(1)
+  tree = dict(f32=rng.randn(300, 7).astype(np.float32),
+              bf16=jnp.asarray(rng.randn(70_000), jnp.bfloat16),
+              i32=np.arange(-5, 5, dtype=np.int32), u8=np.arange(256, dtype=np.uint8),
+              scalar=np.float32(3.5))
+  def numpy_sum(x):
+    x = np.asarray(x)
+    bits = {4: np.uint32, 2: np.uint16, 1: np.uint8}[x.dtype.itemsize]
+    bits = x.reshape(-1).view(bits).astype(np.uint64)
+    weights = (np.arange(bits.size, dtype=np.uint64) % 65521) * 2 + 1
+    return int(np.sum(bits * weights) % 2**32)
+  assert fingerprint(tree) == [numpy_sum(x) for x in jax.tree.leaves(tree)]
+  # One flipped bit changes its leaf's sum only.
+  damaged = dict(tree, f32=tree["f32"].copy())
+  damaged["f32"].view(np.uint32)[123, 4] ^= 1 << 7
+  changed = [a != b for a, b in zip(fingerprint(tree), fingerprint(damaged))]
+  assert changed == [leaf is tree["f32"] for leaf in jax.tree.leaves(tree)]
 
 
 def test_empty_directory_has_no_step_and_restore_says_so(tmp_path):

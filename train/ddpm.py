@@ -359,18 +359,12 @@ class DDPM:
       return self.model.apply({"params": params}, x, t_in, y, train=train, rngs=rngs)
     return fn
 
-  def _signal_noise_scales(self, t: jax.Array, ndim: int) -> tuple[jax.Array, jax.Array]:
-    """(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)), shaped to broadcast over [B, ...]."""
-    shape = (-1,) + (1,) * (ndim - 1)
-    return (self.diffusion.sqrt_alphas_cumprod[t].reshape(shape),
-            self.diffusion.sqrt_one_minus_alphas_cumprod[t].reshape(shape))
-
   def eps_from_v(self, output: jax.Array, x: jax.Array, t: jax.Array) -> jax.Array:
     """eps = sqrt(abar) v + sqrt(1 - abar) x_t for v = sqrt(abar) eps - sqrt(1 - abar) x0
     (Salimans & Ho 2022, sec. 4); learned-variance channels pass through. x may
     carry SR3's condition channels after x_t's C."""
     c = self.image_shape[-1]
-    a, b = self._signal_noise_scales(t, x.ndim)
+    a, b = self.diffusion.signal_noise_scales(t, x.ndim)
     eps = a * output[..., :c] + b * x[..., :c]
     return jnp.concatenate([eps, output[..., c:]], axis=-1) if output.shape[-1] > c else eps
 
@@ -403,7 +397,7 @@ class DDPM:
     if v_prediction:
       # L_simple on v (Salimans & Ho 2022): ||v - v_theta||^2 = ||eps - eps_theta||^2
       # / abar_t, which weights the low-SNR steps, where a caption's layout is set.
-      a, b = self._signal_noise_scales(t, x0.ndim)
+      a, b = self.diffusion.signal_noise_scales(t, x0.ndim)
       mse = jnp.mean(jnp.square(raw[..., :x0.shape[-1]] - (a * noise - b * x0)), axis=dims)
     else:
       mse = jnp.mean(jnp.square(eps - noise), axis=dims)

@@ -54,7 +54,7 @@ from sampling.ddpm import to_uint8
 from train import diffaugment
 from train import gan_losses
 from train import optim as optim_lib
-from train.state import TrainState
+from train.state import TrainState, jit_run_once
 
 ARCHITECTURES = ("dcgan", "sngan_cnn", "resnet", "stylegan2", "mlp")
 Z_DISTRIBUTIONS = ("normal", "uniform")
@@ -466,9 +466,9 @@ def run_toy(config: ml_collections.ConfigDict, num_steps: int | None = None,
   num_steps = config.training.num_train_steps if num_steps is None else num_steps
   family = GAN(config, (2,), 0)
   root = jax.random.PRNGKey(config.seed)
-  state = jax.jit(family.init)(jax.random.fold_in(root, 0),
-                               dict(image=np.zeros((1, 2), np.float32),
-                                    label=np.zeros((1,), np.int32)))
+  state = jit_run_once(family.init)(
+      jax.random.fold_in(root, 0),
+      dict(image=np.zeros((1, 2), np.float32), label=np.zeros((1,), np.int32)))
   step_fn = jax.jit(family.train_step, donate_argnums=0)
   stream = toy2d.batches(mixture, config.seed, config.training.batch_size)
   start = time.time()

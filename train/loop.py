@@ -30,7 +30,7 @@ from configs import default as default_config
 from sampling import image_io
 from train import families, sharding
 from train.checkpoint import Checkpointer, absolute_path, abstract_like
-from train.state import TrainState, num_params
+from train.state import TrainState, jit_run_once, num_params
 
 # Purposes that keys are folded with: fold_in(PRNGKey(seed), purpose).
 INIT, SAMPLE_GRID, EVAL, SAMPLE, SAMPLE_EVAL = 0, 1, 2, 3, 4
@@ -103,7 +103,7 @@ class _Run:
   def init_or_restore(self, *, must_exist: bool = False,
                       step: int | None = None) -> TrainState:
     """The newest checkpoint (or `step`) in the workdir, or a freshly initialised state."""
-    init_fn = jax.jit(self.family.init, out_shardings=self.replicated)
+    init_fn = jit_run_once(self.family.init, out_shardings=self.replicated)
     init_rng = jax.random.fold_in(self.root_rng, INIT)
     example = self.example_batch()
     if self.checkpointer.latest_step() is None:
@@ -207,9 +207,13 @@ def _fused_train_step(train_step, steps_per_call: int):
   return multi_step
 
 
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+_leaf_all_finite = jax.jit(lambda x: jnp.all(jnp.isfinite(x)))
+
+
+def _all_finite(tree) -> bool:
+  """Every entry of every leaf is finite. One small program per distinct leaf shape
+  (a program over the whole tree compiles for seconds), one host read at the end."""
+  return all(jax.device_get([_leaf_all_finite(x) for x in jax.tree.leaves(tree)]))
 
 
 # ------------------------------------------------------------------------- training
