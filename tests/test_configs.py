@@ -67,8 +67,10 @@ SLOW_TO_COMPILE = ("ncsnpp_cifar", "ddpmpp_cifar", "edm_cifar", "vdvae_cifar", "
                    "pixelcnnpp_cifar")
 # Trained through the loop from these very config files by their family's tests:
 # tests/test_conditioning.py (ddpm_shapes_text, sr3_digits), tests/test_hvae.py
-# (hvae_digits), tests/test_iddpm.py (iddpm_digits).
-COVERED_ELSEWHERE = ("ddpm_shapes_text", "sr3_digits", "hvae_digits", "iddpm_digits")
+# (hvae_digits), tests/test_iddpm.py (iddpm_digits), tests/test_train_loop.py's CLI
+# run (ddpm_digits), tests/test_vae.py (vae_digits).
+COVERED_ELSEWHERE = ("ddpm_shapes_text", "sr3_digits", "hvae_digits", "iddpm_digits",
+                     "ddpm_digits", "vae_digits")
 
 
 @pytest.mark.parametrize("name", [

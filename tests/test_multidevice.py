@@ -161,8 +161,11 @@ def runs(tmp_path_factory) -> Runs:
   # Prepare `digits` here first so the two processes never prepare it at once.
   loop.datasets.get_dataset_info(tiny_config().data)
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true",
+             # A loaded 2-core machine can delay one forced device's thread past XLA's
+             # 40 s rendezvous limit for a collective, which aborts the process.
              XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
-                        f" --xla_force_host_platform_device_count={NUM_DEVICES}"),
+                        f" --xla_force_host_platform_device_count={NUM_DEVICES}"
+                        " --xla_cpu_collective_call_terminate_timeout_seconds=600"),
              PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
   # A file, not a pipe: a full pipe would stall the subprocess while this one trains.
   log = open(out_dir / "log.txt", "w")

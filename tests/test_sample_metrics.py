@@ -311,7 +311,8 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
 def test_features_sharded_over_two_devices_equal_one_device(tmp_path):
   out_path = tmp_path / "two.npz"
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+             XLA_FLAGS="--xla_force_host_platform_device_count=2"
+             " --xla_cpu_collective_call_terminate_timeout_seconds=600")  # loaded CI
   subprocess.run([sys.executable, "-c", _TWO_DEVICE_SCRIPT, str(out_path)], env=env,
                  cwd=REPO, check=True, timeout=300)
   net = classifier_lib.ClassifierNet(4, (8,))

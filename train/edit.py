@@ -175,13 +175,16 @@ def _edit_condition(family, opts: dict[str, Any]):
 def _edit(run: _Run, opts: dict[str, Any]) -> dict[str, Any]:
   config, family = run.config, run.family
   if not hasattr(family, "edit_eps_fn"):
-    raise ValueError(f"--edit/--prompt/--label need a DDPM-family model; "
-                     f"config.model.family={config.model.family!r} has no editing.")
+    raise ValueError(f"--edit/--prompt/--label need a diffusion model: the DDPM family "
+                     f"(config.model.family='ddpm') or the score family ('score': VE / "
+                     f"VP / sub-VP SDEs and EDM); config.model.family="
+                     f"{config.model.family!r} has no editing.")
   kind = opts["edit"]
   superres = getattr(family, "superres_factor", 0)
   if kind == "superres" and not superres:
-    raise ValueError("--edit=superres needs an SR3 model (config.superres.factor > 0, "
-                     "e.g. configs/sr3_digits.py).")
+    raise ValueError("--edit=superres needs an SR3 model (a DDPM-family model with "
+                     "config.superres.factor > 0, e.g. configs/sr3_digits.py): it "
+                     "samples given a low-res image the network was trained to see.")
   if superres and kind != "superres":
     raise ValueError("An SR3 model only super-resolves: use --edit=superres "
                      "--input=LOW_RES.png.")
@@ -303,6 +306,11 @@ def _run_edit(run: _Run, params, rng: jax.Array, kind: str, inputs: dict[str, np
               condition: np.ndarray | None, opts: dict[str, Any]):
   """One compiled `editing.apply_edit` call; returns uint8 outputs and its settings."""
   family, config = run.family, run.config
+  # The ancestral variance: the family's `edit_var_type` (score models: 'fixedsmall',
+  # the posterior variance), otherwise the DDPM family's config.diffusion.var_type.
+  var_type = getattr(family, "edit_var_type", None) or config.diffusion.var_type
+  superres = getattr(family, "superres", None)   # SR3 settings: the DDPM family only
+  upsample_method = str(superres.upsample_method) if superres is not None else "bicubic"
   if kind == "interpolate":   # DDIM on the process's own T steps
     diffusion, timestep_map = family.diffusion, None
   else:
@@ -324,8 +332,8 @@ def _run_edit(run: _Run, params, rng: jax.Array, kind: str, inputs: dict[str, np
         ddim_steps=int(opts["ddim_steps"]),
         num_fixed_point_iterations=int(opts["fixed_point_iterations"]),
         superres_factor=int(getattr(family, "superres_factor", 0) or 4),
-        upsample_method=str(getattr(family, "superres").upsample_method),
-        var_type=config.diffusion.var_type, clip_denoised=config.sampling.clip_denoised,
+        upsample_method=upsample_method,
+        var_type=var_type, clip_denoised=config.sampling.clip_denoised,
         timestep_map=timestep_map)
     settings.update(edit_settings)
     return out.images

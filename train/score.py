@@ -23,17 +23,26 @@ bits/dim stay unguided.
 
 Data are scaled to [-1, 1] (`sde.data_range`); EDM's sigma_data = 0.5 is the std of
 CIFAR-10 in that range.
+
+Editing (train/edit.py, sampling/editing.py: inpainting, colourisation, SDEdit, DDIM
+interpolation) reads the SDE as a discrete DDPM process (`edit_diffusion`,
+`eps_fn_from_score`): any Gaussian perturbation x = m x0 + s z is a VP diffusion after
+rescaling by r = sqrt(m^2 + s^2), x / r = sqrt(abar) x0 + sqrt(1 - abar) z with
+abar = m^2 / r^2, and the noise prediction is E[z | x] = -s score(x, t).
 """
 
+import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from evaluation import ode_likelihood
+from models import diffusion as diffusion_lib
 from models import ncsnpp, sde as sde_lib, unet
 from sampling import guidance as guidance_lib
 from sampling import sde as sde_sampling
@@ -89,6 +98,107 @@ def _build_sde(s: ml_collections.ConfigDict):
                          num_scales=s.num_scales)
   cls = sde_lib.VPSDE if s.type == "vpsde" else sde_lib.SubVPSDE
   return cls(beta_min=s.beta_min, beta_max=s.beta_max, num_scales=s.num_scales)
+
+
+# ------------------------------------------------- editing: the SDE as a DDPM process
+# sampling/editing.py works with eps_fn(x_vp, level index) and a GaussianDiffusion, in
+# DDPM's convention x_vp = sqrt(abar) x0 + sqrt(1 - abar) eps with x0 in [-1, 1]. Any
+# Gaussian perturbation x = m x0 + s z is such a process after rescaling by
+# r = sqrt(m^2 + s^2): x / r = sqrt(abar) x0 + sqrt(1 - abar) z, abar = m^2 / r^2, and
+# its noise prediction is E[z | x] = -s score(x, t) (Tweedie). Data in [0, 1]
+# (sde.data_centered=False) are x0_model = (x0 + 1) / 2, so x = m x0_model + s z gives
+# 2x - m = m x0 + (2s) z: the edit space has m' = m, s' = 2s, and x = (x' + m) / 2.
+EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def edit_level_times(sde, num_levels: int, sample_eps: float) -> np.ndarray:
+  """t_i = sample_eps + (T - sample_eps) i / (N - 1), i = 0..N-1 (float64).
+
+  Level 0 (t = sample_eps) is the least noisy, level N - 1 (t = T) the prior.
+  """
+  if not isinstance(num_levels, (int, np.integer)) or num_levels < 2:
+    raise ValueError(f"Editing needs config.sde.num_scales >= 2 levels, got {num_levels!r}.")
+  if not 0.0 <= float(sample_eps) < float(sde.T):
+    raise ValueError(f"config.sde.sample_eps={sample_eps} must be in [0, T={sde.T}).")
+  fraction = np.arange(num_levels, dtype=np.float64) / (num_levels - 1)
+  return float(sample_eps) + (float(sde.T) - float(sample_eps)) * fraction
+
+
+def edit_signal_noise(sde, times: np.ndarray,
+                      data_centered: bool) -> tuple[np.ndarray, np.ndarray]:
+  """(m, s') of x' = m x0 + s' z in the edit code's [-1, 1] data space (float64).
+
+  m = alpha(t); s' = sigma(t) for centered data, 2 sigma(t) for data in [0, 1].
+  """
+  times = np.asarray(times, np.float64)
+  m = np.broadcast_to(np.asarray(sde.alpha(times), np.float64), times.shape)
+  s = np.broadcast_to(np.asarray(sde.sigma(times), np.float64), times.shape)
+  return m, (s if data_centered else 2.0 * s)
+
+
+def edit_alphas_cumprod(sde, times: np.ndarray, data_centered: bool) -> np.ndarray:
+  """abar_i = m_i^2 / (m_i^2 + s'_i^2) of the levels at `times` (float64)."""
+  m, s = edit_signal_noise(sde, times, data_centered)
+  return np.square(m) / (np.square(m) + np.square(s))
+
+
+def betas_from_alphas_cumprod(alphas_cumprod: np.ndarray) -> np.ndarray:
+  """beta_i = 1 - abar_i / abar_{i-1} with abar_{-1} = 1 (float64).
+
+  Raises ValueError unless every beta lies in (0, 1], i.e. unless abar strictly
+  decreases from below 1.
+  """
+  abar = np.asarray(alphas_cumprod, np.float64)
+  betas = 1.0 - abar / np.append(1.0, abar[:-1])
+  bad = np.flatnonzero(~((betas > 0.0) & (betas <= 1.0)))
+  if bad.size:
+    i = int(bad[0])
+    raise ValueError(
+        f"The noise levels are no DDPM process: beta_{i} = {betas[i]:.3g} is outside "
+        f"(0, 1] (abar_{i} = {abar[i]:.6g} must lie strictly below abar_{i - 1}, "
+        "1 for level -1).")
+  return betas
+
+
+def edit_diffusion(sde, num_levels: int, sample_eps: float,
+                   data_centered: bool) -> diffusion_lib.GaussianDiffusion:
+  """The GaussianDiffusion of `num_levels` levels of `sde` (see `edit_level_times`)."""
+  abar = edit_alphas_cumprod(sde, edit_level_times(sde, num_levels, sample_eps),
+                             data_centered)
+  try:
+    betas = betas_from_alphas_cumprod(abar)
+  except ValueError as error:
+    raise ValueError(
+        f"{error} Editing reads the SDE at config.sde.num_scales={num_levels} times from "
+        f"config.sde.sample_eps={sample_eps} to T; the noise must grow strictly between "
+        "them (VP / sub-VP have no noise at t = 0: use sample_eps > 0; fewer "
+        "num_scales if levels coincide).") from None
+  return diffusion_lib.GaussianDiffusion.from_betas(betas)
+
+
+def eps_fn_from_score(score_fn: sde_lib.ScoreFn, sde, times: np.ndarray,
+                      data_centered: bool) -> EpsFn:
+  """eps_fn(x_vp, level i) = E[z | x] = -sigma(t_i) score(x, t_i) of the VP-read SDE.
+
+  x_vp is in the DDPM convention of the levels (`edit_alphas_cumprod`): the model's
+  input is x' = r_i x_vp (centered data) or (r_i x_vp + m_i) / 2 (data in [0, 1]),
+  r_i = sqrt(m_i^2 + s'_i^2). i: an integer scalar or [B].
+  """
+  times = np.asarray(times, np.float64)
+  m, s_edit = edit_signal_noise(sde, times, data_centered)
+  s_model = s_edit if data_centered else 0.5 * s_edit
+  table = {k: jnp.asarray(v, jnp.float32) for k, v in dict(
+      t=times, m=m, s=s_model, r=np.sqrt(np.square(m) + np.square(s_edit))).items()}
+
+  def eps_fn(x, t):
+    index = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (x.shape[0],))
+    r = sde_lib.broadcast_to_rank(table["r"][index], x.ndim)
+    x_model = r * x
+    if not data_centered:
+      x_model = 0.5 * (x_model + sde_lib.broadcast_to_rank(table["m"][index], x.ndim))
+    score = score_fn(x_model, table["t"][index])
+    return -sde_lib.broadcast_to_rank(table["s"][index], x.ndim) * score
+  return eps_fn
 
 
 class ScoreSDE:
@@ -267,15 +377,16 @@ class ScoreSDE:
                 likelihood_nfe=jnp.broadcast_to(out.nfe, out.bpd.shape).astype(jnp.float32))
 
   # ------------------------------------------------------------------ sampling
-  def guided_fns(self, params, y):
+  def guided_fns(self, params, y, guidance_weight: float | None = None):
     """(score_fn, denoiser_fn) guided with config.guidance.weight (eq. 6).
 
-    Weight 0 (or an unconditional model) gives the plain conditional functions.
+    guidance_weight overrides config.guidance.weight. Weight 0 (or an unconditional
+    model) gives the plain conditional functions.
     """
-    if y is None or self.guidance_weight == 0:
+    w = self.guidance_weight if guidance_weight is None else guidance_weight
+    if y is None or (isinstance(w, (int, float)) and w == 0):   # a traced w: eq. 6
       return self.score_fn(params, y), self.denoiser_fn(params, y)
-    null = guidance_lib.null_condition_like(y, self.num_classes)
-    w = self.guidance_weight
+    null = guidance_lib.null_condition_like(y, self.null_condition_value)
     score = guidance_lib.classifier_free_guidance(
         lambda x, t, c: self.score_fn(params, c)(x, t), y, null, w)
     denoiser = guidance_lib.classifier_free_guidance(
@@ -285,11 +396,25 @@ class ScoreSDE:
   def sample(self, params, rng: jax.Array, num_samples: int) -> jax.Array:
     return self.sample_with_nfe(params, rng, num_samples)[0]
 
-  def sample_with_nfe(self, params, rng: jax.Array, num_samples: int):
-    """uint8 NHWC samples and the number of network evaluations it took."""
+  def sample_with_condition(self, params, rng: jax.Array, condition: jax.Array | None,
+                            num_samples: int) -> jax.Array:
+    """uint8 NHWC samples of p(x | labels `condition` [num_samples]), guided by
+    config.guidance.weight; None for an unconditional model (train/edit.py --label)."""
+    self._check_condition(condition)
+    return self.sample_with_nfe(params, rng, num_samples, condition=condition)[0]
+
+  def sample_with_nfe(self, params, rng: jax.Array, num_samples: int,
+                      condition: jax.Array | None = None):
+    """uint8 NHWC samples and the number of network evaluations it took.
+
+    Conditional models cycle through the classes unless `condition` gives the labels.
+    """
     smp, s = self.config.sampling, self.config.sde
-    y = (jnp.arange(num_samples, dtype=jnp.int32) % self.num_classes
-         if self.num_classes else None)
+    if condition is not None:
+      y = jnp.asarray(condition, jnp.int32)
+    else:
+      y = (jnp.arange(num_samples, dtype=jnp.int32) % self.num_classes
+           if self.num_classes else None)
     shape = (num_samples, *self.image_shape)
     score_fn, denoiser_fn = self.guided_fns(params, y)
     if smp.method == "pc":
@@ -321,6 +446,65 @@ class ScoreSDE:
           rho=smp.rho)
     images = out.images if s.data_centered else 2.0 * out.images - 1.0
     return to_uint8(images), out.nfe
+
+  # ------------------------------------------------------------------- editing
+  # What train/edit.py and sampling/editing.py need: the SDE read as a DDPM process
+  # (`edit_diffusion`; module comment above) and an eps_fn on its levels.
+  sampling_timesteps = None       # edits walk every level of `diffusion`, no respacing
+  # The ancestral step of edits: the posterior variance beta-tilde, the exact reverse
+  # step of a Gaussian process read at discrete levels.
+  edit_var_type = "fixedsmall"
+
+  @functools.cached_property
+  def edit_times(self) -> np.ndarray:
+    """The times t_i of the N = config.sde.num_scales levels (level 0: sample_eps)."""
+    s = self.config.sde
+    return edit_level_times(self.sde, s.num_scales, s.sample_eps)
+
+  @functools.cached_property
+  def diffusion(self) -> diffusion_lib.GaussianDiffusion:
+    """The SDE at `edit_times` as a DDPM process in [-1, 1] data space (editing)."""
+    s = self.config.sde
+    return edit_diffusion(self.sde, s.num_scales, s.sample_eps, s.data_centered)
+
+  @property
+  def sampling_diffusion(self) -> diffusion_lib.GaussianDiffusion:
+    return self.diffusion
+
+  @property
+  def guidance(self) -> ml_collections.FrozenConfigDict:
+    """config.guidance as the DDPM family exposes it: p_uncond and weight."""
+    return ml_collections.FrozenConfigDict(dict(p_uncond=self.p_uncond,
+                                                weight=self.guidance_weight))
+
+  @property
+  def null_condition_value(self) -> int:
+    """The null label of guidance: the extra label row num_classes."""
+    return self.num_classes
+
+  def _check_condition(self, condition) -> None:
+    if self.num_classes and condition is None:
+      raise ValueError("This model is class-conditional: pass labels (the null label "
+                       f"{self.null_condition_value} for the unconditional model).")
+    if not self.num_classes and condition is not None:
+      raise ValueError("This model is unconditional: pass no condition.")
+
+  def edit_eps_fn(self, params, condition: jax.Array | None = None,
+                  guidance_weight: float | None = None) -> EpsFn:
+    """eps_fn(x_vp, level index) on `diffusion`, for sampling/editing.py.
+
+    The DDPM family's contract: condition holds labels [B] of a class-conditional
+    model (its null label gives the unconditional model), None for an unconditional
+    one; guided by config.guidance.weight (or guidance_weight) through `guided_fns`.
+    Any Gaussian perturbation x = m x0 + s z is a DDPM/VP diffusion after rescaling
+    by r = sqrt(m^2 + s^2): x / r = sqrt(abar) x0 + sqrt(1 - abar) z with
+    abar = m^2 / r^2, and the noise prediction is E[z | x] = -s score(x, t)
+    (`eps_fn_from_score`; data in [0, 1] are mapped to [-1, 1] on the way).
+    """
+    self._check_condition(condition)
+    score_fn, _ = self.guided_fns(params, condition, guidance_weight)
+    return eps_fn_from_score(score_fn, self.sde, self.edit_times,
+                             self.config.sde.data_centered)
 
   @property
   def _data_range(self) -> str:
