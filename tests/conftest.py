@@ -27,7 +27,9 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 @pytest.fixture
 def fast_compile():
-  """Turns off most XLA optimisations: tests whose cost is compile time run faster."""
+  """Turns off most XLA optimisations: tests whose cost is compile time run faster.
+  (Not for the whole session: tests that run long sampling loops get slower.)"""
+  previous = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", True)
   yield
-  jax.config.update("jax_disable_most_optimizations", False)
+  jax.config.update("jax_disable_most_optimizations", previous)

@@ -83,7 +83,7 @@ def test_fast_samples_equal_naive_samples(name, fast_compile):
   assert len(np.unique(np.asarray(naive))) > 1     # not a constant image
 
 
-def test_unsupported_networks_and_bad_arguments_are_refused():
+def test_unsupported_networks_and_bad_arguments_are_refused(fast_compile):
   model, params, shape, labels, input_fn, logits_fn, _ = setup("gated_conditional_5x5")
   with pytest.raises(ValueError, match="labels exactly when"):
     fast_autoregressive.sample_subpixels(model, params, jax.random.PRNGKey(0), shape,

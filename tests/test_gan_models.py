@@ -176,7 +176,7 @@ def test_fir_upsampling_is_bilinear_away_from_the_border():
                              rtol=1e-5, atol=1e-5)
 
 
-def test_modulated_up_conv_and_down_conv_halve_and_double_the_side():
+def test_modulated_up_conv_and_down_conv_halve_and_double_the_side(fast_compile):
   x = jax.random.normal(KEY, (2, 4, 4, 3))
   y = stylegan2.modulated_conv(x, jnp.ones((3, 3, 3, 5)), jnp.ones((2, 3)), up=True)
   assert y.shape == (2, 8, 8, 5)

@@ -196,7 +196,7 @@ def _kernel_of(conv: WeightNormConv, variables, in_features: int) -> np.ndarray:
   return np.asarray(response - zero)
 
 
-def test_weight_norm_sets_each_filter_norm_to_g():
+def test_weight_norm_sets_each_filter_norm_to_g(fast_compile):
   conv = WeightNormConv(5, (2, 3), init_scale=0.1)
   x = jnp.zeros((1, 2, 3, 4))
   variables = conv.init(jax.random.key(0), x)

@@ -43,7 +43,13 @@ def fingerprint(tree: Any) -> list[int]:
   copied. One small program per distinct leaf shape, not one per tree: a program
   over a whole state (params, two Adam moments, EMA) took seconds to compile.
   """
-  sums = [_leaf_fingerprint(jnp.asarray(x)) for x in jax.tree.leaves(tree)]
+  sums = []
+  for x in jax.tree.leaves(tree):
+    sums.append(_leaf_fingerprint(jnp.asarray(x)))
+    if not getattr(getattr(x, "sharding", None), "is_fully_replicated", True):
+      # A sharded leaf's sum is a collective: one in flight at a time. Many queued
+      # at once deadlocked two forced CPU devices (tests/test_multidevice.py).
+      sums[-1].block_until_ready()
   return [int(v) for v in jax.device_get(sums)]
 
 
