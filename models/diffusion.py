@@ -351,6 +351,25 @@ def respaced_timesteps(
   return np.asarray(sorted(set(kept)), dtype=np.int64)
 
 
+def betas_from_alphas_cumprod(alphas_cumprod: np.ndarray) -> np.ndarray:
+  """beta_i = 1 - abar_i / abar_{i-1} with abar_{-1} = 1 (float64): the betas of the
+  process with these alphas_cumprod (respacing, and score SDEs read as DDPM).
+
+  Raises ValueError unless every beta lies in (0, 1], i.e. unless abar strictly
+  decreases from below 1.
+  """
+  abar = np.asarray(alphas_cumprod, np.float64)
+  betas = 1.0 - abar / np.append(1.0, abar[:-1])
+  bad = np.flatnonzero(~((betas > 0.0) & (betas <= 1.0)))
+  if bad.size:
+    i = int(bad[0])
+    raise ValueError(
+        f'The noise levels are no DDPM process: beta_{i} = {betas[i]:.3g} is outside '
+        f'(0, 1] (abar_{i} = {abar[i]:.6g} must lie strictly below abar_{i - 1}, '
+        '1 for level -1).')
+  return betas
+
+
 def respace_betas(betas: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
   """The betas of the process that visits only `timesteps` (Nichol & Dhariwal sec. 4).
 
@@ -366,8 +385,7 @@ def respace_betas(betas: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
     raise ValueError(
         'timesteps must be a non-empty, strictly increasing list of indices in '
         f'[0, {betas.shape[0] - 1}], got {timesteps}.')
-  alphas_cumprod = np.cumprod(1.0 - betas)[timesteps]
-  return 1.0 - alphas_cumprod / np.append(1.0, alphas_cumprod[:-1])
+  return betas_from_alphas_cumprod(np.cumprod(1.0 - betas)[timesteps])
 
 
 def respaced_diffusion(betas: np.ndarray, timesteps: np.ndarray) -> GaussianDiffusion:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from configs import score_base, score_digits
+from models import diffusion as diffusion_lib
 from train import edit as edit_lib
 from train import loop
 from train import score
@@ -150,7 +151,7 @@ def test_levels_without_noise_growth_are_refused():
   with pytest.raises(ValueError, match=r"outside \(0, 1\].*sample_eps"):
     family.diffusion  # pylint: disable=pointless-statement
   with pytest.raises(ValueError, match=r"beta_2 = .* outside \(0, 1\]"):
-    score.betas_from_alphas_cumprod(np.array([0.9, 0.5, 0.5, 0.1]))
+    diffusion_lib.betas_from_alphas_cumprod(np.array([0.9, 0.5, 0.5, 0.1]))
 
 
 def test_guidance_and_conditions():

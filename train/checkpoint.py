@@ -10,6 +10,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from train.state import leafwise
+
 
 class CheckpointCorruptError(IOError):
   pass
@@ -39,18 +41,10 @@ def fingerprint(tree: Any) -> list[int]:
 
   Orbax stores array chunks without a checksum, so flipped bits in a data file would
   restore as wrong numbers; these fingerprints, saved beside the arrays and checked
-  after every restore, catch that. Computed on the device: nothing but the sums is
-  copied. One small program per distinct leaf shape, not one per tree: a program
-  over a whole state (params, two Adam moments, EMA) took seconds to compile.
+  after every restore, catch that. Computed on the device (`state.leafwise`):
+  nothing but the sums is copied.
   """
-  sums = []
-  for x in jax.tree.leaves(tree):
-    sums.append(_leaf_fingerprint(jnp.asarray(x)))
-    if not getattr(getattr(x, "sharding", None), "is_fully_replicated", True):
-      # A sharded leaf's sum is a collective: one in flight at a time. Many queued
-      # at once deadlocked two forced CPU devices (tests/test_multidevice.py).
-      sums[-1].block_until_ready()
-  return [int(v) for v in jax.device_get(sums)]
+  return [int(v) for v in leafwise(_leaf_fingerprint, tree)]
 
 
 class Checkpointer:

@@ -30,7 +30,7 @@ from configs import default as default_config
 from sampling import image_io
 from train import families, sharding
 from train.checkpoint import Checkpointer, absolute_path, abstract_like
-from train.state import TrainState, jit_run_once, num_params
+from train.state import TrainState, jit_run_once, leafwise, num_params
 
 # Purposes that keys are folded with: fold_in(PRNGKey(seed), purpose).
 INIT, SAMPLE_GRID, EVAL, SAMPLE, SAMPLE_EVAL = 0, 1, 2, 3, 4
@@ -211,9 +211,8 @@ _leaf_all_finite = jax.jit(lambda x: jnp.all(jnp.isfinite(x)))
 
 
 def _all_finite(tree) -> bool:
-  """Every entry of every leaf is finite. One small program per distinct leaf shape
-  (a program over the whole tree compiles for seconds), one host read at the end."""
-  return all(jax.device_get([_leaf_all_finite(x) for x in jax.tree.leaves(tree)]))
+  """Every entry of every leaf is finite (per leaf on the device: `state.leafwise`)."""
+  return all(leafwise(_leaf_all_finite, tree))
 
 
 # ------------------------------------------------------------------------- training

@@ -142,31 +142,13 @@ def edit_alphas_cumprod(sde, times: np.ndarray, data_centered: bool) -> np.ndarr
   return np.square(m) / (np.square(m) + np.square(s))
 
 
-def betas_from_alphas_cumprod(alphas_cumprod: np.ndarray) -> np.ndarray:
-  """beta_i = 1 - abar_i / abar_{i-1} with abar_{-1} = 1 (float64).
-
-  Raises ValueError unless every beta lies in (0, 1], i.e. unless abar strictly
-  decreases from below 1.
-  """
-  abar = np.asarray(alphas_cumprod, np.float64)
-  betas = 1.0 - abar / np.append(1.0, abar[:-1])
-  bad = np.flatnonzero(~((betas > 0.0) & (betas <= 1.0)))
-  if bad.size:
-    i = int(bad[0])
-    raise ValueError(
-        f"The noise levels are no DDPM process: beta_{i} = {betas[i]:.3g} is outside "
-        f"(0, 1] (abar_{i} = {abar[i]:.6g} must lie strictly below abar_{i - 1}, "
-        "1 for level -1).")
-  return betas
-
-
 def edit_diffusion(sde, num_levels: int, sample_eps: float,
                    data_centered: bool) -> diffusion_lib.GaussianDiffusion:
   """The GaussianDiffusion of `num_levels` levels of `sde` (see `edit_level_times`)."""
   abar = edit_alphas_cumprod(sde, edit_level_times(sde, num_levels, sample_eps),
                              data_centered)
   try:
-    betas = betas_from_alphas_cumprod(abar)
+    betas = diffusion_lib.betas_from_alphas_cumprod(abar)
   except ValueError as error:
     raise ValueError(
         f"{error} Editing reads the SDE at config.sde.num_scales={num_levels} times from "

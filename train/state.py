@@ -62,3 +62,19 @@ def jit_run_once(fn: Callable, **jit_kwargs) -> Callable:
         xla_backend_optimization_level=0, xla_llvm_disable_expensive_passes=True,
         xla_disable_hlo_passes="while-loop-unroller,simplify-while-loops")
   return jax.jit(fn, **jit_kwargs)
+
+
+def leafwise(fn: Callable[[jax.Array], jax.Array], tree: Any) -> list:
+  """[fn(leaf) for each leaf], read to the host once; `fn` is a jitted function.
+
+  One small program per distinct leaf shape: a program over a whole state (params,
+  two Adam moments, EMA) took seconds to compile. A sharded leaf's program holds a
+  collective, so it is waited for before the next is queued: many queued at once
+  deadlocked two forced CPU devices (tests/test_multidevice.py).
+  """
+  results = []
+  for x in jax.tree.leaves(tree):
+    results.append(fn(jnp.asarray(x)))
+    if not getattr(getattr(x, "sharding", None), "is_fully_replicated", True):
+      results[-1].block_until_ready()
+  return jax.device_get(results)
