@@ -24,7 +24,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from sampling.editing import EDIT_KINDS  # noqa: E402
-from train import distributed, loop  # noqa: E402
+from train import distributed, loop, modes  # noqa: E402
 from train import edit as edit_lib  # noqa: E402
 
 _DEFAULTS = edit_lib.EDIT_DEFAULTS
@@ -90,8 +90,8 @@ def main(argv):
   if FLAGS.mode == "sample" and conditioned:
     edit_lib.edit(config, FLAGS.workdir, options)
     return
-  run = {"train": loop.train_and_evaluate, "eval": loop.evaluate,
-         "eval_watch": loop.evaluate_continuously, "sample": loop.sample}[FLAGS.mode]
+  run = {"train": loop.train_and_evaluate, "eval": modes.evaluate,
+         "eval_watch": modes.evaluate_continuously, "sample": modes.sample}[FLAGS.mode]
   run(config, FLAGS.workdir)
 
 

@@ -49,6 +49,20 @@ class DatasetInfo:
   num_classes: int  # 0 when the dataset has no labels.
   num_train_examples: int  # Size of data_config.train_split.
   num_eval_examples: int  # Size of data_config.eval_split.
+  # What each batch holds beside the uint8 'image': 'label' (zeros when the dataset
+  # has none) and any integer factors (shapes: 'colour', 'position').
+  condition_keys: tuple[str, ...] = ('label',)
+
+  @property
+  def batch_keys(self) -> tuple[str, ...]:
+    """The keys of every batch the pipeline yields (what a step may read)."""
+    return ('image', *self.condition_keys)
+
+  def example_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
+    """A zero batch with every key, dtype and shape of a real one (for init)."""
+    h, w, c = self.image_shape
+    return dict(image=np.zeros((batch_size, h, w, c), np.uint8),
+                **{key: np.zeros((batch_size,), np.int32) for key in self.condition_keys})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +230,7 @@ def get_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
       num_classes=num_classes,
       num_train_examples=len(train),
       num_eval_examples=len(evaluation),
+      condition_keys=('label', *_factor_keys(builder)),
   )
 
 
@@ -249,6 +264,10 @@ def _supports_batched_reads(source: Sequence[Any]) -> bool:
 # Integer factor ids batches carry beside 'label' when the dataset has them (shapes:
 # the caption is "a {colour} {label} at {position}"), for caption conditioning.
 FACTOR_KEYS = ('colour', 'position')
+
+
+def _factor_keys(builder) -> tuple[str, ...]:
+  return tuple(name for name in FACTOR_KEYS if name in builder.info.features)
 
 
 class _Reader:
@@ -294,7 +313,7 @@ def _open_reader(data_config: Any, split_field: str) -> tuple[_DataOptions, _Rea
   split = getattr(options, split_field)
   builder, (source,) = _open_sources(options, [split])
   image_shape, num_classes = _image_spec(builder, options)
-  factors = [name for name in FACTOR_KEYS if name in builder.info.features]
+  factors = _factor_keys(builder)
   return options, _Reader(source, options, builder.name, image_shape, num_classes > 0,
                           factors)
 

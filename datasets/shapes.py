@@ -107,6 +107,18 @@ def caption(shape: str, colour: str, position: str) -> str:
   return f'a {colour} {shape} at {position}'
 
 
+def cycling_caption_factors(num_samples: int) -> dict[str, np.ndarray]:
+  """Factor ids of caption i: shape i % 4, colour (i // 4) % 6, position (i // 24) % 9.
+
+  Every one of the 4 x 6 x 9 = 216 captions once per 216 samples, each factor balanced
+  (what a caption model's `sample` draws, and --prompt=all).
+  """
+  i = np.arange(num_samples, dtype=np.int32)
+  num_shapes, num_colours = len(SHAPES), len(COLOURS)
+  return dict(shape=i % num_shapes, colour=(i // num_shapes) % num_colours,
+              position=(i // (num_shapes * num_colours)) % len(POSITIONS))
+
+
 def sample_factors(split: str, num_examples: int) -> dict[str, np.ndarray]:
   """Draws every factor of a split from the split's fixed seed."""
   rng = np.random.default_rng([_DATASET_SEED, _SPLIT_SEEDS[split]])

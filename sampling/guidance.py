@@ -19,6 +19,7 @@ tokens [B, L] (null = every position padding).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -27,6 +28,81 @@ import jax.numpy as jnp
 # model_fn(x [B, ...], t [B], cond) -> prediction [B, ...].
 ConditionalModelFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+CONDITION_KINDS = ('none', 'class', 'caption')
+
+
+@dataclasses.dataclass(frozen=True)
+class Conditioning:
+  """What a model is conditioned on and how it is guided; one object for every family.
+
+  kind: 'none', 'class' (labels [B] in [0, num_classes)) or 'caption' (tokens [B, L]).
+  null_value: the id of the null condition (class models: num_classes, the extra
+    embedding row; caption models: the padding id).
+  p_uncond: the rate at which training replaces the condition by the null one
+    (Ho & Salimans Algorithm 1); guidance_weight: w of eq. 6 at sampling time.
+  """
+
+  kind: str = 'none'
+  num_classes: int = 0
+  null_value: int = 0
+  p_uncond: float = 0.0
+  guidance_weight: float = 0.0
+
+  def __post_init__(self):
+    if self.kind not in CONDITION_KINDS:
+      raise ValueError(f'Conditioning kind {self.kind!r}; choose one of {CONDITION_KINDS}.')
+    if not 0.0 <= self.p_uncond <= 1.0:
+      raise ValueError(f'config.guidance.p_uncond={self.p_uncond} must be in [0, 1].')
+    if not self.guidance_weight >= 0.0:
+      raise ValueError(f'config.guidance.weight={self.guidance_weight} must be >= 0 (0 = '
+                       'the plain conditional sampler).')
+    if (self.p_uncond > 0 or self.guidance_weight > 0) and self.kind == 'none':
+      raise ValueError('config.guidance needs a conditional model: set '
+                       'config.model.conditional=True (class labels) or '
+                       'config.text.enabled=True (shapes captions).')
+    if self.kind == 'class' and self.num_classes <= 0:
+      raise ValueError('A class-conditional model needs a dataset with class labels.')
+
+  @property
+  def is_conditional(self) -> bool:
+    return self.kind != 'none'
+
+  @property
+  def guided(self) -> bool:
+    """Whether sampling combines two predictions (eq. 6 with w > 0)."""
+    return self.is_conditional and self.guidance_weight > 0
+
+  def drop(self, condition: Any, rng: jax.Array) -> Any:
+    """Training's condition: replaced by the null one at rate p_uncond (Algorithm 1)."""
+    if condition is None or self.p_uncond <= 0:
+      return condition
+    return drop_labels(condition, rng, self.p_uncond, self.null_value)
+
+  def check(self, condition: Any) -> None:
+    """A condition must be given to a conditional model and only to one."""
+    if self.is_conditional and condition is None:
+      what = 'caption tokens' if self.kind == 'caption' else 'labels'
+      raise ValueError(f'This model is conditional: pass {what} (the null condition '
+                       f'{self.null_value} for the unconditional model).')
+    if not self.is_conditional and condition is not None:
+      raise ValueError('This model is unconditional: pass no condition.')
+
+  def guide(self, model_fn: ConditionalModelFn, condition: Any,
+            guidance_weight: float | jax.Array | None = None, *,
+            num_guided_channels: int | None = None) -> ModelFn:
+    """(x, t) -> the prediction at `condition`, guided with w (eq. 6).
+
+    w defaults to guidance_weight; a Python 0 gives the plain conditional function
+    (one network call); unconditional models take condition None.
+    """
+    self.check(condition)
+    w = self.guidance_weight if guidance_weight is None else guidance_weight
+    if condition is None or (isinstance(w, (int, float)) and w == 0):
+      return lambda x, t: model_fn(x, t, condition)
+    return classifier_free_guidance(
+        model_fn, condition, null_condition_like(condition, self.null_value), w,
+        num_guided_channels=num_guided_channels)
 
 
 def combine_guidance(cond_out: jax.Array, uncond_out: jax.Array,

@@ -13,6 +13,7 @@ from orbax.checkpoint._src.path import atomicity
 
 from tests.test_train_loop import tiny_config
 from train import loop, sharding
+from train import modes
 from train.checkpoint import Checkpointer, abstract_like, fingerprint
 
 # When a restore fails, Orbax closes its asyncio loop while tensorstore still posts
@@ -283,7 +284,7 @@ def test_evaluate_falls_back_to_the_older_checkpoint(tmp_path, caplog, fast_comp
   assert sorted(os.listdir(checkpoints)) == ["2", "4"]
   damage(checkpoints, 4, "tree_metadata_garbled")
   caplog.set_level(logging.WARNING)
-  report = loop.evaluate(config, str(workdir))
+  report = modes.evaluate(config, str(workdir))
   assert report["step"] == 2 and np.isfinite(report["bpd_vlb"])
   assert os.path.exists(workdir / "eval" / "step_00000002.json")
   assert any("step 4" in r.getMessage() and "cannot be read" in r.getMessage()
@@ -291,4 +292,4 @@ def test_evaluate_falls_back_to_the_older_checkpoint(tmp_path, caplog, fast_comp
   # With every step unreadable, evaluation names the directory instead of guessing.
   damage(checkpoints, 2, "tree_metadata_garbled")
   with pytest.raises(RuntimeError, match=f"No readable checkpoint in {checkpoints}"):
-    loop.evaluate(config, str(workdir))
+    modes.evaluate(config, str(workdir))

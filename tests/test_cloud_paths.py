@@ -15,7 +15,8 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from configs import ddpm_digits
 from sampling import image_io
-from train import checkpoint, loop
+from train import checkpoint
+from train import workdir_guard
 
 
 class _MemoryGCS(MemoryFileSystem):
@@ -51,11 +52,11 @@ def test_samples_and_png_provenance_on_gs(fake_gcs):
 
 def test_workdir_config_check_on_gs(fake_gcs):
   config = ddpm_digits.get_config("runlocal")
-  loop.check_workdir_config(config, "gs://bucket/run")
+  workdir_guard.check_workdir_config(config, "gs://bucket/run")
   saved = json.loads(fake_gcs.cat("gs://bucket/run/config.json"))
   assert saved["name"] == "ddpm_digits"
-  loop.check_workdir_config(config, "gs://bucket/run")     # same config: accepted
+  workdir_guard.check_workdir_config(config, "gs://bucket/run")     # same config: accepted
   changed = ml_collections.ConfigDict(config.to_dict())
   changed.optim.learning_rate = 0.5
   with pytest.raises(ValueError, match="optim.learning_rate"):
-    loop.check_workdir_config(changed, "gs://bucket/run")
+    workdir_guard.check_workdir_config(changed, "gs://bucket/run")

@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import cfg_digits, ddpm_shapes_text, sr3_digits
+from datasets import shapes
 from models import text_encoder
 from sampling import ddpm as ddpm_sampling
 from sampling import image_io
@@ -157,7 +158,7 @@ def test_caption_model_trains_jointly_and_samples_a_prompt(cross_attention, fast
   assert blue.shape == (2, 8, 8, 3) and blue.dtype == jnp.uint8
   assert not np.array_equal(np.asarray(blue), np.asarray(red))   # the prompt matters
   # Default samples cycle through every caption, each factor balanced.
-  f = family.caption_factors(216)
+  f = shapes.cycling_caption_factors(216)
   combos = set(zip(*(np.asarray(f[k]).tolist() for k in ("shape", "colour", "position"))))
   assert len(combos) == 216
 

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from train import families, loop
+from train import modes
 from train import gan as gan_lib
 
 IMAGE_SHAPES = {"cifar10": (32, 32, 3), "digits": (8, 8, 1)}
@@ -297,6 +298,6 @@ def test_train_evaluate_and_sample_through_the_loop(register_family, tmp_path,
   with open(os.path.join(workdir, "eval", f"step_{steps:08d}.json")) as f:
     report = json.load(f)
   assert report["step"] == steps and "bpd_vlb" not in report
-  directory = loop.sample(config, workdir)
+  directory = modes.sample(config, workdir)
   images = np.load(os.path.join(directory, "samples.npz"))["arr_0"]
   assert images.shape == (config.eval.num_samples, 8, 8, 1) and images.dtype == np.uint8

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+import datasets
 from tests.test_train_loop import tiny_config
 from train import loop
 from train.checkpoint import Checkpointer, abstract_like
@@ -35,7 +36,8 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from tests.test_train_loop import tiny_config
-    from train import loop, sharding
+    from train import loop, modes, sharding
+    from train import run as run_lib
     from train.checkpoint import Checkpointer
 
     out_dir, num_steps = sys.argv[1], int(sys.argv[2])
@@ -63,11 +65,11 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
             for key, x in arrays.items()})
       return arrays
     sharding.to_global = recording_to_global
-    evaluate = loop.evaluate
+    evaluate = modes.evaluate
     def evaluate_after_training(*args, **kwargs):
       phase[0] = "eval"
       return evaluate(*args, **kwargs)
-    loop.evaluate = evaluate_after_training
+    modes.evaluate = evaluate_after_training
 
     workdir = os.path.join(out_dir, "run")
     state = loop.train_and_evaluate(tiny_config(num_steps), workdir)
@@ -129,7 +131,7 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
     config = tiny_config(num_steps)
     config.eval.batch_size = 3
     try:
-      loop.validate_config(config)
+      run_lib.validate_config(config)
       results["odd_eval_batch_message"] = None
     except ValueError as e:
       results["odd_eval_batch_message"] = str(e)
@@ -159,7 +161,7 @@ def runs(tmp_path_factory) -> Runs:
   out_dir = tmp_path_factory.mktemp("two_devices")
   local_workdir = tmp_path_factory.mktemp("one_device")
   # Prepare `digits` here first so the two processes never prepare it at once.
-  loop.datasets.get_dataset_info(tiny_config().data)
+  datasets.get_dataset_info(tiny_config().data)
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true",
              # A loaded 2-core machine can delay one forced device's thread past XLA's
              # 40 s rendezvous limit for a collective, which aborts the process.

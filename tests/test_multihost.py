@@ -27,7 +27,8 @@ import pytest
 
 import datasets
 from tests.test_train_loop import tiny_config
-from train import distributed, families, loop
+from train import distributed, families
+from train import modes
 from train.checkpoint import Checkpointer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -369,7 +370,7 @@ def test_checkpoints_of_both_jobs_restore_exactly_on_one_device(jobs):
 def test_four_device_checkpoint_samples_on_one_device(jobs, tmp_path, fast_compile):
   """`--mode=sample` on a 1-device machine from a 4-device run's workdir."""
   config = small_config()
-  directory = loop.sample(config, os.path.join(jobs.single, "run"))
+  directory = modes.sample(config, os.path.join(jobs.single, "run"))
   assert directory.endswith(f"step_{NUM_STEPS:08d}")
   with np.load(os.path.join(directory, "samples.npz")) as f:
     samples = f["arr_0"]

@@ -17,6 +17,7 @@ import pytest
 from configs import score_base, score_digits
 from models import diffusion as diffusion_lib
 from train import edit as edit_lib
+from train import modes
 from train import loop
 from train import score
 
@@ -122,9 +123,11 @@ def test_levels_are_the_sde_read_as_a_ddpm_process(sde_type, centered):
   assert np.all(np.diff(abar) < 0)
   np.testing.assert_allclose(score.edit_alphas_cumprod(family.sde, family.edit_times,
                                                        centered), abar, rtol=1e-10)
-  diffusion = family.diffusion
+  process = family.edit_process
+  diffusion = process.diffusion
   assert diffusion.num_timesteps == N
-  assert family.sampling_diffusion is diffusion and family.sampling_timesteps is None
+  assert process.sampling_diffusion is diffusion and process.sampling_timesteps is None
+  assert process.var_type == "fixedsmall"
   np.testing.assert_allclose(np.asarray(diffusion.alphas_cumprod), abar, rtol=2e-6)
   np.testing.assert_allclose(np.asarray(diffusion.sqrt_one_minus_alphas_cumprod),
                              np.sqrt(1.0 - abar), rtol=2e-6)
@@ -178,9 +181,9 @@ def test_guidance_and_conditions():
   plain = family.edit_eps_fn(None, y, guidance_weight=0.0)(jnp.asarray(x_vp, jnp.float32),
                                                           jnp.arange(N))
   np.testing.assert_allclose(plain, cond, rtol=2e-4, atol=2e-5)
-  assert family.guidance.weight == 2.0 and family.guidance.p_uncond == 0.1
-  assert family.null_condition_value == 3
-  with pytest.raises(ValueError, match="class-conditional"):
+  c = family.conditioning
+  assert (c.kind, c.guidance_weight, c.p_uncond, c.null_value) == ("class", 2.0, 0.1, 3)
+  with pytest.raises(ValueError, match="conditional: pass labels"):
     family.edit_eps_fn(None)
   unconditional = score.ScoreSDE(_config("vesde", True), (3, 3, 2), 3)
   with pytest.raises(ValueError, match="unconditional"):
@@ -210,12 +213,12 @@ def ve_workdir(tmp_path_factory):
   config.eval.sample_metrics = "none"
   workdir = str(tmp_path_factory.mktemp("score_ve"))
   jax.config.update("jax_disable_most_optimizations", True)
-  original = loop.evaluate
-  loop.evaluate = lambda *args, **kwargs: None    # no bits/dim: editing is the point
+  original = modes.evaluate
+  modes.evaluate = lambda *args, **kwargs: None    # no bits/dim: editing is the point
   try:
     loop.train_and_evaluate(config, workdir)
   finally:
-    loop.evaluate = original
+    modes.evaluate = original
     jax.config.update("jax_disable_most_optimizations", False)
   return config, workdir
 

@@ -13,6 +13,8 @@ import pytest
 
 from configs import ddpm_digits
 from train import families, loop
+from train import workdir_guard
+from train import modes
 from train import ddpm as ddpm_family
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,7 +157,7 @@ def test_bad_config_values_fail_before_compiling(tmp_path):
 
 def test_eval_and_sample_need_a_checkpoint(tmp_path):
   with pytest.raises(FileNotFoundError, match="train first"):
-    loop.sample(tiny_config(), str(tmp_path))
+    modes.sample(tiny_config(), str(tmp_path))
 
 
 def test_cli_train_eval_sample_end_to_end(tmp_path):
@@ -235,15 +237,15 @@ def test_fields_added_after_a_run_started_resume_at_their_defaults(tmp_path):
   """A config.json written before a field existed: the field at its default changes
   nothing; set to another value, it is a change."""
   config = tiny_config(2)
-  loop.check_workdir_config(config, str(tmp_path))
+  workdir_guard.check_workdir_config(config, str(tmp_path))
   path = tmp_path / "config.json"
   saved = json.loads(path.read_text())
   del saved["guidance.p_uncond"], saved["diffusion.loss"]   # an older run's config.json
   path.write_text(json.dumps(saved))
-  loop.check_workdir_config(config, str(tmp_path))
+  workdir_guard.check_workdir_config(config, str(tmp_path))
   config.diffusion.loss = "hybrid"
   with pytest.raises(ValueError, match=r"diffusion.loss: None -> 'hybrid'"):
-    loop.check_workdir_config(config, str(tmp_path))
+    workdir_guard.check_workdir_config(config, str(tmp_path))
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
@@ -286,8 +288,8 @@ def test_eval_watch_evaluates_each_checkpoint_once(tmp_path, fast_compile):
   config.eval.sample_metrics = "none"
   loop.train_and_evaluate(config, str(tmp_path))      # evaluates step 4 itself
   assert sorted(os.listdir(tmp_path / "eval")) == ["step_00000004.json"]
-  reports = loop.evaluate_continuously(config, str(tmp_path), poll_seconds=0)
+  reports = modes.evaluate_continuously(config, str(tmp_path), poll_seconds=0)
   assert [r["step"] for r in reports] == [2]          # 4 was done already
   assert sorted(os.listdir(tmp_path / "eval")) == ["step_00000002.json",
                                                    "step_00000004.json"]
-  assert loop.evaluate_continuously(config, str(tmp_path), poll_seconds=0) == []
+  assert modes.evaluate_continuously(config, str(tmp_path), poll_seconds=0) == []

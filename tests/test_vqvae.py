@@ -14,6 +14,7 @@ import datasets
 from configs import vqvae_cifar, vqvae_digits
 from models import vqvae as vq
 from train import families, loop
+from train import run as run_lib
 from train import vqvae as vqvae_family
 
 K_TEST = 16   # codebook size of the trained test model
@@ -206,7 +207,7 @@ def test_training_lowers_the_loss_and_uses_most_codes(stage1):
   info = datasets.get_dataset_info(config.data)
   family = vqvae_family.VQVAE(config, info.image_shape, info.num_classes)
   images = jnp.asarray(_eval_batch(config)["image"])
-  initial = family.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), loop.INIT),
+  initial = family.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), run_lib.INIT),
                         {"image": images[:1], "label": jnp.zeros((1,), jnp.int32)})
   loss_fn = jax.jit(lambda p, s: family.autoencoder_loss(p, s, images)[0])
   before = float(loss_fn(initial.params, initial.model_state))

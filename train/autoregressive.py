@@ -45,6 +45,7 @@ from evaluation.iwae import nats_to_bits_per_dim
 from models import pixelcnn as pixelcnn_models
 from models import pixelrnn as pixelrnn_models
 from sampling import fast_autoregressive
+from train import contract
 from train import optim as optim_lib
 from train.state import TrainState, ema_update
 from train import vae as vae_lib
@@ -203,7 +204,7 @@ def _check_likelihood(name: str, likelihood: str) -> None:
                      f"model.likelihood={allowed[0]!r}.")
 
 
-class Autoregressive:
+class Autoregressive(contract.Family):
   """Exact-likelihood autoregressive image models; see the module docstring."""
 
   def __init__(self, config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],

@@ -29,12 +29,14 @@ import ml_collections
 import optax
 
 from evaluation import likelihood
+from datasets import shapes
 from models import diffusion as diffusion_lib
 from models import text_encoder
 from models import unet
 from sampling import ddpm as ddpm_sampling
 from sampling import editing
 from sampling import guidance as guidance_lib
+from train import contract
 from train import optim as optim_lib
 from train.state import DTYPES, TrainState, ema_update
 
@@ -55,8 +57,6 @@ _GUIDANCE_DEFAULTS = dict(p_uncond=0.0, weight=0.0)
 _TEXT_DEFAULTS = dict(enabled=False, width=64, num_layers=2, num_heads=4,
                       cross_attention=False)
 _SUPERRES_DEFAULTS = dict(factor=0, upsample_method="bicubic")
-# Every caption of `shapes` (4 shapes x 6 colours x 9 positions).
-NUM_CAPTIONS = 216
 
 
 def _section(config: ml_collections.ConfigDict, name: str,
@@ -64,15 +64,6 @@ def _section(config: ml_collections.ConfigDict, name: str,
   """config.<name> completed with `defaults` (configs may predate the section)."""
   section = config.get(name) or {}
   return ml_collections.ConfigDict({k: section.get(k, v) for k, v in defaults.items()})
-
-
-def cycling_captions(num_samples: int) -> dict[str, jax.Array]:
-  """Factor ids of sample i: shape i % 4, colour (i // 4) % 6, position (i // 24) % 9.
-
-  Every one of the 216 captions once per 216 samples, each factor balanced.
-  """
-  i = jnp.arange(num_samples, dtype=jnp.int32)
-  return dict(shape=i % 4, colour=(i // 4) % 6, position=(i // 24) % 9)
 
 
 def scale_images(images_uint8: jax.Array) -> jax.Array:
@@ -135,7 +126,7 @@ def update_loss_history(loss_history: jax.Array, loss_counts: jax.Array, t: jax.
   return jax.lax.fori_loop(0, t.shape[0], add_one, (loss_history, loss_counts))
 
 
-class DDPM:
+class DDPM(contract.Family):
   """Denoising diffusion with an epsilon-predicting U-Net (and optionally learned variances)."""
 
   def __init__(self, config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
@@ -172,7 +163,7 @@ class DDPM:
     if m.conditional and num_classes <= 0:
       raise ValueError(f"config.model.conditional=True but {config.data.dataset!r} has "
                        "no class labels.")
-    self.guidance = _section(config, "guidance", _GUIDANCE_DEFAULTS)
+    guidance = _section(config, "guidance", _GUIDANCE_DEFAULTS)
     self.text = _section(config, "text", _TEXT_DEFAULTS)
     self.superres = _section(config, "superres", _SUPERRES_DEFAULTS)
     self._check_conditioning(config, image_shape)
@@ -185,6 +176,12 @@ class DDPM:
     self.image_shape = tuple(image_shape)
     self.num_classes = num_classes if m.conditional and not self.text.enabled else 0
     self.text_conditioned = bool(self.text.enabled)
+    self.conditioning = guidance_lib.Conditioning(
+        kind="caption" if self.text_conditioned else "class" if self.num_classes else "none",
+        num_classes=self.num_classes,
+        # The null condition: the padding id, or the extra label row.
+        null_value=text_encoder.PAD_ID if self.text_conditioned else self.num_classes,
+        p_uncond=float(guidance.p_uncond), guidance_weight=float(guidance.weight))
     self.superres_factor = int(self.superres.factor)
     self.learned_variance = d.var_type in diffusion_lib.LEARNED_VAR_TYPES
     channels = image_shape[-1]
@@ -227,21 +224,17 @@ class DDPM:
     else:
       self.sampling_timesteps = None
       self.sampling_diffusion = self.diffusion
+    self.edit_process = contract.EditProcess(
+        diffusion=self.diffusion, sampling_diffusion=self.sampling_diffusion,
+        sampling_timesteps=self.sampling_timesteps, var_type=d.var_type,
+        clip_denoised=bool(s.clip_denoised), superres_factor=self.superres_factor,
+        upsample_method=str(self.superres.upsample_method))
     self.tx = optim_lib.make_optimizer(config.optim)
 
   def _check_conditioning(self, config, image_shape) -> None:
     """Bad combinations of guidance / text / SR3 fields, before anything compiles."""
-    g, text, sr, m = self.guidance, self.text, self.superres, config.model
-    if not 0.0 <= g.p_uncond <= 1.0:
-      raise ValueError(f"config.guidance.p_uncond={g.p_uncond} must be in [0, 1].")
-    if not g.weight >= 0.0:
-      raise ValueError(f"config.guidance.weight={g.weight} must be >= 0 (0 = the "
-                       "plain conditional sampler).")
+    text, sr, m = self.text, self.superres, config.model
     conditioned = m.conditional or text.enabled
-    if (g.p_uncond > 0 or g.weight > 0) and not conditioned:
-      raise ValueError("config.guidance needs a conditional model: set "
-                       "config.model.conditional=True (class labels) or "
-                       "config.text.enabled=True (shapes captions).")
     if text.enabled:
       if m.conditional:
         raise ValueError("config.text.enabled=True conditions on captions, which "
@@ -269,15 +262,6 @@ class DDPM:
                          "and config.text.enabled=False.")
 
   # ---------------------------------------------------------------- conditions
-  @property
-  def null_condition_value(self) -> int:
-    """The null condition of guidance: the padding id, or the extra label row."""
-    return text_encoder.PAD_ID if self.text_conditioned else self.num_classes
-
-  @property
-  def is_conditional(self) -> bool:
-    return self.text_conditioned or self.num_classes > 0
-
   def condition(self, batch: dict[str, Any]) -> jax.Array | None:
     """The network's condition for a data batch: caption tokens, labels or None."""
     if self.text_conditioned:
@@ -293,15 +277,11 @@ class DDPM:
   def sample_conditions(self, num_samples: int) -> jax.Array | None:
     """Conditions of `sample`: every caption (or class) in turn."""
     if self.text_conditioned:
-      f = cycling_captions(num_samples)
+      f = shapes.cycling_caption_factors(num_samples)
       return text_encoder.tokens_from_factors(f["shape"], f["colour"], f["position"])
     if self.num_classes:
       return jnp.arange(num_samples, dtype=jnp.int32) % self.num_classes
     return None
-
-  def caption_factors(self, num_samples: int) -> dict[str, jax.Array]:
-    """The factor ids of `sample`'s captions (`cycling_captions`), for prompt accuracy."""
-    return cycling_captions(num_samples)
 
   def _network_input(self, x_t: jax.Array, condition_image: jax.Array | None):
     """x_t, or SR3's [x_t, upsampled low-res] along channels."""
@@ -426,11 +406,9 @@ class DDPM:
       x0 = scale_images(batch["image"])
     t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
     y = self.condition(batch)
-    if y is not None and self.guidance.p_uncond > 0:
-      # Ho & Salimans Algorithm 1: c <- null with probability p_uncond. A key of its
-      # own, so that the other draws are those of an undropped run.
-      y = guidance_lib.drop_labels(y, jax.random.fold_in(rng, 3),
-                                   self.guidance.p_uncond, self.null_condition_value)
+    # Ho & Salimans Algorithm 1: c <- null with probability p_uncond. A key of its
+    # own, so that the other draws are those of an undropped run.
+    y = self.conditioning.drop(y, jax.random.fold_in(rng, 3))
     b = x0.shape[0]
     num_timesteps = self.diffusion.num_timesteps
     if self.options.timestep_sampler == "loss_second_moment":
@@ -505,19 +483,10 @@ class DDPM:
     weight 0 this is the plain conditional network (Ho & Salimans eq. 6); for
     learned variances only eps is guided, v stays conditional (GLIDE).
     """
-    if self.is_conditional and condition is None:
-      raise ValueError("This model is conditional: pass labels or caption tokens.")
-    if not self.is_conditional:
-      if condition is not None:
-        raise ValueError("This model is unconditional: pass no condition.")
-      return self.eps_fn(params)
-    weight = self.guidance.weight if guidance_weight is None else guidance_weight
     model_fn = lambda x, t, c: self.eps_fn(params, c)(x, t)  # noqa: E731
-    channels = self.image_shape[-1]
-    return guidance_lib.classifier_free_guidance(
-        model_fn, condition,
-        guidance_lib.null_condition_like(condition, self.null_condition_value), weight,
-        num_guided_channels=channels if self.learned_variance else None)
+    return self.conditioning.guide(
+        model_fn, condition, guidance_weight,
+        num_guided_channels=self.image_shape[-1] if self.learned_variance else None)
 
   def sample(self, params, rng: jax.Array, num_samples: int) -> jax.Array:
     """uint8 NHWC samples; conditional models cycle through the classes (captions)."""
@@ -556,10 +525,10 @@ class DDPM:
     s, d = self.config.sampling, self.config.diffusion
     settings = dict(sampler=s.method, clip_denoised=s.clip_denoised,
                     num_timesteps=d.num_timesteps, use_ema=s.use_ema)
-    if self.is_conditional:
-      settings.update(guidance_weight=float(self.guidance.weight),
-                      p_uncond=float(self.guidance.p_uncond),
-                      condition="caption" if self.text_conditioned else "class")
+    c = self.conditioning
+    if c.is_conditional:
+      settings.update(guidance_weight=c.guidance_weight, p_uncond=c.p_uncond,
+                      condition=c.kind)
     if self.superres_factor:
       settings.update(superres_factor=self.superres_factor,
                       upsample_method=self.superres.upsample_method)
@@ -576,7 +545,7 @@ class DDPM:
     else:
       settings.update(ddim_steps=s.ddim_steps, ddim_eta=s.ddim_eta,
                       ddim_spacing=s.ddim_spacing, nfe=s.ddim_steps)
-    if self.is_conditional and self.guidance.weight > 0:
+    if c.guided:
       # Each guided step evaluates the network on the batch [x; x]: twice the cost.
       settings["nfe_per_sample_network_passes"] = 2 * settings["nfe"]
     return settings

@@ -19,10 +19,13 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from datasets import shapes
 from models import text_encoder
 from sampling import ddpm as ddpm_sampling
 from sampling import editing, image_io
-from train.loop import EDIT, _Run, _write_text_atomically
+from train import contract
+from train.run import EDIT, Run
+from train.workdir_guard import write_text_atomically
 
 # The keys of `edit`'s options (main.py fills them from its flags) and their defaults.
 EDIT_DEFAULTS = dict(
@@ -57,11 +60,11 @@ def edit(config: ml_collections.ConfigDict, workdir: str,
   prompt_accuracy.json there too. Returns the paths, settings and any accuracy.
   """
   opts = _edit_options(options)
-  run = _Run(config, workdir)
+  run = Run(config, workdir)
   try:
     return _edit(run, opts)
   finally:
-    run.checkpointer.close()
+    run.close()
 
 
 def _edit_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -134,18 +137,18 @@ def _check_image_size(images: np.ndarray, want: tuple[int, ...], flag: str, path
                      f"{want[0]}x{want[1]}x{channels} (height x width x channels).")
 
 
-def _edit_condition(family, opts: dict[str, Any]):
+def _edit_condition(conditioning, opts: dict[str, Any]):
   """(condition [N, ...] or None, factors for prompt accuracy or None, name)."""
   prompt, label = opts["prompt"], opts["label"]
-  text = getattr(family, "text_conditioned", False)
-  num_classes = getattr(family, "num_classes", 0)
+  text = conditioning.kind == "caption"
+  num_classes = conditioning.num_classes if conditioning.kind == "class" else 0
   if prompt is not None:
     if not text:
       raise ValueError("--prompt needs a caption-conditioned model (config.text.enabled"
                        "=True, trained on shapes); this one is not.")
     if prompt == "all":
       n = int(opts["num_samples"] or np.prod(text_encoder.caption_table().shape[:3]))
-      factors = {k: np.asarray(v) for k, v in family.caption_factors(n).items()}
+      factors = shapes.cycling_caption_factors(n)
       tokens = np.asarray(text_encoder.tokens_from_factors(
           factors["shape"], factors["colour"], factors["position"]))
       return tokens, factors, "prompt_all"
@@ -163,24 +166,22 @@ def _edit_condition(family, opts: dict[str, Any]):
       raise ValueError(f"--label={label} must be in [0, {num_classes}).")
     return np.asarray([int(label)], np.int32), None, f"label_{int(label)}"
   if text or num_classes:
-    if getattr(family, "guidance").p_uncond <= 0:
+    if conditioning.p_uncond <= 0:
       raise ValueError("This conditional model was not trained with a null condition "
                        "(config.guidance.p_uncond=0): pass --prompt or --label.")
-    null = family.null_condition_value
+    null = conditioning.null_value
     shape = (1, text_encoder.MAX_CAPTION_TOKENS) if text else (1,)
     return np.full(shape, null, np.int32), None, "null"
   return None, None, None
 
 
-def _edit(run: _Run, opts: dict[str, Any]) -> dict[str, Any]:
+def _edit(run: Run, opts: dict[str, Any]) -> dict[str, Any]:
   config, family = run.config, run.family
-  if not hasattr(family, "edit_eps_fn"):
-    raise ValueError(f"--edit/--prompt/--label need a diffusion model: the DDPM family "
-                     f"(config.model.family='ddpm') or the score family ('score': VE / "
-                     f"VP / sub-VP SDEs and EDM); config.model.family="
-                     f"{config.model.family!r} has no editing.")
+  contract.require(run.capabilities, "editable",
+                   "--edit/--prompt/--label (the DDPM and score families have it)")
+  contract.require(run.capabilities, "conditional", "--edit/--prompt/--label")
   kind = opts["edit"]
-  superres = getattr(family, "superres_factor", 0)
+  superres = family.edit_process.superres_factor
   if kind == "superres" and not superres:
     raise ValueError("--edit=superres needs an SR3 model (a DDPM-family model with "
                      "config.superres.factor > 0, e.g. configs/sr3_digits.py): it "
@@ -188,7 +189,7 @@ def _edit(run: _Run, opts: dict[str, Any]) -> dict[str, Any]:
   if superres and kind != "superres":
     raise ValueError("An SR3 model only super-resolves: use --edit=superres "
                      "--input=LOW_RES.png.")
-  condition, factors, condition_name = _edit_condition(family, opts)
+  condition, factors, condition_name = _edit_condition(family.conditioning, opts)
   h, w, c = family.image_shape
   inputs: dict[str, np.ndarray] = {}
   if kind is not None:
@@ -241,7 +242,7 @@ def _edit(run: _Run, opts: dict[str, Any]) -> dict[str, Any]:
     settings["prompt"] = opts["prompt"]
   if opts["label"] is not None:
     settings["label"] = int(opts["label"])
-  settings["guidance_weight"] = float(getattr(family, "guidance").weight)
+  settings["guidance_weight"] = float(family.conditioning.guidance_weight)
   directory = os.path.join(run.workdir, "edits", f"{name}_step_{step:08d}")
   result: dict[str, Any] = dict(directory=directory, settings=settings)
   out = images.reshape((-1, *images.shape[-3:]))
@@ -270,12 +271,12 @@ def _edit(run: _Run, opts: dict[str, Any]) -> dict[str, Any]:
         image_io.save_png(os.path.join(directory, f"{key}.png"),
                           image_io.upscale(image_io.make_grid(value)),
                           dict(generated=False, source=opts.get("input"), role=key))
-    _write_text_atomically(epath.Path(directory) / "settings.json",
+    write_text_atomically(epath.Path(directory) / "settings.json",
                            json.dumps(dict(settings, step=step, **{
                                k: v for k, v in opts.items() if v is not None}),
                                       indent=2, sort_keys=True, default=str))
     if accuracy is not None:
-      _write_text_atomically(epath.Path(directory) / "prompt_accuracy.json",
+      write_text_atomically(epath.Path(directory) / "prompt_accuracy.json",
                              json.dumps(dict(accuracy, prompt=opts["prompt"],
                                              num_samples=int(out.shape[0]), step=step,
                                              guidance_weight=settings["guidance_weight"]),
@@ -284,7 +285,7 @@ def _edit(run: _Run, opts: dict[str, Any]) -> dict[str, Any]:
   return result
 
 
-def _sample_condition(run: _Run, params, rng: jax.Array, condition: np.ndarray,
+def _sample_condition(run: Run, params, rng: jax.Array, condition: np.ndarray,
                       opts: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
   """Samples of one condition (repeated) or of per-sample conditions, in batches."""
   n = int(opts["num_samples"] or (condition.shape[0] if opts["prompt"] == "all" else 64))
@@ -302,19 +303,14 @@ def _sample_condition(run: _Run, params, rng: jax.Array, condition: np.ndarray,
   return images, dict(run.family.sampler_settings())
 
 
-def _run_edit(run: _Run, params, rng: jax.Array, kind: str, inputs: dict[str, np.ndarray],
+def _run_edit(run: Run, params, rng: jax.Array, kind: str, inputs: dict[str, np.ndarray],
               condition: np.ndarray | None, opts: dict[str, Any]):
   """One compiled `editing.apply_edit` call; returns uint8 outputs and its settings."""
-  family, config = run.family, run.config
-  # The ancestral variance: the family's `edit_var_type` (score models: 'fixedsmall',
-  # the posterior variance), otherwise the DDPM family's config.diffusion.var_type.
-  var_type = getattr(family, "edit_var_type", None) or config.diffusion.var_type
-  superres = getattr(family, "superres", None)   # SR3 settings: the DDPM family only
-  upsample_method = str(superres.upsample_method) if superres is not None else "bicubic"
+  family, process = run.family, run.family.edit_process
   if kind == "interpolate":   # DDIM on the process's own T steps
-    diffusion, timestep_map = family.diffusion, None
+    diffusion, timestep_map = process.diffusion, None
   else:
-    diffusion, timestep_map = family.sampling_diffusion, family.sampling_timesteps
+    diffusion, timestep_map = process.sampling_diffusion, process.sampling_timesteps
   settings: dict[str, Any] = {}
 
   def edit_fn(params, rng):
@@ -331,9 +327,9 @@ def _run_edit(run: _Run, params, rng: jax.Array, kind: str, inputs: dict[str, np
         num_resample=int(opts["num_resample"]), num_points=int(opts["num_points"]),
         ddim_steps=int(opts["ddim_steps"]),
         num_fixed_point_iterations=int(opts["fixed_point_iterations"]),
-        superres_factor=int(getattr(family, "superres_factor", 0) or 4),
-        upsample_method=upsample_method,
-        var_type=var_type, clip_denoised=config.sampling.clip_denoised,
+        superres_factor=process.superres_factor or 4,
+        upsample_method=process.upsample_method,
+        var_type=process.var_type, clip_denoised=process.clip_denoised,
         timestep_map=timestep_map)
     settings.update(edit_settings)
     return out.images
@@ -342,7 +338,7 @@ def _run_edit(run: _Run, params, rng: jax.Array, kind: str, inputs: dict[str, np
   return np.asarray(images), settings
 
 
-def _prompt_accuracy(run: _Run, images: np.ndarray, factors: dict[str, np.ndarray],
+def _prompt_accuracy(run: Run, images: np.ndarray, factors: dict[str, np.ndarray],
                      use_classifier: bool) -> dict[str, float]:
   """text_encoder.prompt_accuracy, the shape scored by the dataset's classifier."""
   from evaluation import classifier as classifier_lib  # pylint: disable=g-import-not-at-top

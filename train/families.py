@@ -1,14 +1,14 @@
-"""The one place where a config's `model.family` picks the family's pure functions.
+"""The one place where a config's `model.family` picks the family.
 
-A family is a class constructed as `Family(config, image_shape, num_classes)` with
-`init(rng, example_batch) -> TrainState`, `train_step(state, batch) -> (state,
-metrics)`, `eval_step(params, batch, rng) -> per-example metrics`,
-`sample(params, rng, num_samples) -> uint8 NHWC` and `sampler_settings() -> dict`.
+A family subclasses `train.contract.Family` (init, train_step, sample,
+sampler_settings, and sampling_params by default) and may offer the optional
+capabilities listed in train/contract.py. `build_family` constructs it and reads its
+capabilities once; nothing else asks a family what it can do.
 """
 
 import ml_collections
 
-from train import autoregressive, ddpm, gan, hvae, score, vae, vdm, vqvae
+from train import autoregressive, contract, ddpm, gan, hvae, score, vae, vdm, vqvae
 
 FAMILIES = {
     "autoregressive": autoregressive.Autoregressive,
@@ -22,9 +22,18 @@ FAMILIES = {
 }
 
 
-def get_family(config: ml_collections.ConfigDict, image_shape, num_classes: int):
+def build_family(config: ml_collections.ConfigDict, image_shape,
+                 num_classes: int) -> tuple[contract.Family, contract.Capabilities]:
+  """The family of config.model.family and its capabilities (errors before compiling)."""
   name = config.model.family
   if name not in FAMILIES:
     raise ValueError(f"config.model.family={name!r} is not implemented; choose one of "
                      f"{sorted(FAMILIES)}.")
-  return FAMILIES[name](config, tuple(image_shape), num_classes)
+  family = FAMILIES[name](config, tuple(image_shape), num_classes)
+  return family, contract.capabilities(family, name)
+
+
+def get_family(config: ml_collections.ConfigDict, image_shape,
+               num_classes: int) -> contract.Family:
+  """The family of config.model.family (tests and benchmarks that need no loop)."""
+  return build_family(config, image_shape, num_classes)[0]

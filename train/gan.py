@@ -53,6 +53,7 @@ from models import stylegan2
 from sampling.ddpm import to_uint8
 from train import diffaugment
 from train import gan_losses
+from train import contract
 from train import optim as optim_lib
 from train.state import TrainState, jit_run_once
 
@@ -139,7 +140,7 @@ def _unit_rate_optim(optim: ml_collections.ConfigDict, beta1=None, beta2=None):
   return unit
 
 
-class GAN:
+class GAN(contract.Family):
   """Generator/discriminator training for every architecture in models/gan.py and
   models/stylegan2.py; see the module docstring."""
 

@@ -46,6 +46,7 @@ from evaluation import iwae as iwae_lib
 from models import hvae as hvae_models
 from models import logistic_mixture
 from sampling.ddpm import to_uint8
+from train import contract
 from train import optim as optim_lib
 from train.state import TrainState, ema_update
 
@@ -85,7 +86,7 @@ def should_skip(loss: jax.Array, grad_norm: jax.Array, threshold: float) -> jax.
   return bad
 
 
-class HierarchicalVAE:
+class HierarchicalVAE(contract.Family):
   """A VDVAE-style hierarchical VAE; see the module docstring."""
 
   def __init__(self, config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],

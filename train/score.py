@@ -47,6 +47,7 @@ from models import ncsnpp, sde as sde_lib, unet
 from sampling import guidance as guidance_lib
 from sampling import sde as sde_sampling
 from sampling.ddpm import to_uint8
+from train import contract
 from train import optim as optim_lib
 from train import score_losses
 from train.state import DTYPES, TrainState, ema_update
@@ -183,7 +184,7 @@ def eps_fn_from_score(score_fn: sde_lib.ScoreFn, sde, times: np.ndarray,
   return eps_fn
 
 
-class ScoreSDE:
+class ScoreSDE(contract.Family):
   """Score-based diffusion over VE / VP / sub-VP SDEs or EDM's preconditioning."""
 
   def __init__(self, config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],
@@ -208,17 +209,13 @@ class ScoreSDE:
       raise ValueError("config.sde.importance_sampling=True needs "
                        "config.sde.likelihood_weighting=True.")
     g = config.get("guidance") or {}
-    self.p_uncond = float(g.get("p_uncond", 0.0))
-    self.guidance_weight = float(g.get("weight", 0.0))
-    if not 0.0 <= self.p_uncond <= 1.0:
-      raise ValueError(f"config.guidance.p_uncond={self.p_uncond} must be in [0, 1].")
-    if not self.guidance_weight >= 0.0:
-      raise ValueError(f"config.guidance.weight={self.guidance_weight} must be >= 0.")
-    if (self.p_uncond > 0 or self.guidance_weight > 0) and not m.conditional:
-      raise ValueError("config.guidance needs a class-conditional model: set "
-                       "config.model.conditional=True.")
     self.image_shape = tuple(image_shape)
     self.num_classes = num_classes if m.conditional else 0
+    # The null label of guidance is the extra label row num_classes.
+    self.conditioning = guidance_lib.Conditioning(
+        kind="class" if self.num_classes else "none", num_classes=self.num_classes,
+        null_value=self.num_classes, p_uncond=float(g.get("p_uncond", 0.0)),
+        guidance_weight=float(g.get("weight", 0.0)))
     self.network = _build_network(m, image_shape[-1], self.num_classes)
     self.sde = _build_sde(s)
     if not s.continuous and s.type == "vpsde":
@@ -311,9 +308,7 @@ class ScoreSDE:
     s = self.config.sde
     x0 = scale_images(batch["image"], s.data_centered)
     y = self._labels(batch)
-    if y is not None and self.p_uncond > 0:   # Ho & Salimans Algorithm 1
-      y = guidance_lib.drop_labels(y, jax.random.fold_in(rng, 2), self.p_uncond,
-                                   self.num_classes)
+    y = self.conditioning.drop(y, jax.random.fold_in(rng, 2))   # Ho & Salimans Alg. 1
     loss_rng, dropout_rng = jax.random.split(rng)
     raw = self._raw_fn(params, y, True, dropout_rng)
     if s.type == "edm":
@@ -365,14 +360,10 @@ class ScoreSDE:
     guidance_weight overrides config.guidance.weight. Weight 0 (or an unconditional
     model) gives the plain conditional functions.
     """
-    w = self.guidance_weight if guidance_weight is None else guidance_weight
-    if y is None or (isinstance(w, (int, float)) and w == 0):   # a traced w: eq. 6
-      return self.score_fn(params, y), self.denoiser_fn(params, y)
-    null = guidance_lib.null_condition_like(y, self.null_condition_value)
-    score = guidance_lib.classifier_free_guidance(
-        lambda x, t, c: self.score_fn(params, c)(x, t), y, null, w)
-    denoiser = guidance_lib.classifier_free_guidance(
-        lambda x, sigma, c: self.denoiser_fn(params, c)(x, sigma), y, null, w)
+    c = self.conditioning
+    score = c.guide(lambda x, t, y: self.score_fn(params, y)(x, t), y, guidance_weight)
+    denoiser = c.guide(lambda x, sigma, y: self.denoiser_fn(params, y)(x, sigma), y,
+                       guidance_weight)
     return score, denoiser
 
   def sample(self, params, rng: jax.Array, num_samples: int) -> jax.Array:
@@ -382,7 +373,7 @@ class ScoreSDE:
                             num_samples: int) -> jax.Array:
     """uint8 NHWC samples of p(x | labels `condition` [num_samples]), guided by
     config.guidance.weight; None for an unconditional model (train/edit.py --label)."""
-    self._check_condition(condition)
+    self.conditioning.check(condition)
     return self.sample_with_nfe(params, rng, num_samples, condition=condition)[0]
 
   def sample_with_nfe(self, params, rng: jax.Array, num_samples: int,
@@ -432,11 +423,6 @@ class ScoreSDE:
   # ------------------------------------------------------------------- editing
   # What train/edit.py and sampling/editing.py need: the SDE read as a DDPM process
   # (`edit_diffusion`; module comment above) and an eps_fn on its levels.
-  sampling_timesteps = None       # edits walk every level of `diffusion`, no respacing
-  # The ancestral step of edits: the posterior variance beta-tilde, the exact reverse
-  # step of a Gaussian process read at discrete levels.
-  edit_var_type = "fixedsmall"
-
   @functools.cached_property
   def edit_times(self) -> np.ndarray:
     """The times t_i of the N = config.sde.num_scales levels (level 0: sample_eps)."""
@@ -444,32 +430,18 @@ class ScoreSDE:
     return edit_level_times(self.sde, s.num_scales, s.sample_eps)
 
   @functools.cached_property
-  def diffusion(self) -> diffusion_lib.GaussianDiffusion:
-    """The SDE at `edit_times` as a DDPM process in [-1, 1] data space (editing)."""
+  def edit_process(self) -> contract.EditProcess:
+    """The SDE at `edit_times` as a DDPM process in [-1, 1] data space.
+
+    Edits walk every level (no respacing); the ancestral step is the posterior
+    variance beta-tilde ('fixedsmall'), the exact reverse step of a Gaussian process
+    read at discrete levels.
+    """
     s = self.config.sde
-    return edit_diffusion(self.sde, s.num_scales, s.sample_eps, s.data_centered)
-
-  @property
-  def sampling_diffusion(self) -> diffusion_lib.GaussianDiffusion:
-    return self.diffusion
-
-  @property
-  def guidance(self) -> ml_collections.FrozenConfigDict:
-    """config.guidance as the DDPM family exposes it: p_uncond and weight."""
-    return ml_collections.FrozenConfigDict(dict(p_uncond=self.p_uncond,
-                                                weight=self.guidance_weight))
-
-  @property
-  def null_condition_value(self) -> int:
-    """The null label of guidance: the extra label row num_classes."""
-    return self.num_classes
-
-  def _check_condition(self, condition) -> None:
-    if self.num_classes and condition is None:
-      raise ValueError("This model is class-conditional: pass labels (the null label "
-                       f"{self.null_condition_value} for the unconditional model).")
-    if not self.num_classes and condition is not None:
-      raise ValueError("This model is unconditional: pass no condition.")
+    diffusion = edit_diffusion(self.sde, s.num_scales, s.sample_eps, s.data_centered)
+    return contract.EditProcess(
+        diffusion=diffusion, sampling_diffusion=diffusion, sampling_timesteps=None,
+        var_type="fixedsmall", clip_denoised=bool(self.config.sampling.clip_denoised))
 
   def edit_eps_fn(self, params, condition: jax.Array | None = None,
                   guidance_weight: float | None = None) -> EpsFn:
@@ -483,7 +455,6 @@ class ScoreSDE:
     abar = m^2 / r^2, and the noise prediction is E[z | x] = -s score(x, t)
     (`eps_fn_from_score`; data in [0, 1] are mapped to [-1, 1] on the way).
     """
-    self._check_condition(condition)
     score_fn, _ = self.guided_fns(params, condition, guidance_weight)
     return eps_fn_from_score(score_fn, self.sde, self.edit_times,
                              self.config.sde.data_centered)
@@ -506,7 +477,8 @@ class ScoreSDE:
     smp, s = self.config.sampling, self.config.sde
     settings = dict(sampler=smp.method, sde=s.type, use_ema=smp.use_ema)
     if self.num_classes:
-      settings.update(guidance_weight=self.guidance_weight, p_uncond=self.p_uncond)
+      settings.update(guidance_weight=self.conditioning.guidance_weight,
+                      p_uncond=self.conditioning.p_uncond)
     if smp.method == "pc":
       p = 0 if smp.predictor == "none" else 1
       c = smp.n_steps_each if smp.corrector == "langevin" else 0

@@ -43,6 +43,7 @@ from evaluation import iwae as iwae_lib
 from evaluation import likelihood
 from models import vae as vae_models
 from sampling.ddpm import to_uint8
+from train import contract
 from train import optim as optim_lib
 from train.state import TrainState, ema_update
 
@@ -108,7 +109,7 @@ def _logistic_mixture_module():
   return importlib.import_module("models.logistic_mixture")
 
 
-class VAE:
+class VAE(contract.Family):
   """A Gaussian-latent VAE with a choice of decoder; see the module docstring."""
 
   def __init__(self, config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],

@@ -38,6 +38,7 @@ import ml_collections
 import optax
 
 from models import vdm as vdm_models
+from train import contract
 from train import optim as optim_lib
 from train.state import DTYPES, TrainState, ema_update
 
@@ -145,7 +146,7 @@ def ancestral_sample(eps_fn: EpsFn, gamma_fn: GammaFn, rng: jax.Array,
 
 
 # ------------------------------------------------------------------------ family
-class VDM:
+class VDM(contract.Family):
   """Variational diffusion model with a fixed or learned noise schedule."""
 
   def __init__(self, config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],

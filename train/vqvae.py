@@ -41,6 +41,7 @@ from etils import epath
 
 from models import vqvae as vq
 from sampling.ddpm import to_uint8
+from train import contract
 from train import optim as optim_lib
 from train.checkpoint import Checkpointer
 from train.state import TrainState, ema_update
@@ -240,7 +241,7 @@ def load_autoencoder(workdir: str, config: ml_collections.ConfigDict,
 
 
 # ------------------------------------------------------------------------ family
-class VQVAE:
+class VQVAE(contract.Family):
   """Both stages of a VQ-VAE; config.vq.stage picks one. See the module docstring."""
 
   def __init__(self, config: ml_collections.ConfigDict, image_shape: tuple[int, int, int],

@@ -1,0 +1,195 @@
+"""The read-only modes: eval (the newest checkpoint), eval_watch (every checkpoint, as
+training writes them) and sample. They write eval/ and samples/ files only, never a
+checkpoint.
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+
+import datasets
+from evaluation import sample_metrics
+from sampling import image_io
+from train import sharding
+from train.run import EVAL, SAMPLE, SAMPLE_EVAL, Run, format_seconds
+from train.state import TrainState
+from train.workdir_guard import write_text_atomically
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str,
+             state: TrainState | None = None) -> dict[str, Any]:
+  """Test-set bits/dim of the newest checkpoint, written to workdir/eval/."""
+  run = Run(config, workdir)
+  try:
+    return evaluate_run(run, state)
+  finally:
+    run.close()
+
+
+def evaluate_run(run: Run, state: TrainState | None) -> dict[str, Any]:
+  config, workdir = run.config, run.workdir
+  if state is None:
+    state = run.init_or_restore(must_exist=True)
+  step = int(state.step)
+  params = run.sampling_params(state)
+  report = dict(config_name=config.name, step=step, dataset=config.data.dataset,
+                split=config.data.eval_split,
+                params="ema" if config.sampling.use_ema else "raw")
+  results: dict[str, float] = {}
+  if run.capabilities.likelihood:    # GANs have none
+    likelihood, count = _test_set_metrics(run, params)
+    results.update(likelihood)
+    report["num_examples"] = count
+  names = _sample_metric_names(config)
+  if names != ["none"]:
+    values, protocol = _sample_metrics(run, params, step, names or None)
+    results.update(values)
+    report["protocol"] = protocol
+  report.update(results)
+  if run.is_writer:
+    path = epath.Path(workdir) / "eval" / f"step_{step:08d}.json"
+    write_text_atomically(path, json.dumps(report, indent=2))
+    writer = run.make_writer()
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+    writer.flush()
+    logging.info("Eval at step %d: %s -> %s", step,
+                 ", ".join(f"{k}={v:.4f}" for k, v in results.items()), path)
+  return report
+
+
+def _sample_metric_names(config: ml_collections.ConfigDict) -> list[str]:
+  return [n.strip() for n in config.eval.sample_metrics.split(",") if n.strip()]
+
+
+def _sample_metrics(run: Run, params, step: int,
+                    names: list[str] | None) -> tuple[dict[str, float], dict[str, Any]]:
+  """FID / IS / KID / P&R (or the offline classifier metrics) of eval.num_samples samples.
+
+  Samples are written in chunks under eval/samples_step_N/, so an interrupted
+  evaluation resumes where it stopped and gives the same samples.
+  """
+  config, ev = run.config, run.config.eval
+  batch_size = math.ceil(config.sampling.batch_size / jax.device_count()) * \
+      jax.device_count()
+
+  nfes: list[float] = []
+  images = sample_metrics.generate_samples_resumable(
+      lambda rng, n: run.sample_batch(params, rng, n, nfes), jax.random.fold_in(run.root_rng, SAMPLE_EVAL), ev.num_samples,
+      batch_size, os.path.join(run.workdir, "eval", f"samples_step_{step:08d}"),
+      is_writer=run.is_writer)
+  reference = sample_metrics.ReferenceSpec.from_data_config(
+      config.data, split=ev.reference_split, num_examples=ev.num_reference_examples)
+  result = sample_metrics.compute_sample_metrics(
+      images, reference=reference, metrics=names, cache_dir=ev.stats_dir,
+      inception_weights=ev.inception_weights, classifier_dir=ev.classifier_dir,
+      batch_size=ev.feature_batch_size, mesh=run.mesh)
+  sampler = dict(run.family.sampler_settings(), seed=int(config.seed),
+                 params="ema" if config.sampling.use_ema else "raw")
+  if nfes:   # samples resumed from disk add no measurement
+    sampler["nfe_measured"] = float(np.mean(nfes))
+  protocol = dict(result.protocol, sampler=sampler)
+  return {k: float(v) for k, v in result.values.items()}, protocol
+
+
+def evaluate_continuously(config: ml_collections.ConfigDict, workdir: str, *,
+                          poll_seconds: float = 60.0, timeout_seconds: float | None = None
+                          ) -> list[dict[str, Any]]:
+  """Evaluates every checkpoint that has no eval/step_N.json yet, as training writes them.
+
+  Runs beside a training job (another process, possibly another machine sharing the
+  workdir) until the checkpoint of step num_train_steps is evaluated, or until
+  `timeout_seconds` pass without a new checkpoint. Restarted, it carries on: steps
+  already evaluated are skipped, and a half-done sample set resumes from its chunks.
+  """
+  run = Run(config, workdir)
+  reports, idle_since = [], time.time()
+  final = config.training.num_train_steps
+  try:
+    while True:
+      run.checkpointer.reload()
+      done = {int(p.name[5:13]) for p in (epath.Path(workdir) / "eval").glob("step_*.json")} \
+          if (epath.Path(workdir) / "eval").exists() else set()
+      pending = [s for s in run.checkpointer.all_steps() if s not in done]
+      for step in pending:
+        logging.info("Evaluating checkpoint %d of %s.", step, workdir)
+        reports.append(evaluate_run(run, run.init_or_restore(must_exist=True, step=step)))
+        done.add(step)
+      if final in done:
+        return reports
+      if pending:
+        idle_since = time.time()
+      elif timeout_seconds is not None and time.time() - idle_since > timeout_seconds:
+        logging.info("No new checkpoint in %d s; stopping.", timeout_seconds)
+        return reports
+      time.sleep(poll_seconds)
+  finally:
+    run.close()
+
+
+def _test_set_metrics(run: Run, params) -> tuple[dict[str, float], int]:
+  """Means over the eval split of the family's per-example metrics (e.g. bits/dim)."""
+  config, ev = run.config, run.config.eval
+  sharding.check_batch_size(ev.batch_size, "eval.batch_size")
+  batch_sharding = sharding.batch_sharding(run.mesh)
+  eval_fn = jax.jit(run.family.eval_step,
+                    in_shardings=(run.replicated, batch_sharding, run.replicated),
+                    out_shardings=batch_sharding)
+  rng = jax.random.fold_in(run.root_rng, EVAL)
+  sums: dict[str, float] = {}
+  count, start = 0, time.time()
+  total = ev.num_eval_examples or run.info.num_eval_examples
+  batches = datasets.make_eval_batches(
+      config.data, split=config.data.eval_split, global_batch_size=ev.batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_examples=ev.num_eval_examples)
+  for i, batch in enumerate(batches):
+    out = eval_fn(params, sharding.to_global(run.device_batch(batch), batch_sharding),
+                  jax.random.fold_in(rng, i))
+    out, mask = multihost_utils.process_allgather(
+        (out, sharding.to_global(batch["mask"], batch_sharding)), tiled=True)
+    mask = np.asarray(mask, bool)
+    for name, values in out.items():
+      sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)[mask]))
+    count += int(mask.sum())
+    rate = count / (time.time() - start)
+    logging.info("Evaluated %d/%d examples (%.1f examples/s, %s left).", count, total,
+                 rate, format_seconds((total - count) / max(rate, 1e-9)))
+  if not count:
+    raise ValueError(f"The split {config.data.eval_split!r} of {config.data.dataset!r} "
+                     "gave no examples.")
+  return {name: value / count for name, value in sums.items()}, count
+
+
+# ------------------------------------------------------------------------- sampling
+def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes eval.num_samples samples of the newest checkpoint: .npz + PNG grid."""
+  run = Run(config, workdir)
+  try:
+    return _sample(run)
+  finally:
+    run.close()
+
+
+def _sample(run: Run) -> str:
+  config, workdir = run.config, run.workdir
+  state = run.init_or_restore(must_exist=True)
+  step = int(state.step)
+  images = run.sample_images(run.sampling_params(state),
+                             jax.random.fold_in(run.root_rng, SAMPLE),
+                             config.eval.num_samples, config.sampling.batch_size,
+                             log_progress=True)
+  directory = os.path.join(workdir, "samples", f"step_{step:08d}")
+  if run.is_writer:
+    paths = image_io.save_samples(directory, images, run.provenance(step, "samples"))
+    logging.info("Wrote %d samples to %s and a grid to %s.", len(images), paths["npz"],
+                 paths["grid"])
+  return directory

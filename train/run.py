@@ -1,0 +1,173 @@
+"""What every mode shares: the validated config, dataset info, family, mesh, checkpoints.
+
+`Run(config, workdir)` is built by training (train/loop.py), the read-only modes
+(train/modes.py) and editing (train/edit.py) alike; it restores or initialises the
+TrainState and samples in sharded batches.
+"""
+
+import datetime
+import functools
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from jax.experimental import multihost_utils
+
+import datasets
+from train import families, sharding
+from train.checkpoint import Checkpointer, absolute_path
+from train.state import TrainState, jit_run_once, num_params
+
+# Purposes that keys are folded with: fold_in(PRNGKey(seed), purpose).
+INIT, SAMPLE_GRID, EVAL, SAMPLE, SAMPLE_EVAL, EDIT = 0, 1, 2, 3, 4, 5
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Errors a user can cause, raised before anything is compiled."""
+  t = config.training
+  k = t.steps_per_call
+  if k < 1:
+    raise ValueError(f"config.training.steps_per_call must be >= 1, got {k}.")
+  if t.num_train_steps < 0:
+    raise ValueError(f"config.training.num_train_steps must be >= 0, got "
+                     f"{t.num_train_steps}.")
+  for name in ("num_train_steps", "log_every_steps", "checkpoint_every_steps",
+               "sample_every_steps"):
+    value = t[name]
+    if name != "num_train_steps" and name != "sample_every_steps" and value <= 0:
+      raise ValueError(f"config.training.{name} must be > 0, got {value}.")
+    if value % k:
+      raise ValueError(f"config.training.{name}={value} must be a multiple of "
+                       f"config.training.steps_per_call={k}.")
+  sharding.check_batch_size(t.batch_size, "training.batch_size")
+  sharding.check_batch_size(config.eval.batch_size, "eval.batch_size")
+
+
+def format_seconds(seconds: float) -> str:
+  seconds = max(0, int(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class Run:
+  """What train, eval, sample and edit share: dataset info, family, mesh, checkpoints."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    validate_config(config)
+    self.config, self.workdir = config, workdir
+    self.info = datasets.get_dataset_info(config.data)
+    self.family, self.capabilities = families.build_family(
+        config, self.info.image_shape, self.info.num_classes)
+    self.mesh = sharding.make_mesh()
+    self.replicated = sharding.replicated(self.mesh)
+    self.root_rng = jax.random.PRNGKey(config.seed)
+    t = config.training
+    self.checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints,
+        keep_every=t.keep_checkpoint_every_steps, async_save=t.async_checkpointing)
+    self.is_writer = jax.process_index() == 0
+    self.measured_nfe: float | None = None
+
+  def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The keys of a pipeline batch that a step reads (the dataset declares them)."""
+    return {key: batch[key] for key in self.info.batch_keys}
+
+  def init_or_restore(self, *, must_exist: bool = False,
+                      step: int | None = None) -> TrainState:
+    """The newest checkpoint (or `step`) in the workdir, or a freshly initialised state."""
+    init_fn = jit_run_once(self.family.init, out_shardings=self.replicated)
+    init_rng = jax.random.fold_in(self.root_rng, INIT)
+    example = self.info.example_batch()
+    if self.checkpointer.latest_step() is None:
+      if must_exist:
+        raise FileNotFoundError(
+            f"No checkpoint in {self.checkpointer.directory}: train first with "
+            f"--mode=train --workdir={self.workdir}.")
+      state = init_fn(init_rng, example)
+      logging.info("Initialised %s: %s parameters.", self.config.name,
+                   f"{num_params(state.params):,}")
+      return state
+    # Restore straight into the target shardings without running init.
+    abstract = jax.eval_shape(init_fn, init_rng, example)
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated),
+        abstract.checkpoint_tree())
+    tree, meta, step = self.checkpointer.restore(target, step=step)
+    logging.info("Restored checkpoint at step %d from %s (%s).", step,
+                 self.checkpointer.directory, meta.get("config_name"))
+    return abstract.replace_from_checkpoint(tree)
+
+  def sampling_params(self, state: TrainState):
+    """What `family.sample` takes (EMA or raw params: config.sampling.use_ema)."""
+    return self.family.sampling_params(state, use_ema=self.config.sampling.use_ema)
+
+  @functools.cached_property
+  def sample_fn(self):
+    """params, rng, n -> (uint8 images, measured NFE or None), compiled once per run.
+
+    Families whose samplers take a data-dependent number of network evaluations
+    (adaptive ODE solvers, the CountsNFE capability) report it; it is kept for
+    provenance.
+    """
+    images = sharding.batch_sharding(self.mesh)
+    if self.capabilities.counts_nfe:
+      fn = jax.jit(self.family.sample_with_nfe, static_argnums=2,
+                   out_shardings=(images, self.replicated))
+      return fn
+    fn = jax.jit(self.family.sample, static_argnums=2, out_shardings=images)
+    return lambda params, rng, n: (fn(params, rng, n), None)
+
+  def sample_batch(self, params, rng: jax.Array, batch_size: int,
+                   nfes: list[float]) -> np.ndarray:
+    """One batch of uint8 samples on the host (all processes'); appends its NFE."""
+    images, nfe = self.sample_fn(params, rng, batch_size)
+    if nfe is not None:
+      nfes.append(float(nfe))
+    return np.asarray(multihost_utils.process_allgather(images, tiled=True))
+
+  def provenance(self, step: int, purpose: str) -> dict[str, Any]:
+    return dict(generated=True, config_name=self.config.name, checkpoint_step=int(step),
+                seed=int(self.config.seed), dataset=self.config.data.dataset,
+                family=self.config.model.family, purpose=purpose,
+                workdir=absolute_path(self.workdir),
+                created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                **self.family.sampler_settings(),
+                **({"nfe_measured": self.measured_nfe} if self.measured_nfe is not None
+                   else {}))
+
+  def make_writer(self) -> metric_writers.MetricWriter:
+    """TensorBoard event files from process 0 (the console gets the progress lines)."""
+    if not self.is_writer:
+      return metric_writers.MultiWriter([])
+    return metric_writers.AsyncMultiWriter(
+        [metric_writers.SummaryWriter(os.path.join(self.workdir, "tensorboard"))])
+
+  def sample_images(self, params, rng: jax.Array, num_samples: int,
+                    batch_size: int | None = None, log_progress: bool = False) -> np.ndarray:
+    """`num_samples` uint8 NHWC images, generated in sharded batches of `batch_size`."""
+    batch_size = batch_size or num_samples
+    batch_size = math.ceil(batch_size / jax.device_count()) * jax.device_count()
+    chunks, start = [], time.time()
+    num_batches = math.ceil(num_samples / batch_size)
+    nfes: list[float] = []
+    for i in range(num_batches):
+      chunks.append(self.sample_batch(params, jax.random.fold_in(rng, i), batch_size, nfes))
+      if log_progress:
+        done = (i + 1) * batch_size
+        rate = done / (time.time() - start)
+        logging.info("Sampled %d/%d images (%.1f images/s, %s left).",
+                     min(done, num_samples), num_samples, rate,
+                     format_seconds((num_samples - done) / rate))
+    # Network evaluations per sample, as measured (the mean over batches).
+    self.measured_nfe = float(np.mean(nfes)) if nfes else None
+    return np.concatenate(chunks)[:num_samples]
+
+  def close(self) -> None:
+    self.checkpointer.close()

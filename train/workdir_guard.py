@@ -1,0 +1,112 @@
+"""The workdir guard: config drift, atomic writes and preemption.
+
+A workdir belongs to one experiment: its first run writes workdir/config.json and later
+runs are compared with it. Files other processes read are written atomically. SIGTERM
+(SLURM, TPU preemption) is noticed by every process at the same step.
+"""
+
+import json
+import signal
+import threading
+from typing import Any
+
+import jax
+import ml_collections
+from etils import epath
+from jax.experimental import multihost_utils
+
+from configs import default as default_config
+
+
+class PreemptionWatcher:
+  """Notices SIGTERM; all processes agree on the step at which to stop.
+
+  One process: a Python signal handler sets a flag. Several processes: JAX's
+  coordination service hears the signal and `reached_preemption_sync_point` makes
+  every process stop at the same step, so that they all join the same checkpoint.
+  """
+
+  def __init__(self):
+    self._requested = False
+    self._previous = None
+    self._multi_process = jax.process_count() > 1
+    if not self._multi_process and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._requested = True
+
+  def reached(self, step: int) -> bool:
+    if self._multi_process:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._requested
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+# Fields that may change when a run is resumed: how long, how often, where the data
+# lives, how it is evaluated and sampled. Anything else changes the experiment.
+RESUMABLE_CHANGES = ("name", "data.data_dir", "data.download", "training.num_train_steps",
+                     "training.log_every_steps", "training.checkpoint_every_steps",
+                     "training.sample_every_steps", "training.num_samples_in_grid",
+                     "training.keep_checkpoints", "training.keep_checkpoint_every_steps",
+                     "training.async_checkpointing", "training.allow_config_change",
+                     "training.halt_on_nonfinite", "sampling.", "eval.",
+                     "guidance.weight")
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume a workdir written by a different config (unless allowed).
+
+  The first run writes workdir/config.json; later runs compare against it.
+  """
+  path = epath.Path(workdir) / "config.json"
+  current = {k: jsonable(v) for k, v in flatten_config(config).items()}
+  if path.exists():
+    saved = json.loads(path.read_text())
+    # A field added to the code after the run started, at its default value, changes
+    # nothing: new fields' defaults keep the earlier behaviour.
+    defaults = {k: jsonable(v) for k, v in flatten_config(default_config.get_config()).items()}
+    changed = sorted(
+        key for key in set(saved) | set(current)
+        if saved.get(key) != current.get(key)
+        and not (key not in saved and key in defaults and current[key] == defaults[key])
+        and not any(key == c or (c.endswith(".") and key.startswith(c))
+                    for c in RESUMABLE_CHANGES))
+    if changed and not config.training.allow_config_change:
+      diffs = "; ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
+                        for key in changed)
+      raise ValueError(
+          f"{workdir} holds a run of a different config ({diffs}). Use a new --workdir, "
+          "or pass --config.training.allow_config_change=True to resume anyway.")
+    if not changed:
+      return
+  if jax.process_index() == 0:
+    write_text_atomically(path, json.dumps(current, indent=2, sort_keys=True))
+
+
+def write_text_atomically(path: epath.Path, text: str) -> None:
+  """Writes beside `path`, then renames: a reader never sees half a file."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+def jsonable(value):
+  return list(value) if isinstance(value, tuple) else value
+
+
+def flatten_config(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update(flatten_config(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) \
+          else str(value)
+  return flat
