@@ -39,7 +39,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from evaluation.iwae import nats_to_bits_per_dim
 from models import pixelcnn as pixelcnn_models
@@ -47,7 +46,7 @@ from models import pixelrnn as pixelrnn_models
 from sampling import fast_autoregressive
 from train import contract
 from train import optim as optim_lib
-from train.state import TrainState, ema_update
+from train.state import TrainState
 from train import vae as vae_lib
 from train.vae import BINARIZATIONS, bernoulli_log_prob
 
@@ -338,14 +337,7 @@ class Autoregressive(contract.Family):
   def train_step(self, state: TrainState, batch: dict[str, Any]):
     rng = jax.random.fold_in(state.rng, state.step)
     loss, grads = jax.value_and_grad(self.loss)(state.params, batch, rng)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = ema_update(state.ema_params, params, self.config.optim.ema_decay)
-    metrics = dict(loss=loss, grad_norm=optax.global_norm(grads),
-                   learning_rate=optim_lib.learning_rate_schedule(self.config.optim)(
-                       state.step))
-    return state.replace(step=state.step + 1, params=params, ema_params=ema,
-                         opt_state=opt_state), metrics
+    return optim_lib.apply_gradients(state, grads, self.config.optim, loss=loss)
 
   # --------------------------------------------------------------- evaluation
   def eval_step(self, params, batch: dict[str, Any],

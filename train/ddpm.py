@@ -26,7 +26,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from evaluation import likelihood
 from datasets import shapes
@@ -38,7 +37,7 @@ from sampling import editing
 from sampling import guidance as guidance_lib
 from train import contract
 from train import optim as optim_lib
-from train.state import DTYPES, TrainState, ema_update
+from train.state import DTYPES, TrainState
 
 VAR_TYPES = diffusion_lib.VAR_TYPES
 SAMPLERS = ("ancestral", "ddim")
@@ -433,12 +432,8 @@ class DDPM(contract.Family):
     rng = jax.random.fold_in(state.rng, state.step)
     (loss, aux), grads = jax.value_and_grad(self._loss_and_aux, has_aux=True)(
         state.params, batch, rng, state.model_state)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = ema_update(state.ema_params, params, self.config.optim.ema_decay)
-    metrics = dict(loss=loss, grad_norm=optax.global_norm(grads),
-                   learning_rate=optim_lib.learning_rate_schedule(self.config.optim)(
-                       state.step))
+    new_state, metrics = optim_lib.apply_gradients(state, grads, self.config.optim,
+                                                   loss=loss)
     terms = aux["terms"]
     model_state = state.model_state
     if self.options.loss != "simple":
@@ -451,9 +446,7 @@ class DDPM(contract.Family):
       model_state = dict(loss_history=history, loss_counts=counts)
       metrics["timestep_sampler_warm"] = jnp.all(
           counts >= self.options.loss_history_size).astype(jnp.float32)
-    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
-                              opt_state=opt_state, model_state=model_state)
-    return new_state, metrics
+    return new_state.replace(model_state=model_state), metrics
 
   # ---------------------------------------------------------------- evaluation
   def eval_step(self, params, batch: dict[str, Any], rng: jax.Array) -> dict[str, jax.Array]:

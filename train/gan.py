@@ -51,11 +51,9 @@ from datasets import toy2d
 from models import gan as gan_models
 from models import stylegan2
 from sampling.ddpm import to_uint8
-from train import diffaugment
-from train import gan_losses
-from train import contract
+from train import contract, diffaugment, gan_losses
 from train import optim as optim_lib
-from train.state import TrainState, jit_run_once
+from train.state import TrainState, ema_update, jit_run_once
 
 ARCHITECTURES = ("dcgan", "sngan_cnn", "resnet", "stylegan2", "mlp")
 Z_DISTRIBUTIONS = ("normal", "uniform")
@@ -326,8 +324,7 @@ class GAN(contract.Family):
       return total, (aux, state)
 
     (total, (aux, d_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(d_params)
-    updates, d_opt = self.d_tx.update(grads, d_opt, d_params)
-    d_params = optax.apply_updates(d_params, jax.tree.map(lambda u: lr * u, updates))
+    d_params, d_opt = optim_lib.gradient_update(self.d_tx, grads, d_params, d_opt, lr)
     r1_applied = jnp.float32(c.r1_gamma > 0 and c.r1_every == 1)
     if c.r1_gamma > 0 and c.r1_every > 1:
       # Lazy R1 (StyleGAN2): a separate step on (gamma / 2) * k * R1 every k updates.
@@ -338,9 +335,7 @@ class GAN(contract.Family):
               self._d_fn(p, d_state, real_labels, rngs[5], rngs[7]), real)
           return 0.5 * c.r1_gamma * c.r1_every * r1_value, r1_value
         (_, r1_value), reg_grads = jax.value_and_grad(reg_loss, has_aux=True)(params)
-        reg_updates, opt = self.d_tx.update(reg_grads, opt, params)
-        params = optax.apply_updates(params, jax.tree.map(lambda u: lr * u, reg_updates))
-        return (params, opt), r1_value
+        return optim_lib.gradient_update(self.d_tx, reg_grads, params, opt, lr), r1_value
 
       due = update_index % c.r1_every == 0
       (d_params, d_opt), r1_value = jax.lax.cond(
@@ -384,11 +379,10 @@ class GAN(contract.Family):
 
     (g_loss, (g_adv, g_state, d_state)), g_grads = jax.value_and_grad(
         self._g_loss, has_aux=True)(g_params, d_params, g_state, d_state, g_rng)
-    updates, g_opt = self.g_tx.update(g_grads, state.opt_state["generator"], g_params)
-    g_params = optax.apply_updates(g_params, jax.tree.map(lambda u: g_lr * u, updates))
-    decay = self.ema_decay(state.step)
-    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params,
-                       g_params)
+    g_params, g_opt = optim_lib.gradient_update(self.g_tx, g_grads, g_params,
+                                                state.opt_state["generator"], g_lr)
+    decay = self.ema_decay(state.step)    # the generator's EMA, with its ramp-up
+    ema = ema_update(state.ema_params, g_params, decay)
 
     mean = {k: jnp.mean(v) for k, v in d_metrics.items()}
     applied = jnp.sum(d_metrics["r1_applied"])

@@ -40,7 +40,6 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from evaluation import iwae as iwae_lib
 from models import hvae as hvae_models
@@ -48,7 +47,7 @@ from models import logistic_mixture
 from sampling.ddpm import to_uint8
 from train import contract
 from train import optim as optim_lib
-from train.state import TrainState, ema_update
+from train.state import TrainState
 
 def gaussian_kl(q_mean: jax.Array, q_log_std: jax.Array, p_mean: jax.Array,
                 p_log_std: jax.Array) -> jax.Array:
@@ -67,23 +66,6 @@ def layer_kls(stats: Sequence[dict[str, jax.Array]]) -> jax.Array:
   return jnp.stack([
       jnp.sum(gaussian_kl(s["q_mean"], s["q_log_std"], s["p_mean"], s["p_log_std"]),
               axis=(1, 2, 3)) for s in stats])
-
-
-def clip_by_global_norm(grads: Any, grad_norm: jax.Array, max_norm: float) -> Any:
-  """grads * min(1, max_norm / norm): the global norm of the result is <= max_norm."""
-  scale = jnp.minimum(1.0, max_norm / (grad_norm + 1e-6))
-  return jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
-
-
-def should_skip(loss: jax.Array, grad_norm: jax.Array, threshold: float) -> jax.Array:
-  """Skip an update whose loss or gradient norm is not finite, or whose norm is too big.
-
-  threshold <= 0 turns the norm test off (non-finite values still skip).
-  """
-  bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
-  if threshold > 0:
-    bad = bad | (grad_norm >= threshold)
-  return bad
 
 
 class HierarchicalVAE(contract.Family):
@@ -189,26 +171,10 @@ class HierarchicalVAE(contract.Family):
     h = self.config.hvae
     rng = jax.random.fold_in(state.rng, state.step)
     grads, metrics = jax.grad(self.objective, has_aux=True)(state.params, batch, rng)
-    grad_norm = optax.global_norm(grads)
-    skip = should_skip(metrics["loss"], grad_norm, h.skip_threshold)
-
-    def update(_):
-      clipped = clip_by_global_norm(grads, grad_norm, h.grad_clip)
-      updates, opt_state = state.tx.update(clipped, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
-      return params, opt_state, ema_update(state.ema_params, params,
-                                           self.config.optim.ema_decay)
-
-    def keep(_):
-      return state.params, state.opt_state, state.ema_params
-
-    # One branch runs: a skipped step never computes (or applies) NaN updates.
-    params, opt_state, ema = jax.lax.cond(skip, keep, update, None)
-    metrics = dict(metrics, grad_norm=grad_norm, skipped=skip.astype(jnp.float32),
-                   learning_rate=optim_lib.learning_rate_schedule(self.config.optim)(
-                       state.step))
-    return state.replace(step=state.step + 1, params=params, ema_params=ema,
-                         opt_state=opt_state), metrics
+    state, step_metrics = optim_lib.apply_gradients(
+        state, grads, self.config.optim, loss=metrics["loss"], clip_norm=h.grad_clip,
+        skip_threshold=h.skip_threshold)
+    return state, dict(metrics, **step_metrics)
 
   # ---------------------------------------------------------------- evaluation
   def log_importance_weights(self, params, images: jax.Array, rng: jax.Array,

@@ -39,7 +39,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from evaluation import ode_likelihood
 from models import diffusion as diffusion_lib
@@ -50,7 +49,7 @@ from sampling.ddpm import to_uint8
 from train import contract
 from train import optim as optim_lib
 from train import score_losses
-from train.state import DTYPES, TrainState, ema_update
+from train.state import DTYPES, TrainState
 
 SDE_TYPES = ("vesde", "vpsde", "subvpsde", "edm")
 NETWORKS = ("ncsnpp", "songunet", "ddpm_unet")
@@ -332,14 +331,7 @@ class ScoreSDE(contract.Family):
     rng = jax.random.fold_in(state.rng, state.step)
     loss_fn = lambda p: jnp.mean(self.per_example_loss(p, batch, rng))
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = ema_update(state.ema_params, params, self.config.optim.ema_decay)
-    metrics = dict(loss=loss, grad_norm=optax.global_norm(grads),
-                   learning_rate=optim_lib.learning_rate_schedule(self.config.optim)(
-                       state.step))
-    return state.replace(step=state.step + 1, params=params, ema_params=ema,
-                         opt_state=opt_state), metrics
+    return optim_lib.apply_gradients(state, grads, self.config.optim, loss=loss)
 
   # ---------------------------------------------------------------- evaluation
   def eval_step(self, params, batch: dict[str, Any], rng: jax.Array) -> dict[str, jax.Array]:

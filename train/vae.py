@@ -37,7 +37,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from evaluation import iwae as iwae_lib
 from evaluation import likelihood
@@ -45,7 +44,7 @@ from models import vae as vae_models
 from sampling.ddpm import to_uint8
 from train import contract
 from train import optim as optim_lib
-from train.state import TrainState, ema_update
+from train.state import TrainState
 
 DECODERS = ("bernoulli", "gaussian", "discretized_logistic", "logistic_mixture")
 BINARIZATIONS = ("dynamic", "threshold", "binary")
@@ -280,14 +279,8 @@ class VAE(contract.Family):
     rng = jax.random.fold_in(state.rng, state.step)
     grads, metrics = jax.grad(self.loss, has_aux=True)(state.params, batch, rng,
                                                         state.step)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = ema_update(state.ema_params, params, self.config.optim.ema_decay)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
-                   learning_rate=optim_lib.learning_rate_schedule(self.config.optim)(
-                       state.step))
-    return state.replace(step=state.step + 1, params=params, ema_params=ema,
-                         opt_state=opt_state), metrics
+    state, step_metrics = optim_lib.apply_gradients(state, grads, self.config.optim)
+    return state, dict(metrics, **step_metrics)
 
   # ---------------------------------------------------------------- evaluation
   def _log_likelihood_of_latents(self, params, x: jax.Array, z: jax.Array) -> jax.Array:

@@ -35,12 +35,11 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from models import vdm as vdm_models
 from train import contract
 from train import optim as optim_lib
-from train.state import DTYPES, TrainState, ema_update
+from train.state import DTYPES, TrainState
 
 VOCAB_SIZE = 256          # 8-bit data
 SCHEDULES = ("fixed_linear", "learned_linear", "learned")
@@ -323,15 +322,8 @@ class VDM(contract.Family):
   def train_step(self, state: TrainState, batch: dict[str, Any]):
     rng = jax.random.fold_in(state.rng, state.step)
     metrics, grads = self.loss_and_grads(state.params, batch, rng)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = ema_update(state.ema_params, params, self.config.optim.ema_decay)
-    metrics.update(grad_norm=optax.global_norm(grads),
-                   learning_rate=optim_lib.learning_rate_schedule(self.config.optim)(
-                       state.step))
-    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
-                              opt_state=opt_state)
-    return new_state, metrics
+    state, step_metrics = optim_lib.apply_gradients(state, grads, self.config.optim)
+    return state, dict(metrics, **step_metrics)
 
   # ---------------------------------------------------------- evaluation
   def eval_step(self, params, batch: dict[str, Any], rng: jax.Array) -> dict[str, jax.Array]:

@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from etils import epath
 
 from models import vqvae as vq
@@ -428,18 +427,19 @@ class VQVAE(contract.Family):
     else:
       grads, (metrics, z_e, codes) = jax.grad(self.autoencoder_loss, has_aux=True)(
           state.params, model_state, batch["image"])
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    new_state, step_metrics = optim_lib.apply_gradients(state, grads, self.config.optim)
+    metrics = dict(metrics, **step_metrics)
     if self.stage == "autoencoder":
       params, model_state, restarted = self._update_codebook(
-          params, model_state, z_e, codes, jax.random.fold_in(rng, _RESTART))
-      metrics = dict(metrics, codes_restarted=restarted)
-    ema = ema_update(state.ema_params, params, self.config.optim.ema_decay)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
-                   learning_rate=optim_lib.learning_rate_schedule(self.config.optim)(
-                       state.step))
-    return state.replace(step=state.step + 1, params=params, ema_params=ema,
-                         opt_state=opt_state, model_state=model_state), metrics
+          new_state.params, model_state, z_e, codes, jax.random.fold_in(rng, _RESTART))
+      metrics["codes_restarted"] = restarted
+      if "codebook" in params:
+        # Dead-code restarts replace rows of a trained codebook after the update: its
+        # EMA is taken of the restarted codebook (EMA is per leaf).
+        ema = dict(new_state.ema_params, codebook=ema_update(
+            state.ema_params["codebook"], params["codebook"], self.config.optim.ema_decay))
+        new_state = new_state.replace(params=params, ema_params=ema)
+    return new_state.replace(model_state=model_state), metrics
 
   def eval_step(self, params, batch: dict[str, Any], rng: jax.Array) -> dict[str, jax.Array]:
     """Per-example bits/dim of the bound (uniform prior in stage 1, the learned prior in
