@@ -501,3 +501,26 @@ def test_shapes_batches_carry_the_caption_factors(data_dir):
   digits = datasets.make_train_batches(data_config('digits', data_dir), seed=0,
                                        global_batch_size=4).get(0)
   assert set(digits) == {'image', 'label'}
+
+
+def test_dataset_info_declares_the_batch_keys(data_dir):
+  """What the loop moves to the devices is what the pipeline yields, for each dataset."""
+  for name, extra in (('digits', set()), ('shapes/16', {'colour', 'position'})):
+    config = data_config(name, data_dir)
+    info = datasets.get_dataset_info(config)
+    batch = datasets.make_train_batches(config, seed=0, global_batch_size=4).get(0)
+    assert set(info.batch_keys) == set(batch) == {'image', 'label'} | extra
+    example = info.example_batch(2)
+    assert set(example) == set(batch)
+    for key in batch:
+      assert example[key].dtype == batch[key].dtype
+      assert example[key].shape[1:] == batch[key].shape[1:]
+
+
+def test_cycling_caption_factors_cover_every_caption_once():
+  f = shapes.cycling_caption_factors(2 * 216)
+  combos = list(zip(f['shape'].tolist(), f['colour'].tolist(), f['position'].tolist()))
+  assert len(set(combos[:216])) == 216 and combos[216:] == combos[:216]
+  assert max(f['shape']) == len(shapes.SHAPES) - 1
+  assert max(f['colour']) == len(shapes.COLOURS) - 1
+  assert max(f['position']) == len(shapes.POSITIONS) - 1

@@ -8,7 +8,8 @@ from models.diffusion import GaussianDiffusion, get_beta_schedule
 from models.unet import UNet
 from sampling.ddpm import ancestral_sample, ddim_sample
 from sampling.guidance import (
-    classifier_free_guidance, combine_guidance, drop_labels, null_condition_like)
+    Conditioning, classifier_free_guidance, combine_guidance, drop_labels,
+    null_condition_like)
 
 NUM_CLASSES = 3
 CLASS_MEANS = np.array([[-0.5, 0.2], [0.4, 0.4], [0.1, -0.6], [0.0, 0.0]])  # last: null
@@ -180,3 +181,40 @@ def test_learned_variance_channels_keep_the_conditional_variance():
   # eps: 3 y - 2 * 0 = 3 y; v: 10 y from the conditional half.
   np.testing.assert_allclose(out[:, :3], np.repeat([[3.0], [6.0]], 3, axis=1))
   np.testing.assert_allclose(out[:, 3:], np.repeat([[10.0], [20.0]], 3, axis=1))
+
+
+# ------------------------------------------------------------------- Conditioning
+def test_conditioning_validates_its_fields():
+  with pytest.raises(ValueError, match='p_uncond'):
+    Conditioning('class', num_classes=3, null_value=3, p_uncond=1.5)
+  with pytest.raises(ValueError, match='guidance.weight'):
+    Conditioning('class', num_classes=3, null_value=3, guidance_weight=-1.0)
+  with pytest.raises(ValueError, match='conditional model'):
+    Conditioning('none', guidance_weight=1.0)
+  with pytest.raises(ValueError, match='kind'):
+    Conditioning('colour')
+  with pytest.raises(ValueError, match='class labels'):
+    Conditioning('class', num_classes=0)
+
+
+def test_conditioning_drop_is_algorithm_1():
+  c = Conditioning('class', num_classes=3, null_value=3, p_uncond=0.5)
+  labels, rng = jnp.arange(64) % 3, jax.random.PRNGKey(7)
+  np.testing.assert_array_equal(c.drop(labels, rng), drop_labels(labels, rng, 0.5, 3))
+  assert c.drop(None, rng) is None
+  plain = Conditioning('class', num_classes=3, null_value=3)
+  assert plain.drop(labels, rng) is labels          # p_uncond 0: no draw at all
+
+
+def test_conditioning_guide_is_eq_6():
+  c = Conditioning('class', num_classes=3, null_value=3, guidance_weight=2.0)
+  model_fn = lambda x, t, y: x * (1.0 + y[:, None].astype(jnp.float32))  # noqa: E731
+  x, t, y = jnp.ones((2, 4)), jnp.zeros((2,), jnp.int32), jnp.array([0, 1])
+  guided = c.guide(model_fn, y)(x, t)
+  np.testing.assert_allclose(guided, 3.0 * model_fn(x, t, y) - 2.0 * model_fn(x, t, 3 + 0 * y))
+  np.testing.assert_allclose(c.guide(model_fn, y, 0.0)(x, t), model_fn(x, t, y))
+  with pytest.raises(ValueError, match='conditional: pass labels'):
+    c.guide(model_fn, None)
+  with pytest.raises(ValueError, match='unconditional'):
+    Conditioning().guide(model_fn, y)
+  assert c.guided and not Conditioning('class', num_classes=3, null_value=3).guided

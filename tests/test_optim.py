@@ -113,3 +113,78 @@ def test_rmsprop_momentum_accumulates():
 def test_bad_values_are_named(overrides, match):
   with pytest.raises(ValueError, match=match):
     optim.make_optimizer(_optim(**overrides))
+
+
+# ------------------------------------------------------------ the one gradient step
+def _state(params, optim_config):
+  from train.state import TrainState
+  import jax
+  tx = optim.make_optimizer(optim_config)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    ema_params=jax.tree.map(jnp.zeros_like, params),
+                    opt_state=tx.init(params), rng=jax.random.PRNGKey(0), tx=tx)
+
+
+def _adam_by_hand(p, g, lr, b1, b2, eps):
+  """One bias-corrected Adam step from zero moments (Kingma & Ba, Algorithm 1)."""
+  m, v = (1 - b1) * g, (1 - b2) * g * g
+  m_hat, v_hat = m / (1 - b1), v / (1 - b2)
+  return p - lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def test_apply_gradients_is_adam_then_ema():
+  config = _optim(optimizer="adam", learning_rate=0.1, warmup_steps=0, grad_clip_norm=0.0,
+                  ema_decay=0.9)
+  params = dict(w=jnp.array([1.0, -2.0, 3.0]))
+  grads = dict(w=jnp.array([0.5, 0.25, -4.0]))
+  state, metrics = optim.apply_gradients(_state(params, config), grads, config,
+                                         loss=jnp.float32(1.5))
+  expected = _adam_by_hand(np.array([1.0, -2.0, 3.0]), np.array([0.5, 0.25, -4.0]),
+                           0.1, config.beta1, config.beta2, config.eps)
+  np.testing.assert_allclose(state.params["w"], expected, rtol=1e-6)
+  np.testing.assert_allclose(state.ema_params["w"], 0.1 * expected, rtol=1e-6)
+  assert int(state.step) == 1
+  assert set(metrics) == {"loss", "grad_norm", "learning_rate"}
+  np.testing.assert_allclose(metrics["grad_norm"], math.sqrt(0.25 + 0.0625 + 16), rtol=1e-6)
+  np.testing.assert_allclose(metrics["learning_rate"], 0.1, rtol=1e-6)
+
+
+def test_apply_gradients_clips_to_the_norm_first():
+  config = _optim(optimizer="adam", learning_rate=0.1, warmup_steps=0, grad_clip_norm=0.0)
+  state = _state(dict(w=jnp.zeros(2)), config)
+  grads = dict(w=jnp.array([3.0, 4.0]))          # norm 5
+  clipped = optim.clip_by_global_norm(grads, jnp.float32(5.0), 1.0)
+  np.testing.assert_allclose(clipped["w"], [0.6, 0.8], rtol=1e-5)
+  # Adam is invariant to a constant gradient scale only up to eps: compare against
+  # the same step on the clipped gradients.
+  a, _ = optim.apply_gradients(state, grads, config, clip_norm=1.0)
+  b, _ = optim.apply_gradients(state, clipped, config)
+  np.testing.assert_array_equal(a.params["w"], b.params["w"])
+
+
+@pytest.mark.parametrize("loss, grads, skipped", [
+    (1.0, [3.0, 4.0], True),             # norm 5 >= threshold 4
+    (float("nan"), [0.1, 0.1], True),    # a non-finite loss
+    (1.0, [float("inf"), 0.0], True),    # a non-finite gradient
+    (1.0, [0.3, 0.4], False),
+])
+def test_apply_gradients_skips_bad_updates(loss, grads, skipped):
+  config = _optim(optimizer="adam", learning_rate=0.1, warmup_steps=0, grad_clip_norm=0.0)
+  state = _state(dict(w=jnp.array([1.0, 2.0])), config)
+  new, metrics = optim.apply_gradients(state, dict(w=jnp.array(grads)), config,
+                                       loss=jnp.float32(loss), skip_threshold=4.0)
+  assert int(new.step) == 1 and float(metrics["skipped"]) == float(skipped)
+  same = np.array_equal(new.params["w"], state.params["w"])
+  assert same == skipped
+  if skipped:
+    np.testing.assert_array_equal(new.ema_params["w"], state.ema_params["w"])
+  assert np.all(np.isfinite(new.params["w"]))
+
+
+def test_gradient_update_scales_the_updates():
+  config = _optim(optimizer="adam", learning_rate=1.0, warmup_steps=0, grad_clip_norm=0.0)
+  tx = optim.make_optimizer(config)
+  params, grads = dict(w=jnp.array([1.0])), dict(w=jnp.array([2.0]))
+  full, _ = optim.gradient_update(tx, grads, params, tx.init(params))
+  scaled, _ = optim.gradient_update(tx, grads, params, tx.init(params), 0.25)
+  np.testing.assert_allclose(1.0 - scaled["w"], 0.25 * (1.0 - full["w"]), rtol=1e-6)
