@@ -11,11 +11,12 @@ Variances (config.diffusion.var_type): fixed ('fixedlarge', 'fixedsmall') or
 
 Conditioning (configs/default.py: config.guidance, config.text, config.superres):
   class labels (model.conditional) or `shapes` captions (text.enabled, a text
-  encoder trained jointly, models/text_encoder.py), with label dropout at rate
-  guidance.p_uncond and classifier-free guidance of weight guidance.weight at
-  sampling time (Ho & Salimans 2022, eq. 6; bits/dim stay unguided); or SR3
-  super-resolution (superres.factor > 0, Saharia et al. 2021): the U-Net sees
-  [x_t, upsampled low-res image]. `edit_eps_fn` serves sampling/editing.py.
+  encoder trained jointly, models/text_encoder.py, over datasets/captions.py's
+  tokens), with label dropout at rate guidance.p_uncond and classifier-free
+  guidance of weight guidance.weight at sampling time (Ho & Salimans 2022, eq. 6;
+  bits/dim stay unguided); or SR3 super-resolution (superres.factor > 0, Saharia
+  et al. 2021): the U-Net sees [x_t, upsampled low-res image]. `edit_eps_fn`
+  serves sampling/editing.py.
 
 A family is a small object of pure functions that the one training loop calls:
 `init`, `train_step`, `eval_step`, `sample`. Nothing here touches files or devices.
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from datasets import captions
 from evaluation import likelihood
 from models import diffusion as diffusion_lib
 from models import text_encoder
@@ -206,7 +208,9 @@ class DDPM:
       # with text.cross_attention the attention layers also see every token.
       network = text_encoder.TextConditioned(
           network=network, encoder=text_encoder.TextEncoder(
-              out_dim=4 * m.ch, width=self.text.width, num_layers=self.text.num_layers,
+              out_dim=4 * m.ch, vocab_size=captions.VOCAB_SIZE,
+              max_length=captions.MAX_CAPTION_TOKENS, pad_id=captions.PAD_ID,
+              width=self.text.width, num_layers=self.text.num_layers,
               num_heads=self.text.num_heads,
               context_dim=self.text.width if self.text.cross_attention else 0))
     self.model = network
@@ -272,7 +276,7 @@ class DDPM:
   @property
   def null_condition_value(self) -> int:
     """The null condition of guidance: the padding id, or the extra label row."""
-    return text_encoder.PAD_ID if self.text_conditioned else self.num_classes
+    return captions.PAD_ID if self.text_conditioned else self.num_classes
 
   @property
   def is_conditional(self) -> bool:
@@ -285,7 +289,7 @@ class DDPM:
       if missing:
         raise ValueError(f"A caption-conditioned model needs the batch keys {missing} "
                          "(the shapes datasets provide them).")
-      return text_encoder.tokens_from_factors(
+      return captions.tokens_from_factors(
           batch["label"].astype(jnp.int32), batch["colour"].astype(jnp.int32),
           batch["position"].astype(jnp.int32))
     return self._labels(batch)
@@ -294,7 +298,7 @@ class DDPM:
     """Conditions of `sample`: every caption (or class) in turn."""
     if self.text_conditioned:
       f = cycling_captions(num_samples)
-      return text_encoder.tokens_from_factors(f["shape"], f["colour"], f["position"])
+      return captions.tokens_from_factors(f["shape"], f["colour"], f["position"])
     if self.num_classes:
       return jnp.arange(num_samples, dtype=jnp.int32) % self.num_classes
     return None
@@ -318,7 +322,7 @@ class DDPM:
       x = jnp.concatenate([x, x], axis=-1)
     t = jnp.zeros((1,), jnp.int32)
     if self.text_conditioned:  # the loop's example batch has no caption factors
-      y = jnp.asarray(text_encoder.null_tokens(1))
+      y = jnp.asarray(captions.null_tokens(1))
     else:
       y = self._labels(example_batch)
       y = None if y is None else y[:1]
