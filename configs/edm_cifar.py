@@ -1,7 +1,7 @@
 """EDM on CIFAR-10 (Karras et al. 2022, "Elucidating the Design Space of
 Diffusion-Based Generative Models"), config F of Table 2.
 
-Reproduces (/work/shared/PAPER_TABLES.md): VP architecture (DDPM++) with EDM's
+Reproduces (evaluation/paper_tables.py): VP architecture (DDPM++) with EDM's
 preconditioning, loss and sampler, FID 1.97 unconditional / 1.79 conditional ('cond')
 with the deterministic Heun sampler, 18 steps = 35 network evaluations, sigma in
 [0.002, 80], rho 7 (the paper reports the minimum over 3 FID evaluations).
