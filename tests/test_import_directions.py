@@ -114,16 +114,30 @@ def _resolve_relative(module: str, is_package: bool, level: int, name: str | Non
   return ".".join(parts + ([name] if name else []))
 
 
-class _Imports(ast.NodeVisitor):
-  """Every import of one module: (line, statement, imported module, name or None),
-  and the names that are bound to project modules (for `alias._private`)."""
+class _Imports:
+  """One walk over a module's AST: every import as (node, imported module, name
+  or None), the local names bound by imports (for `alias._private`) and the
+  private attribute accesses to check against them."""
 
-  def __init__(self, module, is_package, known_modules):
+  def __init__(self, tree, module, is_package, known_modules):
     self.module, self.is_package, self.known = module, is_package, known_modules
-    self.imports = []    # (node, module, name-or-None)
-    self.aliases = {}    # local name -> dotted module or module.attribute
+    self.imports = []         # (node, module, name-or-None)
+    self.aliases = {}         # local name -> dotted module or module.attribute
+    self.private_attributes = []
+    calls = []
+    for node in ast.walk(tree):   # one pass: the checked tree holds ~100k nodes
+      if isinstance(node, ast.Import):
+        self._import(node)
+      elif isinstance(node, ast.ImportFrom):
+        self._import_from(node)
+      elif isinstance(node, ast.Call):
+        calls.append(node)
+      elif isinstance(node, ast.Attribute) and _is_private(node.attr):
+        self.private_attributes.append(node)
+    for node in calls:            # after the walk: every alias is known
+      self._call(node)
 
-  def visit_Import(self, node):
+  def _import(self, node):
     for alias in node.names:
       self.imports.append((node, alias.name, None))
       if alias.asname:
@@ -131,7 +145,7 @@ class _Imports(ast.NodeVisitor):
       else:
         self.aliases[_top(alias.name)] = _top(alias.name)
 
-  def visit_ImportFrom(self, node):
+  def _import_from(self, node):
     base = (_resolve_relative(self.module, self.is_package, node.level, node.module)
             if node.level else node.module)
     for alias in node.names:
@@ -139,15 +153,14 @@ class _Imports(ast.NodeVisitor):
         self.imports.append((node, base, None))
         continue
       full = f"{base}.{alias.name}"
-      local = alias.asname or alias.name
-      self.aliases[local] = full
+      self.aliases[alias.asname or alias.name] = full
       if full in self.known:   # a submodule
         self.imports.append((node, full, None))
       else:
         self.imports.append((node, base, alias.name))
-    self.generic_visit(node)
 
-  def visit_Call(self, node):
+  def _call(self, node):
+    """importlib.import_module("constant") and __import__("constant")."""
     func = _dotted(node.func)
     if func:
       head, _, rest = func.partition(".")
@@ -162,7 +175,6 @@ class _Imports(ast.NodeVisitor):
         level = len(name) - len(name.lstrip("."))
         name = _resolve_relative(package, True, level, name.lstrip(".") or None)
       self.imports.append((node, name, None))
-    self.generic_visit(node)
 
 
 def _dotted(node) -> str | None:
@@ -187,9 +199,7 @@ def _owning_module(dotted: str, known: set[str]) -> tuple[str | None, list[str]]
 
 
 def _alias_map(tree: ast.AST, module: str, is_package: bool, known: set[str]):
-  visitor = _Imports(module, is_package, known)
-  visitor.visit(tree)
-  return visitor
+  return _Imports(tree, module, is_package, known)
 
 
 def family_modules(families_source: str, known: set[str]) -> set[str]:
@@ -249,9 +259,7 @@ def check_source(source: str, path: str, known: set[str],
     if name is not None and _is_private(name):
       add(node, f"{imported}.{name}", "private: imports a private name of another "
                                       "project module")
-  for node in ast.walk(tree):
-    if not isinstance(node, ast.Attribute) or not _is_private(node.attr):
-      continue
+  for node in visitor.private_attributes:
     dotted = _dotted(node)
     if dotted is None:
       continue
@@ -263,6 +271,7 @@ def check_source(source: str, path: str, known: set[str],
     if owner and owner != module and remainder == [node.attr]:
       add(node, f"{owner}.{node.attr}", "private: uses a private name of another "
                                         "project module")
+  out.sort(key=lambda v: v.line)   # the walk is breadth-first
   return list(dict.fromkeys(out))   # one per statement, target and rule
 
 
