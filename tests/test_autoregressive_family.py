@@ -226,8 +226,7 @@ def test_mixture_family_samples_whole_pixels_in_raster_order(fast_compile):
                                               ("pixelcnnpp", False)])
 def test_samples_are_uint8_images_and_a_function_of_the_rng(name, conditional,
                                                             fast_compile):
-  if name == "pixelcnnpp":
-    family = make_family(tiny_config(name, conditional=conditional))
+  family = make_family(tiny_config(name, conditional=conditional))
   params = init_state(family, digits_batch(size=1)).params
   sample = jax.jit(family.sample, static_argnums=2)
   a = np.asarray(sample(params, jax.random.PRNGKey(0), 4))
