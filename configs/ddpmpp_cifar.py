@@ -1,6 +1,6 @@
 """DDPM++ with the VP or sub-VP SDE on CIFAR-10 (Song et al. 2021).
 
-Reproduces Table 3 of the paper (/work/shared/PAPER_TABLES.md):
+Reproduces Table 3 of the paper (evaluation/paper_tables.py):
   'vp,deep'     DDPM++ cont. deep (VP):      FID 2.41, IS 9.68, NLL 3.13 bits/dim
                 (FID 3.08 with the probability-flow ODE);
   'subvp,deep'  DDPM++ cont. deep (sub-VP):  FID 2.41, IS 9.57, NLL 2.99 bits/dim

@@ -1,7 +1,7 @@
 """EDM on CIFAR-10 (Karras et al. 2022, "Elucidating the Design Space of
 Diffusion-Based Generative Models"), config F of Table 2.
 
-Reproduces (/work/shared/PAPER_TABLES.md): VP architecture (DDPM++) with EDM's
+Reproduces (evaluation/paper_tables.py): VP architecture (DDPM++) with EDM's
 preconditioning, loss and sampler, FID 1.97 unconditional / 1.79 conditional ('cond')
 with the deterministic Heun sampler, 18 steps = 35 network evaluations, sigma in
 [0.002, 80], rho 7 (the paper reports the minimum over 3 FID evaluations).
@@ -25,10 +25,22 @@ Args (comma-separated): 'cond', 'ncsnpp', 'runlocal'.
 """
 
 from configs import score_base
-from models import ncsnpp
 
 ARGS = ("cond", "ncsnpp", "runlocal")
 BATCH_SIZE = 512
+# EDM's CIFAR-10 networks (its train.py --arch) as model fields, written out so that
+# a config imports no model code; tests/test_configs.py checks them against
+# models/ncsnpp.py's EDM_CIFAR10 (channel_mult_emb is SongUNet's default, 4).
+_COMMON = dict(ch=128, ch_mult=(2, 2, 2), num_res_blocks=4, attn_resolutions=(16,),
+               dropout=0.13, augment_dim=9, decoder_type="standard")
+NETWORKS = {
+    # VP architecture (DDPM++).
+    "ddpmpp": dict(_COMMON, embedding_type="positional", channel_mult_noise=1,
+                   encoder_type="standard", fir_kernel=(1, 1)),
+    # VE architecture (NCSN++).
+    "ncsnpp": dict(_COMMON, embedding_type="fourier", channel_mult_noise=2,
+                   encoder_type="residual", fir_kernel=(1, 3, 3, 1)),
+}
 
 
 def get_config(arg: str | None = None):
@@ -50,16 +62,10 @@ def get_config(arg: str | None = None):
   sde.reduce_mean = False             # EDM sums the weighted squared error
   sde.sample_eps = 1e-5
 
-  net = ncsnpp.EDM_CIFAR10[arch]
   m = config.model
   m.name = "songunet"
   m.conditional = "cond" in args
-  m.ch, m.ch_mult, m.num_res_blocks = net["model_channels"], net["channel_mult"], \
-      net["num_blocks"]
-  m.attn_resolutions, m.dropout = net["attn_resolutions"], net["dropout"]
-  m.augment_dim, m.channel_mult_noise = net["augment_dim"], net["channel_mult_noise"]
-  m.encoder_type, m.decoder_type = net["encoder_type"], net["decoder_type"]
-  m.fir_kernel, m.embedding_type = net["resample_filter"], net["embedding_type"]
+  m.update(NETWORKS[arch])
 
   o = config.optim
   o.optimizer, o.learning_rate = "adam", 1e-3

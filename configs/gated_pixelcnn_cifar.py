@@ -2,7 +2,7 @@
 Generation with PixelCNN Decoders".
 
 Reproduces the Gated PixelCNN row of Table 1 of the paper (unconditional CIFAR-10 test
-NLL, 3.03 bits/dim; /work/shared/PAPER_TABLES.md). Architecture (section 2, figure 2):
+NLL, 3.03 bits/dim; evaluation/paper_tables.py). Architecture (section 2, figure 2):
 vertical and horizontal stacks without blind spot, gated activations
 tanh(W_f * x) * sigmoid(W_g * x), a residual connection on the horizontal stack, a
 256-way softmax per sub-pixel in raster and R -> G -> B order. Section 3.1 gives the

@@ -1,7 +1,7 @@
 """NCSN++ with the VE SDE on CIFAR-10 (Song et al. 2021, "Score-Based Generative
 Modeling through Stochastic Differential Equations").
 
-Reproduces Table 3 of the paper (/work/shared/PAPER_TABLES.md):
+Reproduces Table 3 of the paper (evaluation/paper_tables.py):
   (no arg) NCSN++ cont. (VE):        FID 2.38, IS 9.83;
   'deep'   NCSN++ cont. deep (VE):   FID 2.20, IS 9.89 (the paper's best FID).
 Both sample with the PC sampler (reverse-diffusion predictor + Langevin corrector,

@@ -1,5 +1,5 @@
 """PixelCNN on binarized MNIST: van den Oord et al. 2016a, "Pixel Recurrent Neural
-Networks", Table 4: PixelCNN, 81.30 nats test NLL (/work/shared/PAPER_TABLES.md).
+Networks", Table 4: PixelCNN, 81.30 nats test NLL (evaluation/paper_tables.py).
 
 Data (section 5.1): "the binary version (Salakhutdinov & Murray, 2008) of MNIST", the
 fixed stochastic binarization that tfds serves as 'binarized_mnist' (Larochelle &

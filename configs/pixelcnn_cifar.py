@@ -1,7 +1,7 @@
 """PixelCNN on CIFAR-10: van den Oord et al. 2016a, "Pixel Recurrent Neural Networks".
 
 Reproduces the PixelCNN row of Table 5 of the paper (CIFAR-10 test NLL, 3.14 bits/dim;
-/work/shared/PAPER_TABLES.md) with the paper's architecture (section 4, table 1,
+evaluation/paper_tables.py) with the paper's architecture (section 4, table 1,
 figure 5): a 7x7 mask-A convolution, 15 residual blocks (each ReLU -> 1x1 -> ReLU ->
 masked 3x3 -> ReLU -> 1x1, mask B) with h=128 (a residual stream of 2h=256 maps), then
 ReLU -> 1x1 with 1024 maps -> ReLU -> 1x1 to a 256-way softmax for each of R, G, B,

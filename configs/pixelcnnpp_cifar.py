@@ -2,7 +2,7 @@
 with Discretized Logistic Mixture Likelihood and Other Modifications".
 
 Reproduces the PixelCNN++ row of the paper's CIFAR-10 table, 2.92 bits/dim test NLL
-(/work/shared/PAPER_TABLES.md), with the hyperparameters of the reference
+(evaluation/paper_tables.py), with the hyperparameters of the reference
 implementation that the paper publishes and whose README reports the 2.92
 (github.com/openai/pixel-cnn, train.py defaults): 3 resolution levels (32, 16, 8) of
 nr_resnet=5 gated ResNet blocks per stream and pass, nr_filters=160, a mixture of 10

@@ -1,6 +1,6 @@
 """PixelRNN on binarized MNIST: van den Oord et al. 2016a, "Pixel Recurrent Neural
 Networks", Table 4: Diagonal BiLSTM with 7 layers and h = 16, 79.20 nats test NLL
-(/work/shared/PAPER_TABLES.md).
+(evaluation/paper_tables.py).
 
 Section 4 gives the model: "a Diagonal BiLSTM with 7 layers and a value of h = 16";
 table 1 the rest (models/pixelrnn.py): a 7x7 mask-A convolution, the LSTM layers in

@@ -2,7 +2,7 @@
 "Pixel Recurrent Neural Networks".
 
 Reproduces the PixelRNN rows of Table 5 of the paper (CIFAR-10 test NLL; Row LSTM
-3.07, Diagonal BiLSTM 3.00 bits/dim; /work/shared/PAPER_TABLES.md) with the paper's
+3.07, Diagonal BiLSTM 3.00 bits/dim; evaluation/paper_tables.py) with the paper's
 architecture (models/pixelrnn.py): section 4 gives "12 layers and h = 128" for both
 LSTMs on CIFAR-10; table 1 a 7x7 mask-A convolution, then the LSTM layers (Row LSTM:
 3 x 1 input-to-state convolution with mask B, 3 x 1 unmasked state-to-state; Diagonal

@@ -3,8 +3,8 @@
 Importance Weighted Autoencoders (Burda, Grosse & Salakhutdinov, ICLR 2016), section 5
 and Table 1 (MNIST, one stochastic layer, test NLL estimated with k=5000 importance
 samples): VAE trained with k=1: 86.76 nats; IWAE trained with k=50 (arg 'iwae'):
-84.78 nats. (PAPER_TABLES.md lists the two-stochastic-layer rows, 85.33 and 82.90,
-which need the hierarchical model; these one-layer numbers are quoted from the paper.)
+84.78 nats. (evaluation/paper_tables.py also lists the two-stochastic-layer rows,
+85.33 and 82.90, which need the hierarchical model.)
 
 Settings of the paper: fully connected tanh networks 784-200-200-50 (recognition) and
 50-200-200-784 (generative), Bernoulli decoder, N(0, I) prior; Adam with beta1=0.9,

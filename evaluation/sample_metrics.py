@@ -5,7 +5,8 @@ calls: it extracts features in batches sharded over every device (a 'data' mesh
 axis), compares them with reference statistics, and returns the numbers together
 with a `protocol` dict saying how they were computed (sample count, reference split
 and size, feature network and the SHA-256 of its weights, resize filter, precision),
-because FID moves with every one of these (see /work/shared/PAPER_TABLES.md).
+because FID moves with every one of these (the papers' protocol:
+evaluation/paper_tables.py, PROTOCOL).
 
 Metric names and what they add to the results:
 

@@ -43,8 +43,8 @@ def _check_odd(name: str, size: int) -> None:
     raise ValueError(f"{name} must be a positive odd number, got {size}.")
 
 
-def _output_logits(h: jax.Array, head_features: int, num_channels: int,
-                   num_levels: int) -> jax.Array:
+def output_logits(h: jax.Array, head_features: int, num_channels: int,
+                  num_levels: int) -> jax.Array:
   """ReLU -> 1x1 (head) -> ReLU -> 1x1 to logits, both mask B: [B, H, W, C, levels]."""
   h = MaskedConv(head_features, (1, 1), "B", num_channels, name="head")(nn.relu(h))
   out = MaskedConv(num_channels * num_levels, (1, 1), "B", num_channels,
@@ -90,7 +90,7 @@ class PixelCNN(nn.Module):
     h = MaskedConv(2 * self.ch, (k0, k0), "A", c, name="input_conv")(x)
     for i in range(self.num_layers):
       h = PixelCNNResidualBlock(self.ch, self.kernel_size, c, name=f"block_{i}")(h)
-    return _output_logits(h, self.head_features, c, self.num_levels)
+    return output_logits(h, self.head_features, c, self.num_levels)
 
 
 def shift_down(x: jax.Array) -> jax.Array:
@@ -167,4 +167,4 @@ class GatedPixelCNN(nn.Module):
       v, h = GatedLayer(self.ch, self.first_kernel_size if i == 0 else self.kernel_size,
                         self.num_channels, first=i == 0, num_classes=self.num_classes,
                         name=f"layer_{i}")(v, h, y)
-    return _output_logits(h, self.head_features, self.num_channels, self.num_levels)
+    return output_logits(h, self.head_features, self.num_channels, self.num_levels)

@@ -227,5 +227,4 @@ class PixelRNN(nn.Module):
       if self.skip_connections:
         skips.append(MaskedConv(2 * self.ch, (1, 1), "B", c, name=f"skip_{i}")(hidden))
     features = sum(skips) if self.skip_connections else stream
-    return pixelcnn._output_logits(features, self.head_features, c,  # noqa: SLF001
-                                   self.num_levels)
+    return pixelcnn.output_logits(features, self.head_features, c, self.num_levels)

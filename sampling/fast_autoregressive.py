@@ -105,7 +105,7 @@ def _record(log: jax.Array | None, t: jax.Array, logits: jax.Array) -> jax.Array
 
 
 def _head(params: Params, x: jax.Array, num_groups: int) -> jax.Array:
-  """models/pixelcnn._output_logits at one pixel: [N, F] -> [N, C, levels]."""
+  """models/pixelcnn.output_logits at one pixel: [N, F] -> [N, C, levels]."""
   head = params["head"]
   out = params["logits"]
   h = _pointwise(nn.relu(x), _masked_kernel(head, "B", num_groups), head["bias"])

@@ -96,7 +96,6 @@ class ConstantLogistic(nn.Module):
 
 def test_mixture_bits_per_dim_equal_a_numpy_discretized_logistic(fast_compile):
   """The family's 'logistic_mixture' path on grey digits, against numpy sigmoids."""
-  pytest.importorskip("models.logistic_mixture")
   family = make_family(tiny_config("pixelcnnpp", nr_logistic_mix=1))
   family.model = ConstantLogistic()
   batch = digits_batch(size=8)
@@ -112,7 +111,6 @@ def test_mixture_bits_per_dim_equal_a_numpy_discretized_logistic(fast_compile):
 
 
 def test_mixture_family_uses_dropout_in_training_only(fast_compile):
-  pytest.importorskip("models.pixelcnnpp")
   family = make_family(tiny_config("pixelcnnpp", dropout=0.5))
   batch = digits_batch(size=4)
   params = init_state(family, batch).params
@@ -214,7 +212,6 @@ class AlternatingLogistic(nn.Module):
 
 
 def test_mixture_family_samples_whole_pixels_in_raster_order(fast_compile):
-  pytest.importorskip("models.logistic_mixture")
   family = make_family(tiny_config("pixelcnnpp", nr_logistic_mix=1))
   family.model = AlternatingLogistic()
   params = init_state(family, digits_batch(size=1)).params
@@ -229,8 +226,6 @@ def test_mixture_family_samples_whole_pixels_in_raster_order(fast_compile):
                                               ("pixelcnnpp", False)])
 def test_samples_are_uint8_images_and_a_function_of_the_rng(name, conditional,
                                                             fast_compile):
-  if name == "pixelcnnpp":
-    pytest.importorskip("models.pixelcnnpp")
   family = make_family(tiny_config(name, conditional=conditional))
   params = init_state(family, digits_batch(size=1)).params
   sample = jax.jit(family.sample, static_argnums=2)
@@ -248,7 +243,6 @@ def test_samples_are_uint8_images_and_a_function_of_the_rng(name, conditional,
 
 def test_nfe_counts_sub_pixels_for_rgb_and_pixels_for_the_mixture():
   assert make_family(tiny_config(), (4, 6, 3)).sampler_settings()["nfe"] == 72
-  pytest.importorskip("models.pixelcnnpp")
   assert make_family(tiny_config("pixelcnnpp"), (4, 8, 3)).sampler_settings()["nfe"] == 32
 
 

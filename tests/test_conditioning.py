@@ -13,8 +13,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import cfg_digits, ddpm_shapes_text, sr3_digits
-from datasets import shapes
-from models import text_encoder
+from datasets import captions, shapes
 from sampling import ddpm as ddpm_sampling
 from sampling import image_io
 from train import ddpm as ddpm_family
@@ -146,15 +145,15 @@ def test_caption_model_trains_jointly_and_samples_a_prompt(cross_attention, fast
   assert max(jax.tree.leaves(moved)) > 0
   # The batch's captions are the dataset's: tokens_from_factors of its factors.
   batch = _shapes_batch()
-  captions = text_encoder.detokenize(np.asarray(family.condition(batch)))
-  assert captions[0].split()[2] == ("circle", "square", "triangle", "cross")[
+  decoded = captions.detokenize(np.asarray(family.condition(batch)))
+  assert decoded[0].split()[2] == ("circle", "square", "triangle", "cross")[
       batch["label"][0]]
   sample = jax.jit(family.sample_with_condition, static_argnums=3)
   rng = jax.random.PRNGKey(0)
   blue = sample(new_state.params, rng,
-                jnp.asarray(text_encoder.tokenize(["a blue square at bottom right"] * 2)), 2)
+                jnp.asarray(captions.tokenize(["a blue square at bottom right"] * 2)), 2)
   red = sample(new_state.params, rng,
-               jnp.asarray(text_encoder.tokenize(["a red circle at top left"] * 2)), 2)
+               jnp.asarray(captions.tokenize(["a red circle at top left"] * 2)), 2)
   assert blue.shape == (2, 8, 8, 3) and blue.dtype == jnp.uint8
   assert not np.array_equal(np.asarray(blue), np.asarray(red))   # the prompt matters
   # Default samples cycle through every caption, each factor balanced.

@@ -10,6 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from models import hvae as hvae_models
+from models import ncsnpp
 from train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +59,22 @@ def test_ddpm_cifar_has_the_papers_hyperparameters():
           c.optim.grad_clip_norm, c.optim.ema_decay) == ("adam", 2e-4, 5000, 1.0, 0.9999)
   assert (c.training.batch_size, c.training.num_train_steps, c.data.random_flip,
           c.data.dataset) == (128, 800_000, True, "cifar10")
+
+
+@pytest.mark.parametrize("arg, arch", [("", "ddpmpp"), ("ncsnpp", "ncsnpp")])
+def test_edm_cifar_writes_out_the_edm_networks(arg, arch):
+  """configs/edm_cifar.py spells EDM's networks out (a config imports no model
+  code): the same SongUNet fields as models/ncsnpp.py's EDM_CIFAR10."""
+  m = load("edm_cifar", arg).model
+  assert m.name == "songunet"
+  fields = dict(
+      model_channels=m.ch, channel_mult=tuple(m.ch_mult), num_blocks=m.num_res_blocks,
+      attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+      augment_dim=m.augment_dim, channel_mult_noise=m.channel_mult_noise,
+      encoder_type=m.encoder_type, decoder_type=m.decoder_type,
+      resample_filter=tuple(m.fir_kernel), embedding_type=m.embedding_type,
+      channel_mult_emb=ncsnpp.SongUNet.channel_mult_emb)   # not a config field
+  assert fields == ncsnpp.EDM_CIFAR10[arch]
 
 
 # The deepest paper networks take 30-50 s each to compile even at ch=8: their step runs

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import masked_conv, pixelcnn
+from models import masked_conv, pixelcnn, pixelcnnpp
 
 NUM_INPUTS = 3
 
@@ -130,7 +130,6 @@ def test_categorical_networks_are_causal_over_sub_pixels(network, channels, fast
 
 
 def test_pixelcnnpp_is_causal_over_whole_pixels(fast_compile):
-  pixelcnnpp = pytest.importorskip("models.pixelcnnpp")
   model = pixelcnnpp.PixelCNNPP(nr_filters=8, nr_resnet=1, nr_logistic_mix=2,
                                 dropout=0.0)
   h, w, c = 4, 4, 3

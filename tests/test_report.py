@@ -1,4 +1,6 @@
 """evaluation.report on synthetic eval JSONs, and the published tables it draws on."""
+import ast
+import glob
 import json
 import os
 import re
@@ -7,6 +9,8 @@ import pytest
 
 from evaluation import paper_tables
 from evaluation import report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write(workdir, step, **fields):
@@ -128,22 +132,41 @@ def test_pipes_in_values_do_not_break_the_table(tmp_path):
   assert all(len(_cells(r)) == len(_cells(rows[0])) for r in rows)
 
 
-def test_published_tables_transcribe_paper_tables_md():
-  # Every number in the tables appears in PAPER_TABLES.md (or in the config that
-  # quotes it), written the same way.
-  source = open("/work/shared/PAPER_TABLES.md").read() if os.path.exists(
-      "/work/shared/PAPER_TABLES.md") else None
-  config_doc = open(os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), "configs", "vae_binarized_mnist.py")).read()
+def test_published_tables_are_transcribed_as_printed():
+  # evaluation/paper_tables.py is the project's one copy of the published numbers:
+  # each is a string literal there, written as its paper prints it, and the rows a
+  # config quotes appear in that config's docstring.
+  with open(os.path.join(REPO, "evaluation", "paper_tables.py")) as f:
+    literals = {node.value for node in ast.walk(ast.parse(f.read()))
+                if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+  with open(os.path.join(REPO, "configs", "vae_binarized_mnist.py")) as f:
+    config_doc = f.read()
   for row in paper_tables.ALL_RESULTS:
     assert row.paper.arxiv and re.fullmatch(r"\d{4}\.\d{5}", row.paper.arxiv)
+    assert re.fullmatch(r"(Table \d+( \(quoted in configs/\w+\.py\))?)?", row.source), \
+        (row.model, row.source)
     for metric, value in row.values.items():
       assert metric in paper_tables.PUBLISHED_METRICS
       float(value)
+      assert value in literals, (row.model, value)
       if "configs/vae_binarized_mnist.py" in row.source:
-        assert value in config_doc
-      elif source is not None:
-        assert value in source, (row.model, value)
+        assert value in config_doc, (row.model, value)
+
+
+def test_configs_citing_the_published_tables_quote_their_numbers():
+  values = {v for row in paper_tables.ALL_RESULTS for v in row.values.values()}
+  citing = []
+  for path in sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))):
+    with open(path) as f:
+      doc = ast.get_docstring(ast.parse(f.read())) or ""
+    if "evaluation/paper_tables.py" in doc:
+      citing.append(os.path.basename(path))
+      assert any(re.search(rf"(?<![\d.]){re.escape(v)}(?!\d)", doc)
+                 for v in values), path
+  assert len(citing) >= 5, citing   # the paper configs point there
+
+
+def test_published_numbers_lookup():
   ddpm = paper_tables.published_for("ddpm_cifar")[0]
   assert ddpm.number("fid") == 3.17 and ddpm.cell("nll_bpd") == "≤ 3.75"
   assert paper_tables.published_for("no_such_config") == ()

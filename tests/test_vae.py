@@ -72,7 +72,6 @@ def test_family_decoders_sum_to_one_over_256_values(decoder):
 
 
 def test_logistic_mixture_decoder_sums_to_one_and_trains(fast_compile):
-  pytest.importorskip("models.logistic_mixture")
   config = tiny_config("logistic_mixture", num_mixtures=2)
   config.optim.warmup_steps = 0
   config.eval.iwae_samples = config.eval.iwae_chunk = 2

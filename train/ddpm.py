@@ -11,11 +11,12 @@ Variances (config.diffusion.var_type): fixed ('fixedlarge', 'fixedsmall') or
 
 Conditioning (configs/default.py: config.guidance, config.text, config.superres):
   class labels (model.conditional) or `shapes` captions (text.enabled, a text
-  encoder trained jointly, models/text_encoder.py), with label dropout at rate
-  guidance.p_uncond and classifier-free guidance of weight guidance.weight at
-  sampling time (Ho & Salimans 2022, eq. 6; bits/dim stay unguided); or SR3
-  super-resolution (superres.factor > 0, Saharia et al. 2021): the U-Net sees
-  [x_t, upsampled low-res image]. `edit_eps_fn` serves sampling/editing.py.
+  encoder trained jointly, models/text_encoder.py, over datasets/captions.py's
+  tokens), with label dropout at rate guidance.p_uncond and classifier-free
+  guidance of weight guidance.weight at sampling time (Ho & Salimans 2022, eq. 6;
+  bits/dim stay unguided); or SR3 super-resolution (superres.factor > 0, Saharia
+  et al. 2021): the U-Net sees [x_t, upsampled low-res image]. `edit_eps_fn`
+  serves sampling/editing.py.
 
 A family is a small object of pure functions that the one training loop calls:
 `init`, `train_step`, `eval_step`, `sample`. Nothing here touches files or devices.
@@ -27,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from datasets import captions, shapes
 from evaluation import likelihood
-from datasets import shapes
 from models import diffusion as diffusion_lib
 from models import text_encoder
 from models import unet
@@ -179,7 +180,7 @@ class DDPM(contract.Family):
         kind="caption" if self.text_conditioned else "class" if self.num_classes else "none",
         num_classes=self.num_classes,
         # The null condition: the padding id, or the extra label row.
-        null_value=text_encoder.PAD_ID if self.text_conditioned else self.num_classes,
+        null_value=captions.PAD_ID if self.text_conditioned else self.num_classes,
         p_uncond=float(guidance.p_uncond), guidance_weight=float(guidance.weight))
     self.superres_factor = int(self.superres.factor)
     self.learned_variance = d.var_type in diffusion_lib.LEARNED_VAR_TYPES
@@ -202,7 +203,9 @@ class DDPM(contract.Family):
       # with text.cross_attention the attention layers also see every token.
       network = text_encoder.TextConditioned(
           network=network, encoder=text_encoder.TextEncoder(
-              out_dim=4 * m.ch, width=self.text.width, num_layers=self.text.num_layers,
+              out_dim=4 * m.ch, vocab_size=captions.VOCAB_SIZE,
+              max_length=captions.MAX_CAPTION_TOKENS, pad_id=captions.PAD_ID,
+              width=self.text.width, num_layers=self.text.num_layers,
               num_heads=self.text.num_heads,
               context_dim=self.text.width if self.text.cross_attention else 0))
     self.model = network
@@ -268,7 +271,7 @@ class DDPM(contract.Family):
       if missing:
         raise ValueError(f"A caption-conditioned model needs the batch keys {missing} "
                          "(the shapes datasets provide them).")
-      return text_encoder.tokens_from_factors(
+      return captions.tokens_from_factors(
           batch["label"].astype(jnp.int32), batch["colour"].astype(jnp.int32),
           batch["position"].astype(jnp.int32))
     return self._labels(batch)
@@ -277,7 +280,7 @@ class DDPM(contract.Family):
     """Conditions of `sample`: every caption (or class) in turn."""
     if self.text_conditioned:
       f = shapes.cycling_caption_factors(num_samples)
-      return text_encoder.tokens_from_factors(f["shape"], f["colour"], f["position"])
+      return captions.tokens_from_factors(f["shape"], f["colour"], f["position"])
     if self.num_classes:
       return jnp.arange(num_samples, dtype=jnp.int32) % self.num_classes
     return None
@@ -297,7 +300,7 @@ class DDPM(contract.Family):
       x = jnp.concatenate([x, x], axis=-1)
     t = jnp.zeros((1,), jnp.int32)
     if self.text_conditioned:  # the loop's example batch has no caption factors
-      y = jnp.asarray(text_encoder.null_tokens(1))
+      y = jnp.asarray(captions.null_tokens(1))
     else:
       y = self._labels(example_batch)
       y = None if y is None else y[:1]

@@ -19,8 +19,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from datasets import shapes
-from models import text_encoder
+from datasets import captions, shapes
+from evaluation import prompt_accuracy
 from sampling import ddpm as ddpm_sampling
 from sampling import editing, image_io
 from train import contract
@@ -147,14 +147,14 @@ def _edit_condition(conditioning, opts: dict[str, Any]):
       raise ValueError("--prompt needs a caption-conditioned model (config.text.enabled"
                        "=True, trained on shapes); this one is not.")
     if prompt == "all":
-      n = int(opts["num_samples"] or np.prod(text_encoder.caption_table().shape[:3]))
+      n = int(opts["num_samples"] or np.prod(captions.caption_table().shape[:3]))
       factors = shapes.cycling_caption_factors(n)
-      tokens = np.asarray(text_encoder.tokens_from_factors(
+      tokens = np.asarray(captions.tokens_from_factors(
           factors["shape"], factors["colour"], factors["position"]))
       return tokens, factors, "prompt_all"
-    tokens = text_encoder.tokenize(prompt)     # ValueError naming the vocabulary
+    tokens = captions.tokenize(prompt)     # ValueError naming the vocabulary
     try:
-      parsed = text_encoder.parse_caption(prompt)
+      parsed = captions.parse_caption(prompt)
     except ValueError:
       parsed = None                            # a partial caption: no accuracy
     return tokens, parsed, "prompt"
@@ -170,7 +170,7 @@ def _edit_condition(conditioning, opts: dict[str, Any]):
       raise ValueError("This conditional model was not trained with a null condition "
                        "(config.guidance.p_uncond=0): pass --prompt or --label.")
     null = conditioning.null_value
-    shape = (1, text_encoder.MAX_CAPTION_TOKENS) if text else (1,)
+    shape = (1, captions.MAX_CAPTION_TOKENS) if text else (1,)
     return np.full(shape, null, np.int32), None, "null"
   return None, None, None
 
@@ -340,7 +340,7 @@ def _run_edit(run: Run, params, rng: jax.Array, kind: str, inputs: dict[str, np.
 
 def _prompt_accuracy(run: Run, images: np.ndarray, factors: dict[str, np.ndarray],
                      use_classifier: bool) -> dict[str, float]:
-  """text_encoder.prompt_accuracy, the shape scored by the dataset's classifier."""
+  """prompt_accuracy.prompt_accuracy, the shape scored by the dataset's classifier."""
   from evaluation import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
   config = run.config
   classifier = None
@@ -348,4 +348,4 @@ def _prompt_accuracy(run: Run, images: np.ndarray, factors: dict[str, np.ndarray
     classifier = classifier_lib.load_or_train(
         config.data.dataset, config.eval.classifier_dir, data_dir=config.data.data_dir,
         image_size=config.data.image_size)
-  return text_encoder.prompt_accuracy(images, factors, classifier)
+  return prompt_accuracy.prompt_accuracy(images, factors, classifier)
