@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
 from evaluation import classifier as classifier_lib  # noqa: E402
+from evaluation import reference_stats as reference_lib  # noqa: E402
 from evaluation import sample_metrics  # noqa: E402
 
 _USAGE_ERROR = 2
@@ -48,7 +49,7 @@ def load_samples(path: str) -> np.ndarray:
       raise ValueError(f"{path} holds {sorted(data.files)}, no 'arr_0' key with "
                        f"uint8 NHWC images{hint}.")
     images = data["arr_0"]
-  return sample_metrics.check_sample_images(images, f"images in {path}")
+  return reference_lib.check_sample_images(images, f"images in {path}")
 
 
 def _open_npz(path: str, what: str):
@@ -64,12 +65,12 @@ def _open_npz(path: str, what: str):
   return data
 
 
-def _load_reference(path: str) -> sample_metrics.ReferenceStats | np.ndarray:
+def _load_reference(path: str) -> reference_lib.ReferenceStats | np.ndarray:
   """A statistics .npz (mu, sigma, ...) or images ('arr_0')."""
   with _open_npz(path, "reference") as data:
     keys = set(data.files)
   if {"mu", "sigma"} <= keys:
-    return sample_metrics.ReferenceStats.load(path)
+    return reference_lib.ReferenceStats.load(path)
   if "arr_0" in keys:
     return load_samples(path)
   raise ValueError(f"{path} holds {sorted(keys)}: a reference must be a statistics "
@@ -85,13 +86,13 @@ def _write_json(result: dict[str, Any], out: str | None) -> None:
   print(text)
 
 
-def _reference_spec(args: argparse.Namespace) -> sample_metrics.ReferenceSpec:
-  return sample_metrics.ReferenceSpec(
+def _reference_spec(args: argparse.Namespace) -> reference_lib.ReferenceSpec:
+  return reference_lib.ReferenceSpec(
       dataset=args.dataset, split=args.split, data_dir=args.data_dir,
       image_size=args.image_size, num_examples=args.num_examples)
 
 
-def _classifier_net(args: argparse.Namespace) -> sample_metrics.FeatureNet:
+def _classifier_net(args: argparse.Namespace) -> reference_lib.FeatureNet:
   return sample_metrics.classifier_feature_net(classifier_lib.load_or_train(
       args.dataset, args.classifier_dir, data_dir=args.data_dir,
       image_size=args.image_size))
@@ -105,7 +106,7 @@ def reference_stats(args: argparse.Namespace) -> dict[str, Any]:
   else:
     net = sample_metrics.inception_feature_net(args.inception_weights,
                                                args.input_convention)
-  stats = sample_metrics.compute_reference_stats(spec, net, batch_size=args.batch_size)
+  stats = reference_lib.compute_reference_stats(spec, net, batch_size=args.batch_size)
   if not args.features:
     stats.features = None
   stats.save(args.out)
@@ -124,11 +125,11 @@ def metrics(args: argparse.Namespace) -> dict[str, Any]:
     reference, dataset = _reference_spec(args), args.dataset
   names = sample_metrics.parse_metric_names(
       args.metrics or sample_metrics.default_metrics(dataset or ""))
-  nets: dict[str, sample_metrics.FeatureNet] = {}
+  nets: dict[str, reference_lib.FeatureNet] = {}
   if any(n in sample_metrics.CLASSIFIER_METRICS for n in names) and args.dataset:
-    nets[sample_metrics.CLASSIFIER] = _classifier_net(args)
+    nets[reference_lib.CLASSIFIER] = _classifier_net(args)
   if any(n in sample_metrics.INCEPTION_METRICS for n in names):
-    nets[sample_metrics.INCEPTION] = sample_metrics.inception_feature_net(
+    nets[reference_lib.INCEPTION] = sample_metrics.inception_feature_net(
         args.inception_weights, args.input_convention)
   result = sample_metrics.compute_sample_metrics(
       images, reference=reference, metrics=names, cache_dir=args.cache_dir,

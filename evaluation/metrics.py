@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +62,20 @@ class FeatureStats(NamedTuple):
   sigma: np.ndarray
 
 
+class HasMuSigma(Protocol):
+  """Anything with `.mu` and `.sigma`, e.g. reference_stats.ReferenceStats.
+
+  Matched by attribute, so that this module needs no import of the stats cache
+  (which imports this one).
+  """
+  mu: np.ndarray
+  sigma: np.ndarray
+
+
+# What the FID functions take: a (mu, sigma) pair or an object with .mu and .sigma.
+StatsLike = FeatureStats | tuple[np.ndarray, np.ndarray] | HasMuSigma
+
+
 def feature_statistics(features: np.ndarray) -> FeatureStats:
   """Mean and unbiased covariance (ddof = 1, as np.cov in pytorch-fid and TTUR)."""
   features = _as_features(features, "features").astype(np.float64)
@@ -70,9 +84,13 @@ def feature_statistics(features: np.ndarray) -> FeatureStats:
   return FeatureStats(features.mean(axis=0), np.cov(features, rowvar=False))
 
 
-def _check_stats(stats: FeatureStats, name: str) -> FeatureStats:
-  mu = np.atleast_1d(np.asarray(stats[0], np.float64))
-  sigma = np.atleast_2d(np.asarray(stats[1], np.float64))
+def _check_stats(stats: StatsLike, name: str) -> FeatureStats:
+  if hasattr(stats, "mu") and hasattr(stats, "sigma"):
+    mu, sigma = stats.mu, stats.sigma
+  else:
+    mu, sigma = stats[0], stats[1]
+  mu = np.atleast_1d(np.asarray(mu, np.float64))
+  sigma = np.atleast_2d(np.asarray(sigma, np.float64))
   if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
     raise ValueError(f"{name}: mu must be [D] and sigma [D, D], got {mu.shape} and "
                      f"{sigma.shape}.")
@@ -92,9 +110,13 @@ def _sqrtm(matrix: np.ndarray) -> tuple[np.ndarray, bool]:
   return root, singular or not np.isfinite(root).all()
 
 
-def frechet_distance(stats_a: FeatureStats, stats_b: FeatureStats,
+def frechet_distance(stats_a: StatsLike, stats_b: StatsLike,
                      eps: float = FID_EPS) -> float:
   """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2})  (Heusel et al. 2017).
+
+  Each argument is a (mu, sigma) pair (e.g. FeatureStats) or any object with `.mu`
+  and `.sigma` attributes (e.g. the ReferenceStats of evaluation/reference_stats.py,
+  as its cache returns them).
 
   Follows pytorch-fid's `calculate_frechet_distance`: if the product is singular
   (e.g. fewer samples than dimensions), eps * I is added to both covariances;

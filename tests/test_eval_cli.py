@@ -13,6 +13,7 @@ from evaluation import classifier as classifier_lib
 from evaluation import cli
 from evaluation import inception
 from evaluation import metrics as metrics_lib
+from evaluation import reference_stats as reference_lib
 from evaluation import sample_metrics
 from tests.test_classifier import digits_classifier_dir
 from tests.test_sample_metrics import random_inception_weights_file
@@ -65,7 +66,7 @@ def test_classifier_metrics_from_dataset_and_from_a_stats_file_agree(
   assert json.loads((tmp_path / "m.json").read_text()) == by_dataset
   # The same number through the API.
   api = sample_metrics.compute_sample_metrics(
-      digits_test[0], reference=sample_metrics.ReferenceSpec("digits"),
+      digits_test[0], reference=reference_lib.ReferenceSpec("digits"),
       cache_dir=tmp_path / "cache", classifier_dir=digits_classifier_dir(),
       log_progress=False)
   assert by_dataset["classifier_fd"] == pytest.approx(api.values["classifier_fd"])

@@ -101,6 +101,22 @@ def test_fid_rejects_mismatched_stats():
     metrics.frechet_distance((np.zeros(3), np.eye(4)), (np.zeros(3), np.eye(3)))
 
 
+def test_fid_takes_any_object_with_mu_and_sigma():
+  # As reference_stats.ReferenceStats, which metrics.py does not import (a cycle).
+  rng = np.random.default_rng(3)
+  mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+  s1, s2 = _random_spd(5, rng), _random_spd(5, rng)
+  expected = metrics.frechet_distance((mu1, s1), (mu2, s2))
+  with_attributes = types.SimpleNamespace(mu=mu2.astype(np.float32), sigma=s2,
+                                          features=None, meta={})
+  actual = metrics.frechet_distance(metrics.FeatureStats(mu1, s1), with_attributes)
+  assert actual == pytest.approx(expected, rel=1e-6)
+  assert metrics.frechet_distance(with_attributes, (mu1, s1)) == pytest.approx(
+      expected, rel=1e-6)
+  with pytest.raises(ValueError, match="sigma"):
+    metrics.frechet_distance(types.SimpleNamespace(mu=mu1, sigma=np.eye(4)), (mu2, s2))
+
+
 def test_feature_statistics_are_float64_mean_and_unbiased_covariance():
   rng = np.random.default_rng(4)
   features = rng.normal(size=(7, 3)).astype(np.float32)

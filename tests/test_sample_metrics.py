@@ -1,4 +1,4 @@
-"""compute_sample_metrics, reference statistics and resumable sample generation."""
+"""compute_sample_metrics: the metrics of a set of samples and their protocol."""
 import functools
 import os
 import subprocess
@@ -7,13 +7,13 @@ import tempfile
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from evaluation import classifier as classifier_lib
 from evaluation import inception
 from evaluation import metrics as metrics_lib
+from evaluation import reference_stats as reference_lib
 from evaluation import sample_metrics
 from tests.test_classifier import digits_classifier_dir
 
@@ -55,9 +55,10 @@ def digits():
   return classifier_lib.load_or_train("digits", digits_classifier_dir())
 
 
-def _classifier_metrics(images, tmp_path, **kwargs):
+def classifier_metrics(images, tmp_path, **kwargs):
+  """The digits classifier metrics of `images`, references cached under tmp_path."""
   return sample_metrics.compute_sample_metrics(
-      images, reference=sample_metrics.ReferenceSpec("digits"),
+      images, reference=reference_lib.ReferenceSpec("digits"),
       cache_dir=tmp_path / "stats", classifier_dir=digits_classifier_dir(),
       log_progress=False, **kwargs)
 
@@ -65,7 +66,7 @@ def _classifier_metrics(images, tmp_path, **kwargs):
 def test_classifier_metrics_match_an_independent_computation(digits, digits_test,
                                                              tmp_path):
   images, _ = digits_test
-  result = _classifier_metrics(images, tmp_path)
+  result = classifier_metrics(images, tmp_path)
   assert set(result.values) == {"classifier_fd", "class_coverage",
                                 "classes_with_any_sample", "class_kl_uniform",
                                 "class_kl_reference", "classifier_confidence"}
@@ -95,29 +96,12 @@ def test_classifier_metrics_match_an_independent_computation(digits, digits_test
   assert result.protocol["precision"] == "highest"
 
 
-def test_reference_statistics_are_cached_in_pytorch_fid_format(digits, digits_test,
-                                                               tmp_path, monkeypatch):
-  images = digits_test[0][:50]
-  first = _classifier_metrics(images, tmp_path, metrics=["classifier_fd"])
-  path = first.protocol["reference"]["classifier"]["stats_file"]
-  assert os.path.dirname(path) == str(tmp_path / "stats")
-  mu, sigma = metrics_lib.load_stats(path)           # keys mu, sigma
-  assert mu.shape == (digits.feature_dim,) and sigma.shape == (digits.feature_dim,) * 2
-
-  def must_not_recompute(*args, **kwargs):
-    raise AssertionError("the cached statistics should have been used")
-
-  monkeypatch.setattr(sample_metrics, "compute_reference_stats", must_not_recompute)
-  second = _classifier_metrics(images, tmp_path, metrics=["classifier_fd"])
-  assert second.values == first.values
-
-
 def test_test_set_scores_far_better_than_noise(digits_test, tmp_path):
   images, labels = digits_test
   noise = np.random.default_rng(1).integers(0, 256, images.shape, dtype=np.uint8)
-  real = _classifier_metrics(images, tmp_path).values
-  fake = _classifier_metrics(noise, tmp_path).values
-  one_class = _classifier_metrics(images[labels == 2], tmp_path).values
+  real = classifier_metrics(images, tmp_path).values
+  fake = classifier_metrics(noise, tmp_path).values
+  one_class = classifier_metrics(images[labels == 2], tmp_path).values
   assert real["classifier_fd"] < 0.05 * fake["classifier_fd"]
   assert one_class["class_coverage"] == pytest.approx(0.1)
   assert one_class["class_kl_reference"] > 10 * real["class_kl_reference"]
@@ -172,7 +156,7 @@ def test_inception_metrics_with_random_weights_match_direct_computation(monkeypa
 
 
 def test_bad_inputs_fail_before_any_feature_is_computed(tmp_path, monkeypatch):
-  spec = sample_metrics.ReferenceSpec("digits")
+  spec = reference_lib.ReferenceSpec("digits")
   images = np.zeros((4, 8, 8, 1), np.uint8)
   with pytest.raises(ValueError, match="uint8"):
     sample_metrics.compute_sample_metrics(images.astype(np.float32), reference=spec)
@@ -199,7 +183,7 @@ def test_bad_inputs_fail_before_any_feature_is_computed(tmp_path, monkeypatch):
 
 def test_reference_statistics_of_another_net_or_without_features_are_refused(
     tmp_path):
-  stats = sample_metrics.ReferenceStats(
+  stats = reference_lib.ReferenceStats(
       np.zeros(3), np.eye(3), meta={"feature_net": "classifier/digits/8px",
                                     "dataset": "digits"})
   net = sample_metrics.inception_feature_net(params=random_inception_params())
@@ -211,84 +195,12 @@ def test_reference_statistics_of_another_net_or_without_features_are_refused(
   # A pytorch-fid file (mu, sigma only) is Inception pool3: fine for FID, not KID.
   path = tmp_path / "fid_stats.npz"
   metrics_lib.save_stats(path, metrics_lib.FeatureStats(np.zeros(2048), np.eye(2048)))
-  plain = sample_metrics.ReferenceStats.load(path)
+  plain = reference_lib.ReferenceStats.load(path)
   assert plain.feature_net is None and plain.features is None
   with pytest.raises(ValueError, match="KID need the reference features"):
     sample_metrics.compute_sample_metrics(images, reference=plain, metrics="kid",
                                           feature_nets={"inception": net},
                                           log_progress=False)
-
-
-def test_reference_stats_round_trip(tmp_path):
-  rng = np.random.default_rng(0)
-  stats = sample_metrics.ReferenceStats(
-      rng.normal(size=4), np.eye(4), rng.normal(size=(6, 4)).astype(np.float32),
-      np.array([0.5, 0.5]), {"feature_net": "x", "dataset": "digits"})
-  stats.save(tmp_path / "s.npz")
-  loaded = sample_metrics.ReferenceStats.load(tmp_path / "s.npz")
-  np.testing.assert_array_equal(loaded.mu, stats.mu)
-  np.testing.assert_array_equal(loaded.sigma, stats.sigma)
-  np.testing.assert_array_equal(loaded.features, stats.features)
-  np.testing.assert_array_equal(loaded.class_histogram, stats.class_histogram)
-  assert loaded.meta == stats.meta
-  assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temp left
-
-
-# ----------------------------------------------------------- resumable generation
-def _sample_fn(calls):
-  def sample_fn(rng, n):
-    calls.append(n)
-    return np.asarray(jax.random.randint(rng, (n, 4, 4, 3), 0, 256, jnp.int32),
-                      np.uint8)
-  return sample_fn
-
-
-def test_interrupted_generation_resumes_to_the_same_samples(tmp_path):
-  rng = jax.random.PRNGKey(7)
-  full_calls = []
-  full = sample_metrics.generate_samples_resumable(
-      _sample_fn(full_calls), rng, 23, 5, tmp_path / "full", log_progress=False)
-  assert full.shape == (23, 4, 4, 3) and full.dtype == np.uint8
-  assert full_calls == [5] * 5                    # ceil(23 / 5) chunks, last trimmed
-  # Independent of the helper: chunk i is sample_fn(fold_in(rng, i), 5).
-  np.testing.assert_array_equal(
-      full[5:10], _sample_fn([])(jax.random.fold_in(rng, 1), 5))
-
-  class Interrupted(Exception):
-    pass
-
-  calls = []
-
-  def dies_after_two(rng_i, n):
-    if len(calls) == 2:
-      raise Interrupted
-    return _sample_fn(calls)(rng_i, n)
-
-  with pytest.raises(Interrupted):
-    sample_metrics.generate_samples_resumable(dies_after_two, rng, 23, 5,
-                                              tmp_path / "split", log_progress=False)
-  assert sorted(os.listdir(tmp_path / "split")) == ["chunk_000000.npz",
-                                                    "chunk_000001.npz"]
-  resumed_calls = []
-  resumed = sample_metrics.generate_samples_resumable(
-      _sample_fn(resumed_calls), rng, 23, 5, tmp_path / "split", log_progress=False)
-  assert resumed_calls == [5] * 3                 # only the 3 missing chunks
-  np.testing.assert_array_equal(resumed, full)
-
-
-def test_chunks_of_another_run_are_refused(tmp_path):
-  sample_metrics.generate_samples_resumable(
-      _sample_fn([]), jax.random.PRNGKey(0), 10, 5, tmp_path, log_progress=False)
-  with pytest.raises(ValueError, match="another sampling run"):
-    sample_metrics.generate_samples_resumable(
-        _sample_fn([]), jax.random.PRNGKey(1), 10, 5, tmp_path, log_progress=False)
-  with pytest.raises(ValueError, match="another sampling run"):
-    sample_metrics.generate_samples_resumable(
-        _sample_fn([]), jax.random.PRNGKey(0), 10, 2, tmp_path, log_progress=False)
-  with pytest.raises(ValueError, match="uint8 NHWC"):
-    sample_metrics.generate_samples_resumable(
-        lambda rng, n: np.zeros((n, 4, 4, 3), np.float32), jax.random.PRNGKey(0), 4,
-        2, tmp_path / "bad", log_progress=False)
 
 
 # ------------------------------------------------------------------ two devices

@@ -17,6 +17,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 import datasets
+from evaluation import reference_stats as reference_lib
+from evaluation import sample_chunks
 from evaluation import sample_metrics
 from sampling import image_io
 from train import sharding
@@ -82,11 +84,11 @@ def _sample_metrics(run: Run, params, step: int,
       jax.device_count()
 
   nfes: list[float] = []
-  images = sample_metrics.generate_samples_resumable(
+  images = sample_chunks.generate_samples_resumable(
       lambda rng, n: run.sample_batch(params, rng, n, nfes), jax.random.fold_in(run.root_rng, SAMPLE_EVAL), ev.num_samples,
       batch_size, os.path.join(run.workdir, "eval", f"samples_step_{step:08d}"),
       is_writer=run.is_writer)
-  reference = sample_metrics.ReferenceSpec.from_data_config(
+  reference = reference_lib.ReferenceSpec.from_data_config(
       config.data, split=ev.reference_split, num_examples=ev.num_reference_examples)
   result = sample_metrics.compute_sample_metrics(
       images, reference=reference, metrics=names, cache_dir=ev.stats_dir,
