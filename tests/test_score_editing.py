@@ -152,7 +152,7 @@ def test_levels_without_noise_growth_are_refused():
   config.sde.sample_eps = 0.0      # VP at t = 0 has no noise: abar_0 = 1, beta_0 = 0
   family = score.ScoreSDE(config, (3, 3, 2), 0)
   with pytest.raises(ValueError, match=r"outside \(0, 1\].*sample_eps"):
-    family.diffusion  # pylint: disable=pointless-statement
+    family.edit_process  # pylint: disable=pointless-statement
   with pytest.raises(ValueError, match=r"beta_2 = .* outside \(0, 1\]"):
     diffusion_lib.betas_from_alphas_cumprod(np.array([0.9, 0.5, 0.5, 0.1]))
 
