@@ -59,7 +59,6 @@ import datetime
 import glob
 import importlib.metadata
 import json
-import math
 import os
 import platform
 import re
@@ -445,7 +444,7 @@ def _describe_run(args: argparse.Namespace, argv: Sequence[str]) -> str:
     jax_version = "?"
   lines = ["`" + shlex.join(["python", "benchmarks/digits_table.py", *argv]) + "`", "",
            f"{'Quick' if args.quick else 'Full'} settings, seed {args.seed}; "
-           f"{datetime.datetime.now().isoformat(timespec='seconds')}; "
+           f"started {args.started}; "
            f"{platform.machine()} {os.cpu_count()} cores, Python "
            f"{platform.python_version()}, jax {jax_version}; workdirs under "
            f"`{args.workdir_root}`."]
@@ -519,6 +518,13 @@ def run_row(row: Row, workdir: str, *, quick: bool, seed: int,
   return result
 
 
+def _load_average() -> str:
+  try:
+    return f"{os.getloadavg()[0]:.1f}"
+  except OSError:
+    return "?"
+
+
 def prepare_classifier(root: str, log=sys.stderr) -> tuple[int, float]:
   cmd = [sys.executable, "-m", "evaluation.cli", "train_classifier", "--dataset=digits"]
   print(f"[prepare] {shlex.join(cmd[1:])}", file=log, flush=True)
@@ -568,7 +574,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "choose a new --workdir_root.")
   os.makedirs(root, exist_ok=True)
   args.workdir_root = root
-  start = time.monotonic()
+  start, load_start = time.monotonic(), _load_average()
+  args.started = datetime.datetime.now().isoformat(timespec="seconds")
   code, prepare_seconds = prepare_classifier(root)
   if code:
     print(f"warning: preparing the classifier failed (exit {code}); rows train it "
@@ -585,7 +592,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   text = (_describe_run(args, argv) + "\n" +
           markdown_table(results, show_readme=not args.quick) +
           f"\nTotal wall time {format_seconds(total)} (classifier preparation "
-          f"{format_seconds(prepare_seconds)}).\n")
+          f"{format_seconds(prepare_seconds)}); 1-minute load average "
+          f"{load_start} at the start, {_load_average()} at the end.\n")
   print(text, end="")
   if args.out:
     with open(args.out, "w") as f:

@@ -168,3 +168,40 @@ def test_markdown_table_rows_and_footnotes():
 def test_format_seconds():
   assert [dt.format_seconds(s) for s in (0.4, 59.6, 60, 3725)] == [
       "0s", "1m00s", "1m00s", "62m05s"]
+
+
+def test_main_runs_rows_and_moves_each_eval_aside(tmp_path, monkeypatch, capsys):
+  """main() with main.py faked: each command 'writes' an eval JSON; vae's fails."""
+  calls = []
+
+  def fake_run(cmd, log_path):
+    calls.append(cmd)
+    flags = dict(a[2:].split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
+    workdir = flags.get("workdir")
+    if workdir is None:                     # the classifier preparation
+      return 0, 1.0
+    if "vae" in flags["config"]:
+      return 1, 2.0
+    assert not os.path.exists(os.path.join(workdir, "eval"))   # fresh samples
+    os.makedirs(os.path.join(workdir, "eval"))
+    raw = flags.get("config.sampling.use_ema") == "False"
+    with open(os.path.join(workdir, "eval", "step_00000200.json"), "w") as f:
+      json.dump(_DDPM_RAW if raw else _DDPM_EMA, f)
+    return 0, 3.0
+
+  monkeypatch.setattr(dt, "_run", fake_run)
+  out = tmp_path / "table.md"
+  code = dt.main(["--quick", "--families=ddpm_digits,vae", f"--workdir_root={tmp_path}/w",
+                  f"--out={out}", f"--json_out={tmp_path}/t.json"])
+  assert code == 1                           # vae failed
+  assert len(calls) == 4                     # prepare, ddpm train, ddpm eval, vae train
+  assert sorted(os.listdir(tmp_path / "w" / "ddpm")) == ["eval_0_ema", "eval_1_raw"]
+  text = out.read_text()
+  assert text == capsys.readouterr().out
+  assert "| `ddpm_digits` | 200 | 13.9074 (VLB, EMA); 5.1235 (VLB, raw) |" in text
+  assert "| `vae_digits` | ? |  | FAILED: EMA: exit status 1" in text
+  saved = json.loads((tmp_path / "t.json").read_text())
+  assert [r["key"] for r in saved["rows"]] == ["ddpm", "vae"]
+  # The same workdir root again would resume the runs: refused.
+  with pytest.raises(SystemExit):
+    dt.main(["--families=ddpm_digits", f"--workdir_root={tmp_path}/w"])
