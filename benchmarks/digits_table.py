@@ -16,6 +16,13 @@ which each run writes (the eval folder is renamed to `W/eval_<i>_<label>/` after
 run, so that the next evaluation draws its own samples instead of resuming the
 previous one's chunks). Nothing of the library is imported.
 
+Settings taken from the README text: ddpm_digits samples with EMA weights and adds
+the raw-weights bound; iddpm_digits and :vlb train and sample with raw weights
+(`--config.sampling.use_ema=False`, as the README advises for short runs; it does not
+say which weights its FD used) and add the EMA bound; vdm_digits trains 2,500 steps
+(its config says 3,000); score_digits:vp adds DPM-Solver++ with 20 steps; Gated
+PixelCNN is pixelcnn_digits with --config.model.name=gated_pixelcnn.
+
 --families selects rows, comma-separated: a family (`config.model.family`: ddpm, vdm,
 score, autoregressive, gan, vae, hvae, vqvae) selects all its README rows; a row key
 (e.g. `pixelcnn`, `gated_pixelcnn`, `score:vp`, `iddpm:vlb`, `pixelrnn:row_lstm`,
@@ -35,8 +42,16 @@ every row, these overrides on top of the row's own (QUICK_OVERRIDES):
   eval.num_samples=128, sampling.batch_size=128     (README: 1,024; PixelRNN 256)
   and, for vae_digits and hvae_digits, eval.iwae_samples=100 (README: k=1000).
 Everything else (seed 42 unless --seed, samplers and their NFE, weights, the
-classifier and its reference split) is as in the full run. On 2 shared CPU cores a
-quick row takes about 1 to 3 minutes.
+classifier and its reference split) is as in the full run. On the 2-core CPU machine,
+shared (load average 4-10), a quick row took 45 s (vae_digits) to 6 minutes
+(ddpm_digits with its raw-weights evaluation); `--quick --families=ddpm,vae,pixelcnn,gan`
+(six rows) took 20 minutes.
+
+Same config and seed, same numbers on this CPU: training and evaluation are
+deterministic. Verified with --quick for ddpm_digits (both evaluations),
+pixelcnn_digits, gan_digits and vae_digits: two or three runs each, under different
+machine load, wrote bit-identical eval JSONs (every value and the protocol). Only the
+wall times move with the load.
 
 Output: a markdown table (stdout, and --out) with one line per row: steps, test
 bits/dim with the bound and weights, sample quality (classifier Frechet distance,
@@ -44,7 +59,8 @@ classes covered, class-histogram KL to uniform) with its sampler, NFE and weight
 the row's wall time (all its subprocesses), and a footnote with each evaluation's
 protocol as its eval JSON records it (split, test examples, samples, sampler, NFE,
 seed, weights). Rows not run are left out; a failed command is reported in its row
-(log in its workdir) and the script exits with status 1. --json_out also writes the
+(logs: `<workdir_root>/<row>.<i>_<label>.log`, one per command) and the script exits
+with status 1. --json_out also writes the
 eval JSONs, commands and wall times. Before the rows, the offline digits classifier is
 trained or loaded once (`python -m evaluation.cli train_classifier --dataset=digits`,
 cached in ~/.cache/genmodels/ or $EVAL_CLASSIFIER_DIR) so that no row's wall time
