@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 from configs import ddpm_digits
-from train import families, loop
-from train import workdir_guard
-from train import modes
+from evaluation import sample_metrics
 from train import ddpm as ddpm_family
+from train import families, loop, modes, workdir_guard
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -293,3 +292,32 @@ def test_eval_watch_evaluates_each_checkpoint_once(tmp_path, fast_compile):
   assert sorted(os.listdir(tmp_path / "eval")) == ["step_00000002.json",
                                                    "step_00000004.json"]
   assert modes.evaluate_continuously(config, str(tmp_path), poll_seconds=0) == []
+
+
+def test_eval_samples_are_reused_only_by_the_same_sampler(tmp_path, monkeypatch,
+                                                          fast_compile):
+  """Chunks of eval samples resume an interrupted evaluation of the same sampler and
+  weights; another sampler (or the raw weights) gets a sample set of its own."""
+  seen = []
+
+  def fake_metrics(images, **kwargs):
+    del kwargs
+    seen.append(np.asarray(images).copy())
+    return sample_metrics.SampleMetrics(values=dict(fake=0.0), protocol={})
+
+  monkeypatch.setattr(sample_metrics, "compute_sample_metrics", fake_metrics)
+  config = tiny_config(num_train_steps=2)
+  config.eval.sample_metrics = "classifier_fd"
+  loop.train_and_evaluate(config, str(tmp_path))
+  sample_dirs = lambda: sorted(glob.glob(str(tmp_path / "eval" / "samples_step_*")))  # noqa: E731
+  assert len(sample_dirs()) == 1
+  modes.evaluate(config, str(tmp_path))                      # the same sampler: resumed
+  assert len(sample_dirs()) == 1
+  np.testing.assert_array_equal(seen[0], seen[1])
+  config.sampling.use_ema = False                            # other weights
+  modes.evaluate(config, str(tmp_path))
+  config.sampling.use_ema = True
+  config.sampling.method = "ddim"                            # another sampler
+  config.sampling.ddim_steps = 5
+  modes.evaluate(config, str(tmp_path))
+  assert len(sample_dirs()) == 3

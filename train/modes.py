@@ -3,6 +3,7 @@ training writes them) and sample. They write eval/ and samples/ files only, neve
 checkpoint.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -68,6 +69,12 @@ def evaluate_run(run: Run, state: TrainState | None) -> dict[str, Any]:
   return report
 
 
+def _fingerprint(settings: dict[str, Any]) -> str:
+  """8 hex digits of the settings' SHA-256 (sorted JSON): a name for a sample set."""
+  text = json.dumps(settings, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def _sample_metric_names(config: ml_collections.ConfigDict) -> list[str]:
   return [n.strip() for n in config.eval.sample_metrics.split(",") if n.strip()]
 
@@ -76,26 +83,29 @@ def _sample_metrics(run: Run, params, step: int,
                     names: list[str] | None) -> tuple[dict[str, float], dict[str, Any]]:
   """FID / IS / KID / P&R (or the offline classifier metrics) of eval.num_samples samples.
 
-  Samples are written in chunks under eval/samples_step_N/, so an interrupted
-  evaluation resumes where it stopped and gives the same samples.
+  Samples are written in chunks under eval/samples_step_N_<sampler>/, so an
+  interrupted evaluation resumes where it stopped and gives the same samples.
+  <sampler> fingerprints the sampler's settings and the weights (EMA or raw): an
+  evaluation with another sampler never reuses these samples.
   """
   config, ev = run.config, run.config.eval
   batch_size = math.ceil(config.sampling.batch_size / jax.device_count()) * \
       jax.device_count()
-
+  sampler = dict(run.family.sampler_settings(), seed=int(config.seed),
+                 params="ema" if config.sampling.use_ema else "raw")
+  directory = os.path.join(run.workdir, "eval",
+                           f"samples_step_{step:08d}_{_fingerprint(sampler)}")
   nfes: list[float] = []
   images = sample_chunks.generate_samples_resumable(
-      lambda rng, n: run.sample_batch(params, rng, n, nfes), jax.random.fold_in(run.root_rng, SAMPLE_EVAL), ev.num_samples,
-      batch_size, os.path.join(run.workdir, "eval", f"samples_step_{step:08d}"),
-      is_writer=run.is_writer)
+      lambda rng, n: run.sample_batch(params, rng, n, nfes),
+      jax.random.fold_in(run.root_rng, SAMPLE_EVAL), ev.num_samples, batch_size,
+      directory, is_writer=run.is_writer)
   reference = reference_lib.ReferenceSpec.from_data_config(
       config.data, split=ev.reference_split, num_examples=ev.num_reference_examples)
   result = sample_metrics.compute_sample_metrics(
       images, reference=reference, metrics=names, cache_dir=ev.stats_dir,
       inception_weights=ev.inception_weights, classifier_dir=ev.classifier_dir,
       batch_size=ev.feature_batch_size, mesh=run.mesh)
-  sampler = dict(run.family.sampler_settings(), seed=int(config.seed),
-                 params="ema" if config.sampling.use_ema else "raw")
   if nfes:   # samples resumed from disk add no measurement
     sampler["nfe_measured"] = float(np.mean(nfes))
   protocol = dict(result.protocol, sampler=sampler)
