@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from datasets import transforms
 from evaluation import likelihood
 from models import diffusion as diffusion_lib
 from models import text_encoder
@@ -73,11 +74,6 @@ def cycling_captions(num_samples: int) -> dict[str, jax.Array]:
   """
   i = jnp.arange(num_samples, dtype=jnp.int32)
   return dict(shape=i % 4, colour=(i // 4) % 6, position=(i // 24) % 9)
-
-
-def scale_images(images_uint8: jax.Array) -> jax.Array:
-  """uint8 [0, 255] -> float32 [-1, 1], the data scaling of Ho et al. (section 3.3)."""
-  return images_uint8.astype(jnp.float32) / 127.5 - 1.0
 
 
 # ------------------------------------------------ importance sampling of t (eq. 18)
@@ -260,9 +256,9 @@ class DDPM:
       if h % sr.factor or w % sr.factor:
         raise ValueError(f"config.superres.factor={sr.factor} must divide the image "
                          f"size {h}x{w}.")
-      if sr.upsample_method not in editing.UPSAMPLE_METHODS:
+      if sr.upsample_method not in transforms.UPSAMPLE_METHODS:
         raise ValueError(f"config.superres.upsample_method={sr.upsample_method!r}; "
-                         f"choose {editing.UPSAMPLE_METHODS}.")
+                         f"choose {transforms.UPSAMPLE_METHODS}.")
       if conditioned:
         raise ValueError("An SR3 model (config.superres.factor > 0) is conditioned on "
                          "its low-res image only: set config.model.conditional=False "
@@ -308,12 +304,12 @@ class DDPM:
     if self.superres_factor:
       if condition_image is None:
         raise ValueError("An SR3 model needs its upsampled low-res condition image.")
-      return editing.concat_condition(x_t, condition_image)
+      return unet.concat_condition(x_t, condition_image)
     return x_t
 
   # ------------------------------------------------------------------ training
   def init(self, rng: jax.Array, example_batch: dict[str, Any]) -> TrainState:
-    x = scale_images(example_batch["image"][:1])
+    x = transforms.uint8_to_centered(example_batch["image"][:1])
     if self.superres_factor:   # the 2C-channel input [x_t, condition]
       x = jnp.concatenate([x, x], axis=-1)
     t = jnp.zeros((1,), jnp.int32)
@@ -410,7 +406,7 @@ class DDPM:
       # Eq. 16: L_vlb must not move the mean, only the variance.
       frozen = jax.lax.stop_gradient(eps)
       output = frozen if v is None else jnp.concatenate([frozen, v], axis=-1)
-    terms["vb"] = likelihood.vb_terms_bpd(
+    terms["vb"] = diffusion_lib.vb_terms_bpd(
         output, self.diffusion, x0, x_t, t, var_type=var_type, clip_denoised=False)
     scaled_vb = self.diffusion.num_timesteps * terms["vb"]
     terms["loss"] = (terms["mse"] + self.options.vlb_weight * scaled_vb
@@ -420,10 +416,10 @@ class DDPM:
   def _loss_and_aux(self, params, batch, rng, model_state):
     condition_image = None
     if self.superres_factor:   # (x_0, upsampled box-downsampled x_0), SR3
-      x0, condition_image = editing.superres_training_pair(
+      x0, condition_image = transforms.superres_training_pair(
           batch["image"], self.superres_factor, self.superres.upsample_method)
     else:
-      x0 = scale_images(batch["image"])
+      x0 = transforms.uint8_to_centered(batch["image"])
     t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
     y = self.condition(batch)
     if y is not None and self.guidance.p_uncond > 0:
@@ -486,7 +482,7 @@ class DDPM:
     """
     eps_fn = self.eps_fn(params, self.condition(batch))
     if self.superres_factor:
-      _, condition_image = editing.superres_training_pair(
+      _, condition_image = transforms.superres_training_pair(
           batch["image"], self.superres_factor, self.superres.upsample_method)
       eps_fn = editing.conditioned_eps_fn(eps_fn, condition_image)
     out = likelihood.vlb_bpd(
@@ -550,7 +546,7 @@ class DDPM:
       out = ddpm_sampling.ddim_sample(
           eps_fn, diffusion, rng, shape, num_steps=s.ddim_steps, eta=s.ddim_eta,
           step_spacing=s.ddim_spacing, clip_denoised=s.clip_denoised)
-    return ddpm_sampling.to_uint8(out.images)
+    return transforms.centered_to_uint8(out.images)
 
   def sampler_settings(self) -> dict[str, Any]:
     s, d = self.config.sampling, self.config.diffusion

@@ -19,8 +19,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from datasets import transforms
 from models import text_encoder
-from sampling import ddpm as ddpm_sampling
 from sampling import editing, image_io
 from train.loop import EDIT, _Run, _write_text_atomically
 
@@ -338,7 +338,7 @@ def _run_edit(run: _Run, params, rng: jax.Array, kind: str, inputs: dict[str, np
     settings.update(edit_settings)
     return out.images
 
-  images = jax.jit(lambda p, r: ddpm_sampling.to_uint8(edit_fn(p, r)))(params, rng)
+  images = jax.jit(lambda p, r: transforms.centered_to_uint8(edit_fn(p, r)))(params, rng)
   return np.asarray(images), settings
 
 
