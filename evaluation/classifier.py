@@ -49,6 +49,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from datasets import transforms
+
 CLASSIFIER_DIR_ENV_VAR = "EVAL_CLASSIFIER_DIR"
 DEFAULT_CLASSIFIER_DIR = "~/.cache/genmodels/classifiers"
 DATA_AXIS = "data"  # the batch axis of a feature-extraction mesh
@@ -73,7 +75,7 @@ class ClassifierNet(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
-    x = images.astype(jnp.float32) / 127.5 - 1.0
+    x = transforms.uint8_to_centered(images)
     for width in self.widths:
       x = nn.relu(nn.Conv(width, (3, 3))(x))
       x = nn.relu(nn.Conv(width, (3, 3), strides=(2, 2))(x))

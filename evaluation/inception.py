@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from datasets import transforms
+
 INPUT_SIZE = 299
 POOL_DIM = 2048
 NUM_LOGITS = 1008
@@ -161,18 +163,19 @@ def preprocess(images: jax.Array, input_convention: str = "tf1") -> jax.Array:
     raise ValueError(f"input_convention must be one of {INPUT_CONVENTIONS}, "
                      f"got {input_convention!r}.")
   check_images(images)
-  x = jnp.asarray(images).astype(jnp.float32)
+  tf1 = input_convention == "tf1"
+  # tf1 works on the levels 0..255, pytorch-fid on x / 255 in [0, 1].
+  x = jnp.asarray(images).astype(jnp.float32) if tf1 else transforms.uint8_to_unit(images)
   if x.shape[-1] == 1:
     x = jnp.repeat(x, 3, axis=-1)
   size = (INPUT_SIZE, INPUT_SIZE)
-  if input_convention == "tf1":
+  if tf1:
     if x.shape[1:3] != size:  # Both resizes are the identity at 299x299.
       x = resize_bilinear_tf1(x, size)
     return (x - 128.0) / 128.0
-  x = x / 255.0
   if x.shape[1:3] != size:
     x = resize_bilinear_half_pixel(x, size)
-  return 2.0 * x - 1.0
+  return transforms.unit_to_centered(x)
 
 
 # ----------------------------------------------------------------------------------

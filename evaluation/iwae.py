@@ -18,15 +18,12 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from models import distributions
+
 # log_likelihood_fn(z [n, B, D]) -> log p(x_b | z_{n, b}) [n, B]
 LogLikelihoodFn = Callable[[jax.Array], jax.Array]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def gaussian_kl_to_standard_normal(mean: jax.Array, log_std: jax.Array) -> jax.Array:
-  """Per-dimension KL(N(mean, exp(log_std)^2) || N(0, 1)) (Kingma & Welling, app. B)."""
-  return 0.5 * (jnp.square(mean) + jnp.exp(2.0 * log_std) - 1.0) - log_std
 
 
 def diagonal_gaussian_log_prob(z: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax.Array:
@@ -131,10 +128,5 @@ def importance_weighted_bounds(log_likelihood_fn: LogLikelihoodFn, mean: jax.Arr
 
   out = chunked_log_mean_weight(sample_log_weights, rng, num_samples=num_samples,
                                 chunk_size=chunk_size)
-  kl = jnp.sum(gaussian_kl_to_standard_normal(mean, log_std), axis=-1)
+  kl = jnp.sum(distributions.gaussian_kl_to_standard_normal(mean, 2.0 * log_std), axis=-1)
   return dict(iwae=out["iwae"], elbo=out["mean_log_lik"] - kl, elbo_mc=out["mean_log_w"])
-
-
-def nats_to_bits_per_dim(nats: jax.Array, num_dims: int) -> jax.Array:
-  """Negative log-likelihood in nats -> bits per sub-pixel."""
-  return nats / (num_dims * math.log(2.0))

@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from datasets import transforms
+from models import distributions
 from models.sde import SDE
 from sampling.sde import check_ode_tolerances, get_ode_solver, ode_solve_nfe
 
@@ -71,14 +73,14 @@ def dequantize(rng: jax.Array, images: jax.Array, data_range: str = '[-1,1]') ->
   scale, shift = _check_data_range(data_range)
   if images.dtype != jnp.uint8:
     raise ValueError(f'dequantize expects uint8 images, got dtype {images.dtype}.')
-  noise = jax.random.uniform(rng, images.shape, jnp.float32)
-  return scale * (images.astype(jnp.float32) + noise) / NUM_LEVELS + shift
+  # (k + u) / 256, u ~ U[0, 1) kept inside k's bin (datasets/transforms.py).
+  return scale * transforms.dequantize(images, rng, 'uniform') + shift
 
 
 def bits_per_dim(logp: jax.Array, num_dims: int, data_range: str = '[-1,1]') -> jax.Array:
   """bpd = -log p_y(y) / (D ln 2) + log2(256) - log2(a) (module docstring)."""
   scale, _ = _check_data_range(data_range)
-  return (-logp / (num_dims * math.log(2.0)) + math.log2(NUM_LEVELS)
+  return (distributions.nats_to_bits_per_dim(-logp, num_dims) + math.log2(NUM_LEVELS)
           - math.log2(scale))
 
 

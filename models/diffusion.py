@@ -1,7 +1,8 @@
 """The Gaussian forward process of DDPM (Ho et al. 2020) and its posteriors.
 
 Not a network: this is the fixed noising process q(x_{1:T} | x_0) shared by the
-diffusion training loss, the samplers and the likelihood evaluation. It also
+diffusion training loss, the samplers and the likelihood evaluation, and the
+terms of its variational bound (eq. 5) in bits/dim. It also
 holds the two additions of Nichol & Dhariwal (2021, "Improved DDPM"): learned
 reverse variances interpolated between beta_t and beta-tilde_t (eq. 15) and
 timestep respacing (sec. 4), which samples with a subsequence of the T steps.
@@ -19,6 +20,8 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from models import distributions
 
 BETA_SCHEDULES = ('linear', 'quad', 'const', 'jsd', 'cosine')
 # 'learned_range': the network outputs [eps, v] (2C channels); v in [-1, 1]
@@ -296,6 +299,53 @@ def split_model_output(
   if not learned:
     return output, None
   return output[..., :channels], output[..., channels:]
+
+
+# ------------------------------------------------- terms of the variational bound
+# Ho et al. eq. 5: L = L_T + sum_{t>1} L_{t-1} + L_0 with
+#   L_T     = KL(q(x_T | x_0) || N(0, I)),
+#   L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)),
+#   L_0     = -log p(x_0 | x_1), the discretized decoder of eq. 13,
+# each in bits/dim: the mean over the sub-pixels of nats, / ln 2.
+def _mean_over_dims(x: jax.Array) -> jax.Array:
+  """[B, ...] -> [B]: the mean over every non-batch axis."""
+  return jnp.mean(x.reshape(x.shape[0], -1), axis=1)
+
+
+def prior_bpd(diffusion: GaussianDiffusion, x0: jax.Array) -> jax.Array:
+  """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim, per example [B] (eq. 5)."""
+  t = jnp.full((x0.shape[0],), diffusion.num_timesteps - 1, dtype=jnp.int32)
+  mean, _, log_variance = diffusion.q_mean_variance(x0, t)
+  kl = distributions.gaussian_kl(mean, log_variance, 0.0, 0.0)
+  # Already per dimension: bits/dim of one dimension's nats.
+  return distributions.nats_to_bits_per_dim(_mean_over_dims(kl), 1)
+
+
+def vb_terms_bpd(
+    eps: jax.Array,
+    diffusion: GaussianDiffusion,
+    x0: jax.Array,
+    x_t: jax.Array,
+    t: jax.Array,
+    *,
+    var_type: str = 'fixedlarge',
+    clip_denoised: bool = False,
+) -> jax.Array:
+  """One bound term per example [B], in bits/dim: L_0 where t = 0, else L_{t-1}.
+
+  eps is the network output at (x_t, t) (`p_mean_variance`); x0 is on the
+  [-1, 1] scale and on the 256-level grid. The training loss of Nichol &
+  Dhariwal (L_vlb, eq. 16) and the bits/dim evaluation both use it.
+  """
+  true_mean, _, true_log_variance = diffusion.q_posterior_mean_variance(x0, x_t, t)
+  model_mean, _, model_log_variance, _ = diffusion.p_mean_variance(
+      eps, x_t, t, var_type=var_type, clip_denoised=clip_denoised)
+  kl = _mean_over_dims(distributions.gaussian_kl(
+      true_mean, true_log_variance, model_mean, model_log_variance))
+  decoder_nll = -_mean_over_dims(distributions.discretized_gaussian_log_likelihood(
+      x0, means=model_mean, log_scales=0.5 * model_log_variance))
+  # Already per dimension: bits/dim of one dimension's nats.
+  return distributions.nats_to_bits_per_dim(jnp.where(t == 0, decoder_nll, kl), 1)
 
 
 # ---------------------------------------------------------------- respacing

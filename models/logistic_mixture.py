@@ -21,15 +21,11 @@ Parameter layout per pixel (as in the reference code), K = num_output_channels(C
 """
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
-LOG_SCALE_MIN = -7.0        # log-scales are clipped below here (reference code)
-BIN_HALF_WIDTH = 1.0 / 255.0  # levels are 2/255 apart on [-1, 1]
-EDGE_THRESHOLD = 0.999      # |x| beyond this is the lowest/highest level
-MIN_BIN_PROB = 1e-5         # below this the bin mass is approximated (see below)
+from models import distributions
+
 SUPPORTED_CHANNELS = (1, 3)
 
 
@@ -71,40 +67,9 @@ def _unpack(params: jax.Array, num_channels: int, num_mixtures: int):
   logits = params[..., :m]
   per_channel = params[..., m:].reshape(*params.shape[:-1], num_channels, -1)
   means = per_channel[..., :m]
-  log_scales = jnp.maximum(per_channel[..., m:2 * m], LOG_SCALE_MIN)
+  log_scales = jnp.maximum(per_channel[..., m:2 * m], distributions.MIN_LOG_SCALE)
   coeffs = jnp.tanh(per_channel[..., 2 * m:3 * m]) if num_channels == 3 else None
   return logits, means, log_scales, coeffs
-
-
-def _log_bin_mass(x: jax.Array, mean: jax.Array, log_scale: jax.Array) -> jax.Array:
-  """log P(level x) of one discretized logistic, elementwise; x on the 256-level grid.
-
-  The interior mass sigma(b+) - sigma(b-) is evaluated on the side of the mean where
-  both sigmoids are small (sigma(z) = 1 - sigma(-z)), which avoids cancellation above
-  the mean. Below MIN_BIN_PROB, as in the reference code, the log-density at the bin
-  centre times the bin width 2/255 replaces it: the difference of two float32 sigmoids
-  has no precision left there.
-  """
-  centered = x - mean
-  inv_scale = jnp.exp(-log_scale)
-  plus_in = inv_scale * (centered + BIN_HALF_WIDTH)
-  min_in = inv_scale * (centered - BIN_HALF_WIDTH)
-  mid_in = inv_scale * centered
-  # Lowest level: log sigma(plus_in); highest level: log(1 - sigma(min_in)).
-  log_cdf_plus = jax.nn.log_sigmoid(plus_in)
-  log_one_minus_cdf_min = jax.nn.log_sigmoid(-min_in)
-  above = mid_in > 0
-  upper = jnp.where(above, -min_in, plus_in)
-  lower = jnp.where(above, -plus_in, min_in)
-  bin_mass = jax.nn.sigmoid(upper) - jax.nn.sigmoid(lower)
-  # log pdf of the logistic at the bin centre: z - log s - 2 softplus(z).
-  log_pdf_mid = mid_in - log_scale - 2.0 * jax.nn.softplus(mid_in)
-  # The maximum keeps log finite (and its gradient NaN-free) in the unselected branch.
-  log_interior = jnp.where(bin_mass > MIN_BIN_PROB,
-                           jnp.log(jnp.maximum(bin_mass, 1e-12)),
-                           log_pdf_mid - math.log(127.5))
-  return jnp.where(x < -EDGE_THRESHOLD, log_cdf_plus,
-                   jnp.where(x > EDGE_THRESHOLD, log_one_minus_cdf_min, log_interior))
 
 
 def _check_log_prob_inputs(x: jax.Array, params: jax.Array, num_mixtures: int) -> None:
@@ -136,7 +101,10 @@ def log_prob(x: jax.Array, params: jax.Array, *, num_mixtures: int) -> jax.Array
     mean_b = (means[..., 2, :] + coeffs[..., 1, :] * x_c[..., 0, :]
               + coeffs[..., 2, :] * x_c[..., 1, :])
     means = jnp.stack([means[..., 0, :], mean_g, mean_b], axis=-2)
-  log_mass = jnp.sum(_log_bin_mass(x_c, means, log_scales), axis=-2)  # [B, H, W, M]
+  # Each component's channels: one discretized logistic each, as in the reference
+  # code (its float32 sigmoid differences, the bin-centre density below 1e-5).
+  log_mass = jnp.sum(distributions.discretized_logistic_log_likelihood(
+      x_c, mean=means, log_scale=log_scales, exact=False), axis=-2)  # [B, H, W, M]
   log_pixel = jax.nn.logsumexp(log_mass + jax.nn.log_softmax(logits, axis=-1), axis=-1)
   return jnp.sum(log_pixel, axis=(1, 2))
 

@@ -25,6 +25,18 @@ def coordinate_channels(batch: int, height: int, width: int,
   return jnp.broadcast_to(grid, (batch, height, width, 2)).astype(dtype)
 
 
+def concat_condition(x_t: jax.Array, condition: jax.Array) -> jax.Array:
+  """SR3's network input: [x_t, upsampled low-res image] along channels (2C channels).
+
+  Saharia et al. 2021, sec. 2: the low-res image, upsampled to x_t's size, is
+  concatenated with x_t and the U-Net denoises the pair.
+  """
+  if x_t.shape != condition.shape:
+    raise ValueError(f"x_t {x_t.shape} and the condition {condition.shape} must "
+                     "have the same shape (upsample the low-res image first).")
+  return jnp.concatenate([x_t, condition], axis=-1)
+
+
 class UNet(nn.Module):
   """Predicts a [B, H, W, out_channels] map (e.g. the noise eps) from x_t, t, y."""
   ch: int = 128  # base channel count; the time embedding has 4 * ch features

@@ -37,11 +37,6 @@ class SampleOutput:
   nfe: int = flax.struct.field(pytree_node=False)
 
 
-def to_uint8(x: jax.Array) -> jax.Array:
-  """Maps [-1, 1] to the 256 levels: round((x + 1) * 127.5), clipped to [0, 255]."""
-  return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
-
-
 def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
   shape = tuple(int(s) for s in shape)
   if len(shape) < 1 or any(s < 1 for s in shape):

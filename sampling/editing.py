@@ -9,8 +9,8 @@ converse); guidance composes by passing a guided eps_fn (sampling/guidance.py).
 
 Images: uint8 [0, 255] or float in [-1, 1] ([B, ...], NHWC for images; the
 colour functions need C = 3); outputs are float32 [-1, 1]-scaled arrays (not
-clipped: `sampling.ddpm.to_uint8` rounds and clips for writing). Masks are 1
-where a pixel is known (kept) and 0 where it is generated.
+clipped: `datasets.transforms.centered_to_uint8` rounds and clips for writing).
+Masks are 1 where a pixel is known (kept) and 0 where it is generated.
 
 Randomness follows sampling/ddpm.py: the initial draw comes from split(rng)[0],
 the noise of loop iteration i from fold_in(split(rng)[1], i).
@@ -23,13 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from datasets import transforms
 from models.diffusion import GaussianDiffusion, VAR_TYPES
+from models.unet import concat_condition
 from sampling.ddpm import SampleOutput, ancestral_sample, ddim_timesteps
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 LatentMap = Callable[[jax.Array], jax.Array]
 MASK_KINDS = ('center', 'left', 'right', 'top', 'bottom')
-UPSAMPLE_METHODS = ('nearest', 'bilinear', 'bicubic')
 
 # score_sde's colourisation basis (Song et al. 2021, App. I.2): an orthonormal
 # 3x3 matrix whose first column is (1, 1, 1)/sqrt(3), so channel 0 of x @ M is
@@ -47,7 +48,7 @@ COLOUR_DECOUPLING = np.stack([
 def to_model_images(images: np.ndarray | jax.Array) -> jax.Array:
   """uint8 [0, 255] -> float32 [-1, 1]; float input must already lie in [-1, 1]."""
   if images.dtype == np.uint8 or images.dtype == jnp.uint8:
-    return jnp.asarray(images, jnp.float32) / 127.5 - 1.0
+    return transforms.uint8_to_centered(images)
   if not jnp.issubdtype(images.dtype, jnp.floating):
     raise ValueError(f'Images must be uint8 [0, 255] or float [-1, 1], got '
                      f'{images.dtype}.')
@@ -503,49 +504,10 @@ def interpolate(
 
 
 # ------------------------------------------------------ SR3 super-resolution
-def downsample(images: jax.Array, factor: int) -> jax.Array:
-  """Box filter: the mean of each factor x factor block of [B, H, W, C] images."""
-  b, h, w, c = images.shape
-  if not isinstance(factor, int) or factor < 1 or h % factor or w % factor:
-    raise ValueError(f'factor must be a positive integer dividing the image size '
-                     f'{h}x{w}, got {factor!r}.')
-  return images.reshape(b, h // factor, factor, w // factor, factor, c).mean((2, 4))
-
-
-def upsample(images: jax.Array, factor: int, method: str = 'bicubic') -> jax.Array:
-  """[B, h, w, C] -> [B, h f, w f, C] by jax.image.resize (SR3 uses bicubic)."""
-  if method not in UPSAMPLE_METHODS:
-    raise ValueError(f'Unknown upsample method {method!r}; choose one of '
-                     f'{UPSAMPLE_METHODS}.')
-  if not isinstance(factor, int) or factor < 1:
-    raise ValueError(f'factor must be a positive integer, got {factor!r}.')
-  b, h, w, c = images.shape
-  return jax.image.resize(images, (b, h * factor, w * factor, c), method)
-
-
 def superres_condition(low_res: np.ndarray | jax.Array, factor: int,
                        method: str = 'bicubic') -> jax.Array:
   """The SR3 conditioning image: low-res (uint8 or [-1, 1]) upsampled to full size."""
-  return upsample(to_model_images(low_res), factor, method)
-
-
-def superres_training_pair(images: np.ndarray | jax.Array, factor: int,
-                           method: str = 'bicubic') -> tuple[jax.Array, jax.Array]:
-  """(x_0 [-1, 1], conditioning image) of a training batch of high-res images.
-
-  The low-res input is the box-downsampled image (Saharia et al. 2021 train on
-  bicubic-downsampled pairs; the box filter is the exact area average).
-  """
-  x0 = to_model_images(images)
-  return x0, upsample(downsample(x0, factor), factor, method)
-
-
-def concat_condition(x_t: jax.Array, condition: jax.Array) -> jax.Array:
-  """SR3's network input: [x_t, upsampled low-res] along channels (2C channels)."""
-  if x_t.shape != condition.shape:
-    raise ValueError(f'x_t {x_t.shape} and the condition {condition.shape} must '
-                     'have the same shape (upsample the low-res image first).')
-  return jnp.concatenate([x_t, condition], axis=-1)
+  return transforms.upsample(to_model_images(low_res), factor, method)
 
 
 def conditioned_eps_fn(sr_eps_fn: EpsFn, condition: jax.Array) -> EpsFn:
@@ -611,7 +573,7 @@ def apply_edit(
                    num_fixed_point_iterations; output [B, num_points, H, W, C].
     'superres':    images (low-res [B, h, w, C]), superres_factor,
                    upsample_method; eps_fn is the SR3 model's (2C-channel input).
-  Output images are [-1, 1]-scaled float32 ([B, ...]); `sampling.ddpm.to_uint8`
+  Output images are [-1, 1]-scaled float32 ([B, ...]); `transforms.centered_to_uint8`
   turns them into the uint8 images that sampling/image_io.py writes.
   Not jitted here: wrap in jax.jit (static: every argument but rng and arrays)
   or call as is (the loops compile once per call).

@@ -66,28 +66,6 @@ def test_bernoulli_nll_equals_a_numpy_computation(fast_compile):
   np.testing.assert_allclose(out["bpd"], expected / (30 * math.log(2)), rtol=1e-5)
 
 
-def test_binarization_modes():
-  images = jnp.array([0, 1, 64, 127, 128, 200, 255], jnp.uint8).reshape(1, 7, 1, 1)
-  key = jax.random.PRNGKey(0)
-  np.testing.assert_array_equal(autoregressive.binarize(images, key, "threshold").ravel(),
-                                [0, 0, 0, 0, 1, 1, 1])
-  np.testing.assert_array_equal(autoregressive.binarize(images, key, "binary").ravel(),
-                                [0, 1, 1, 1, 1, 1, 1])
-  # Dynamic: x ~ Bernoulli(pixel / 255), a function of the key.
-  level = jnp.full((200, 20, 20, 1), 64, jnp.uint8)
-  draws = np.asarray(autoregressive.binarize(level, key, "dynamic"))
-  assert set(np.unique(draws)) == {0, 1}
-  p = 64 / 255
-  assert abs(draws.mean() - p) < 4 * math.sqrt(p * (1 - p) / draws.size)
-  np.testing.assert_array_equal(draws, autoregressive.binarize(level, key, "dynamic"))
-  assert np.any(draws != np.asarray(autoregressive.binarize(level, jax.random.PRNGKey(1),
-                                                            "dynamic")))
-  edges = autoregressive.binarize(jnp.array([0, 255], jnp.uint8), key, "dynamic")
-  np.testing.assert_array_equal(edges, [0, 1])
-  with pytest.raises(ValueError, match="binarization='otsu'"):
-    autoregressive.binarize(images, key, "otsu")
-
-
 def test_training_uses_a_fresh_dynamic_binarization_each_step(fast_compile):
   family = autoregressive.Autoregressive(binary_config(binarization="dynamic"),
                                          (6, 5, 1), 0)

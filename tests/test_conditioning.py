@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import cfg_digits, ddpm_shapes_text, sr3_digits
-from datasets import captions, shapes
+from datasets import captions, shapes, transforms
 from sampling import ddpm as ddpm_sampling
 from sampling import image_io
 from train import ddpm as ddpm_family
@@ -71,7 +71,7 @@ def test_guidance_weight_zero_is_the_plain_conditional_sampler(fast_compile):
   guided_off = np.asarray(sample(state.params, rng, 4))
   # The plain conditional path, written out: the network at the cycling labels.
   labels = jnp.arange(4, dtype=jnp.int32)
-  plain = ddpm_sampling.to_uint8(ddpm_sampling.ancestral_sample(
+  plain = transforms.centered_to_uint8(ddpm_sampling.ancestral_sample(
       family.eps_fn(state.params, labels), family.diffusion, rng, (4, 8, 8, 1),
       var_type="fixedlarge", clip_denoised=True).images)
   np.testing.assert_array_equal(guided_off, np.asarray(plain))

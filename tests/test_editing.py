@@ -327,25 +327,6 @@ def test_interpolation_shapes_and_endpoints(ddim_setup):
 
 
 # ---------------------------------------------------------- super-resolution
-def test_down_and_upsampling():
-  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 3, 3, 2)), jnp.float32)
-  up = editing.upsample(x, 2, 'nearest')
-  assert up.shape == (2, 6, 6, 2)
-  np.testing.assert_array_equal(up[:, ::2, ::2], x)
-  np.testing.assert_allclose(editing.downsample(up, 2), x, rtol=1e-6)
-  blocks = jnp.arange(16.0).reshape(1, 4, 4, 1)
-  np.testing.assert_allclose(editing.downsample(blocks, 2)[0, :, :, 0],
-                             [[2.5, 4.5], [10.5, 12.5]])
-  with pytest.raises(ValueError, match='dividing'):
-    editing.downsample(blocks, 3)
-  with pytest.raises(ValueError, match='Unknown upsample'):
-    editing.upsample(x, 2, 'lanczos7')
-  x0, cond = editing.superres_training_pair(
-      np.full((1, 4, 4, 3), 255, np.uint8), 2)
-  np.testing.assert_allclose(x0, 1.0)
-  np.testing.assert_allclose(cond, 1.0, atol=1e-6)
-
-
 def test_superres_sampler_conditions_on_the_upsampled_image():
   """A model of x_0 | c ~ N(c, s^2), c = the upsampled low-res image, reads c
   from the last C input channels; the samples must centre on c with spread s."""

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from configs import pixelcnn_digits
+from datasets import transforms
 from models import pixelcnn
 from sampling import fast_autoregressive
 from train import autoregressive
@@ -47,7 +48,7 @@ def setup(name):
   labels = None if labels is None else jnp.asarray(labels, jnp.int32)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, *shape[1:])),
                                None if labels is None else labels[:1])["params"]
-  input_fn = autoregressive.scale_binary if binary else autoregressive.scale_images
+  input_fn = transforms.unit_to_centered if binary else transforms.uint8_to_centered
   logits_fn = (autoregressive.bernoulli_as_categorical if binary else lambda out: out)
   return model, perturbed(params), shape, labels, input_fn, logits_fn, binary
 

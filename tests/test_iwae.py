@@ -9,20 +9,6 @@ from scipy import special, stats
 from evaluation import iwae
 
 
-def test_closed_form_kl_equals_a_monte_carlo_estimate():
-  rng = np.random.default_rng(0)
-  mean = rng.normal(size=4)
-  log_std = rng.normal(scale=0.5, size=4)
-  std = np.exp(log_std)
-  z = mean + std * rng.normal(size=(200_000, 4))
-  # KL(q || p) = E_q[log q(z) - log p(z)], with scipy's densities.
-  samples = np.sum(stats.norm.logpdf(z, mean, std) - stats.norm.logpdf(z), axis=1)
-  closed = np.sum(np.asarray(iwae.gaussian_kl_to_standard_normal(
-      jnp.asarray(mean, jnp.float32), jnp.asarray(log_std, jnp.float32))))
-  standard_error = samples.std() / np.sqrt(len(samples))
-  assert abs(closed - samples.mean()) < 4 * standard_error + 1e-4, (closed, samples.mean())
-
-
 def test_reparameterized_gradient_matches_finite_differences_of_the_expectation():
   """d/d(mean, log_std) E_{z~q}[f(z)], f(z) = sum sin(z) + 0.3 z^2."""
   mean = np.array([0.3, -1.2, 0.8])
@@ -113,7 +99,8 @@ def test_iwae_with_one_sample_is_the_elbo_of_the_same_noise():
           - stats.norm.logpdf(z, np.asarray(mean), np.exp(np.asarray(log_std))).sum(-1))
   np.testing.assert_allclose(out["iwae"], elbo, rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(out["elbo_mc"], elbo, rtol=1e-5, atol=1e-4)
-  kl = np.sum(iwae.gaussian_kl_to_standard_normal(mean, log_std), -1)
+  std = np.exp(np.asarray(log_std, np.float64))
+  kl = np.sum(0.5 * (np.asarray(mean, np.float64)**2 + std**2 - 1) - np.log(std), -1)
   np.testing.assert_allclose(out["elbo"], log_lik - kl, rtol=1e-5, atol=1e-4)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from models.diffusion import GaussianDiffusion, get_beta_schedule
 from sampling.ddpm import (
-    SampleOutput, ancestral_sample, ddim_sample, ddim_timesteps, to_uint8)
+    SampleOutput, ancestral_sample, ddim_sample, ddim_timesteps)
 
 NUM_TIMESTEPS = 200
 MU = np.array([0.3, -0.2])
@@ -183,16 +183,3 @@ def test_bad_arguments_raise(diffusion):
     ancestral_sample(eps_fn, diffusion, rng, (2, 2), var_type='learned')
   with pytest.raises(ValueError, match='shape'):
     ancestral_sample(eps_fn, diffusion, rng, (0, 2))
-
-
-def test_to_uint8_round_trips_the_256_levels():
-  levels = np.arange(256, dtype=np.uint8)
-  as_float = jnp.asarray(levels, jnp.float32) / 127.5 - 1.0
-  out = to_uint8(as_float)
-  assert out.dtype == jnp.uint8
-  np.testing.assert_array_equal(out, levels)
-  # Out of range values are clipped; half a level either way rounds back.
-  np.testing.assert_array_equal(
-      to_uint8(jnp.array([-3.0, -1.0, 1.0, 3.0])), [0, 0, 255, 255])
-  shifted = as_float + 0.45 / 127.5 * jnp.where(levels % 2 == 0, 1.0, -1.0)
-  np.testing.assert_array_equal(to_uint8(shifted), levels)

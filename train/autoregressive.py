@@ -12,9 +12,10 @@ Networks (`config.model.name`): 'pixelcnn', 'gated_pixelcnn' (models/pixelcnn.py
 - 'bernoulli': binary data, one logit per sub-pixel (the sigmoid output of the
   PixelRNN paper's binarized MNIST models, table 1), for the same four networks. The
   uint8 images are binarized inside the family (`config.model.binarization`, by
-  train/vae.py's code): 'dynamic' draws x ~ Bernoulli(pixel / 255) at every step (eval draws
-  the test set once from the eval rng), 'threshold' is x = [pixel >= 128], 'binary'
-  reads data already stored as 0/1 (tfds 'binarized_mnist'). Samples are 0 or 255.
+  datasets/transforms.py's `binarize`, as in the VAE family): 'dynamic' draws
+  x ~ Bernoulli(pixel / 255) at every step (eval draws the test set once from the
+  eval rng), 'threshold' is x = [pixel >= 128], 'binary' reads data already stored
+  as 0/1 (tfds 'binarized_mnist'). Samples are 0 or 255.
   Bits/dim are then per binary dimension; binarized MNIST papers report `nll_nats`;
 - 'logistic_mixture': a discretized logistic mixture per whole pixel, RGB coupled
   inside the pixel (Salimans et al. 2017; models/pixelcnnpp.py, models/logistic_mixture.py).
@@ -30,25 +31,24 @@ Samplers (`config.sampling.method`):
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from evaluation.iwae import nats_to_bits_per_dim
+from datasets import transforms
+from models import distributions
+from models import logistic_mixture
 from models import pixelcnn as pixelcnn_models
+from models import pixelcnnpp
 from models import pixelrnn as pixelrnn_models
 from sampling import fast_autoregressive
 from train import contract
 from train import optim as optim_lib
 from train.state import TrainState
-from train import vae as vae_lib
-from train.vae import BINARIZATIONS, bernoulli_log_prob
 
 # Network name -> the likelihoods its outputs can parameterise (the first: default).
 NETWORK_LIKELIHOODS = {
@@ -70,43 +70,12 @@ NUM_LEVELS = 256
 _BINARIZE = 1     # fold_in purpose of the binarization key inside a step's rng
 
 
-def scale_images(levels: jax.Array) -> jax.Array:
-  """Levels 0..255 (uint8 or int) -> float32 in [-1, 1] (level k -> k / 127.5 - 1)."""
-  return levels.astype(jnp.float32) / 127.5 - 1.0
-
-
-def scale_binary(bits: jax.Array) -> jax.Array:
-  """Binary data {0, 1} -> network input {-1, 1}."""
-  return 2.0 * bits.astype(jnp.float32) - 1.0
-
-
-def to_levels(x: jax.Array) -> jax.Array:
-  """[-1, 1] on the 256-level grid -> int32 levels 0..255."""
-  return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, NUM_LEVELS - 1).astype(jnp.int32)
-
-
-def binarize(images: jax.Array, rng: jax.Array, mode: str) -> jax.Array:
-  """uint8 images -> int32 {0, 1} by `mode`, with the VAE family's binarization.
-
-  train/vae.py keeps its binarization in the method VAE.prepare, which reads only
-  config.model.decoder and config.model.binarization: it is called here with those
-  two fields, so both families binarize identically.
-  """
-  if mode not in BINARIZATIONS:
-    raise ValueError(f"binarization={mode!r}; choose one of {BINARIZATIONS}.")
-  fields = SimpleNamespace(config=SimpleNamespace(
-      model=SimpleNamespace(decoder="bernoulli", binarization=mode)))
-  return vae_lib.VAE.prepare(fields, images, rng).astype(jnp.int32)
-
-
 def categorical_log_likelihood(logits: jax.Array, levels: jax.Array) -> jax.Array:
   """log p(x) = sum over sub-pixels of log softmax(logits)[level], in nats.
 
   logits [B, H, W, C, 256], levels [B, H, W, C] -> [B].
   """
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  picked = jnp.take_along_axis(log_probs, levels.astype(jnp.int32)[..., None], axis=-1)
-  return jnp.sum(picked, axis=(1, 2, 3, 4))
+  return jnp.sum(distributions.categorical_log_likelihood(levels, logits), axis=(1, 2, 3))
 
 
 def bernoulli_log_likelihood(logits: jax.Array, bits: jax.Array) -> jax.Array:
@@ -114,8 +83,8 @@ def bernoulli_log_likelihood(logits: jax.Array, bits: jax.Array) -> jax.Array:
 
   logits [B, H, W, C, 1], bits {0, 1} [B, H, W, C] -> [B].
   """
-  per_subpixel = bernoulli_log_prob(bits.astype(jnp.float32),
-                                    logits[..., 0].astype(jnp.float32))
+  per_subpixel = distributions.bernoulli_log_likelihood(bits.astype(jnp.float32),
+                                                        logits[..., 0].astype(jnp.float32))
   return jnp.sum(per_subpixel, axis=(1, 2, 3))
 
 
@@ -172,7 +141,8 @@ def sample_pixels(params_fn: Callable[[jax.Array], jax.Array],
     i, j = jnp.divmod(t, w)
     params = params_fn(canvas)
     pixel_params = jax.lax.dynamic_slice(params, (0, i, j, 0), (n, 1, 1, params.shape[-1]))
-    pixel = to_levels(draw_fn(jax.random.fold_in(rng, t), pixel_params))
+    pixel = transforms.centered_to_uint8(
+        draw_fn(jax.random.fold_in(rng, t), pixel_params)).astype(jnp.int32)
     return jax.lax.dynamic_update_slice(canvas, pixel, (0, i, j, 0))
 
   canvas = jax.lax.fori_loop(0, h * w, body, jnp.zeros(shape, jnp.int32))
@@ -180,17 +150,6 @@ def sample_pixels(params_fn: Callable[[jax.Array], jax.Array],
 
 
 # ----------------------------------------------------------------------- family
-def _logistic_mixture_modules():
-  """(models.logistic_mixture, models.pixelcnnpp), imported only when used."""
-  try:
-    return (importlib.import_module("models.logistic_mixture"),
-            importlib.import_module("models.pixelcnnpp"))
-  except ModuleNotFoundError as e:
-    raise ValueError("config.model.likelihood='logistic_mixture' needs "
-                     "models/logistic_mixture.py and models/pixelcnnpp.py, which are not "
-                     f"in this checkout ({e}).") from e
-
-
 def _check_likelihood(name: str, likelihood: str) -> None:
   if likelihood not in LIKELIHOODS:
     raise ValueError(f"config.model.likelihood={likelihood!r}; choose one of "
@@ -221,9 +180,9 @@ class Autoregressive(contract.Family):
     self.binarization = None
     if self.likelihood == "bernoulli":
       self.binarization = m.get("binarization", None)
-      if self.binarization not in BINARIZATIONS:
+      if self.binarization not in transforms.BINARIZATIONS:
         raise ValueError(f"config.model.binarization={self.binarization!r}; the "
-                         f"Bernoulli likelihood needs one of {BINARIZATIONS}.")
+                         f"Bernoulli likelihood needs one of {transforms.BINARIZATIONS}.")
     conditional = bool(m.get("conditional", False))
     if conditional and num_classes <= 0:
       raise ValueError(f"config.model.conditional=True but {config.data.dataset!r} has "
@@ -236,14 +195,12 @@ class Autoregressive(contract.Family):
     self.dropout = float(m.get("dropout", 0.0))
     self.sampler = self._sampler_name(name)
     if self.likelihood == "logistic_mixture":
-      self.mixture, pixelcnnpp = _logistic_mixture_modules()
       self.model = pixelcnnpp.PixelCNNPP(
           nr_filters=m.nr_filters, nr_resnet=m.nr_resnet,
           nr_logistic_mix=m.nr_logistic_mix, dropout=self.dropout,
           num_classes=self.num_classes)
     else:
       self.model = self._subpixel_network(name, m)
-      self.mixture = None
     self.tx = optim_lib.make_optimizer(config.optim)
 
   def _sampler_name(self, name: str) -> str:
@@ -290,12 +247,14 @@ class Autoregressive(contract.Family):
 
   def network_input(self, data: jax.Array) -> jax.Array:
     """Modelled data (levels 0..255, or bits {0, 1}) -> the network's input in [-1, 1]."""
-    return scale_binary(data) if self.likelihood == "bernoulli" else scale_images(data)
+    if self.likelihood == "bernoulli":
+      return transforms.unit_to_centered(data)
+    return transforms.uint8_to_centered(data)
 
   def prepare(self, images: jax.Array, rng: jax.Array) -> jax.Array:
     """uint8 images -> the modelled data: int32 levels, or bits for 'bernoulli'."""
     if self.likelihood == "bernoulli":
-      return binarize(images, rng, self.binarization)
+      return transforms.binarize(images, rng, self.binarization).astype(jnp.int32)
     return images.astype(jnp.int32)
 
   def apply(self, params, data: jax.Array, y: jax.Array | None = None, *,
@@ -314,7 +273,7 @@ class Autoregressive(contract.Family):
       return categorical_log_likelihood(out, data)
     if self.likelihood == "bernoulli":
       return bernoulli_log_likelihood(out, data)
-    return self.mixture.log_prob(scale_images(data), out,
+    return logistic_mixture.log_prob(transforms.uint8_to_centered(data), out,
                                  num_mixtures=self.config.model.nr_logistic_mix)
 
   # ----------------------------------------------------------------- training
@@ -332,7 +291,7 @@ class Autoregressive(contract.Family):
     """Mean negative log-likelihood in bits/dim (teacher forcing)."""
     data = self.prepare(batch["image"], jax.random.fold_in(rng, _BINARIZE))
     log_lik = self.log_likelihood(params, data, self._labels(batch), train=True, rng=rng)
-    return jnp.mean(nats_to_bits_per_dim(-log_lik, self.num_dims))
+    return jnp.mean(distributions.nats_to_bits_per_dim(-log_lik, self.num_dims))
 
   def train_step(self, state: TrainState, batch: dict[str, Any]):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -348,7 +307,7 @@ class Autoregressive(contract.Family):
     """
     data = self.prepare(batch["image"], rng)
     nll = -self.log_likelihood(params, data, self._labels(batch))
-    return dict(bpd=nats_to_bits_per_dim(nll, self.num_dims), nll_nats=nll)
+    return dict(bpd=distributions.nats_to_bits_per_dim(nll, self.num_dims), nll_nats=nll)
 
   # ----------------------------------------------------------------- sampling
   def sample(self, params, rng: jax.Array, num_samples: int) -> jax.Array:
@@ -360,7 +319,7 @@ class Autoregressive(contract.Family):
       num_mixtures = self.config.model.nr_logistic_mix
 
       def draw(key, pixel_params):
-        return self.mixture.sample(key, pixel_params, num_mixtures=num_mixtures)
+        return logistic_mixture.sample(key, pixel_params, num_mixtures=num_mixtures)
 
       return sample_pixels(lambda canvas: self.apply(params, canvas, y), draw, rng, shape)
     to_logits = (bernoulli_as_categorical if self.likelihood == "bernoulli"
@@ -372,7 +331,7 @@ class Autoregressive(contract.Family):
     else:
       canvas = sample_subpixels(lambda data: to_logits(self.apply(params, data, y)), rng,
                                 shape)
-    return canvas * jnp.uint8(255) if self.likelihood == "bernoulli" else canvas
+    return transforms.unit_to_uint8(canvas) if self.likelihood == "bernoulli" else canvas
 
   def num_network_evaluations(self) -> int:
     h, w, c = self.image_shape

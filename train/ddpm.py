@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from datasets import captions, shapes
+from datasets import captions, shapes, transforms
 from evaluation import likelihood
 from models import diffusion as diffusion_lib
 from models import text_encoder
@@ -66,9 +66,6 @@ def _section(config: ml_collections.ConfigDict, name: str,
   return ml_collections.ConfigDict({k: section.get(k, v) for k, v in defaults.items()})
 
 
-def scale_images(images_uint8: jax.Array) -> jax.Array:
-  """uint8 [0, 255] -> float32 [-1, 1], the data scaling of Ho et al. (section 3.3)."""
-  return images_uint8.astype(jnp.float32) / 127.5 - 1.0
 
 
 # ------------------------------------------------ importance sampling of t (eq. 18)
@@ -255,9 +252,9 @@ class DDPM(contract.Family):
       if h % sr.factor or w % sr.factor:
         raise ValueError(f"config.superres.factor={sr.factor} must divide the image "
                          f"size {h}x{w}.")
-      if sr.upsample_method not in editing.UPSAMPLE_METHODS:
+      if sr.upsample_method not in transforms.UPSAMPLE_METHODS:
         raise ValueError(f"config.superres.upsample_method={sr.upsample_method!r}; "
-                         f"choose {editing.UPSAMPLE_METHODS}.")
+                         f"choose {transforms.UPSAMPLE_METHODS}.")
       if conditioned:
         raise ValueError("An SR3 model (config.superres.factor > 0) is conditioned on "
                          "its low-res image only: set config.model.conditional=False "
@@ -290,12 +287,12 @@ class DDPM(contract.Family):
     if self.superres_factor:
       if condition_image is None:
         raise ValueError("An SR3 model needs its upsampled low-res condition image.")
-      return editing.concat_condition(x_t, condition_image)
+      return unet.concat_condition(x_t, condition_image)
     return x_t
 
   # ------------------------------------------------------------------ training
   def init(self, rng: jax.Array, example_batch: dict[str, Any]) -> TrainState:
-    x = scale_images(example_batch["image"][:1])
+    x = transforms.uint8_to_centered(example_batch["image"][:1])
     if self.superres_factor:   # the 2C-channel input [x_t, condition]
       x = jnp.concatenate([x, x], axis=-1)
     t = jnp.zeros((1,), jnp.int32)
@@ -392,7 +389,7 @@ class DDPM(contract.Family):
       # Eq. 16: L_vlb must not move the mean, only the variance.
       frozen = jax.lax.stop_gradient(eps)
       output = frozen if v is None else jnp.concatenate([frozen, v], axis=-1)
-    terms["vb"] = likelihood.vb_terms_bpd(
+    terms["vb"] = diffusion_lib.vb_terms_bpd(
         output, self.diffusion, x0, x_t, t, var_type=var_type, clip_denoised=False)
     scaled_vb = self.diffusion.num_timesteps * terms["vb"]
     terms["loss"] = (terms["mse"] + self.options.vlb_weight * scaled_vb
@@ -402,10 +399,10 @@ class DDPM(contract.Family):
   def _loss_and_aux(self, params, batch, rng, model_state):
     condition_image = None
     if self.superres_factor:   # (x_0, upsampled box-downsampled x_0), SR3
-      x0, condition_image = editing.superres_training_pair(
+      x0, condition_image = transforms.superres_training_pair(
           batch["image"], self.superres_factor, self.superres.upsample_method)
     else:
-      x0 = scale_images(batch["image"])
+      x0 = transforms.uint8_to_centered(batch["image"])
     t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
     y = self.condition(batch)
     # Ho & Salimans Algorithm 1: c <- null with probability p_uncond. A key of its
@@ -460,7 +457,7 @@ class DDPM(contract.Family):
     """
     eps_fn = self.eps_fn(params, self.condition(batch))
     if self.superres_factor:
-      _, condition_image = editing.superres_training_pair(
+      _, condition_image = transforms.superres_training_pair(
           batch["image"], self.superres_factor, self.superres.upsample_method)
       eps_fn = editing.conditioned_eps_fn(eps_fn, condition_image)
     out = likelihood.vlb_bpd(
@@ -515,7 +512,7 @@ class DDPM(contract.Family):
       out = ddpm_sampling.ddim_sample(
           eps_fn, diffusion, rng, shape, num_steps=s.ddim_steps, eta=s.ddim_eta,
           step_spacing=s.ddim_spacing, clip_denoised=s.clip_denoised)
-    return ddpm_sampling.to_uint8(out.images)
+    return transforms.centered_to_uint8(out.images)
 
   def sampler_settings(self) -> dict[str, Any]:
     s, d = self.config.sampling, self.config.diffusion

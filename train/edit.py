@@ -19,9 +19,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from datasets import captions, shapes
+from datasets import captions, shapes, transforms
 from evaluation import prompt_accuracy
-from sampling import ddpm as ddpm_sampling
 from sampling import editing, image_io
 from train import contract
 from train.run import EDIT, Run
@@ -334,7 +333,7 @@ def _run_edit(run: Run, params, rng: jax.Array, kind: str, inputs: dict[str, np.
     settings.update(edit_settings)
     return out.images
 
-  images = jax.jit(lambda p, r: ddpm_sampling.to_uint8(edit_fn(p, r)))(params, rng)
+  images = jax.jit(lambda p, r: transforms.centered_to_uint8(edit_fn(p, r)))(params, rng)
   return np.asarray(images), settings
 
 

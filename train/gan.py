@@ -48,9 +48,9 @@ import numpy as np
 import optax
 
 from datasets import toy2d
+from datasets import transforms
 from models import gan as gan_models
 from models import stylegan2
-from sampling.ddpm import to_uint8
 from train import contract, diffaugment, gan_losses
 from train import optim as optim_lib
 from train.state import TrainState, ema_update, jit_run_once
@@ -64,7 +64,7 @@ D_POOLINGS = ("sum", "mean")
 def scale_inputs(x: jax.Array) -> jax.Array:
   """uint8 [0, 255] -> float32 [-1, 1]; float inputs (toy points) pass unchanged."""
   if x.dtype == jnp.uint8:
-    return x.astype(jnp.float32) / 127.5 - 1.0
+    return transforms.uint8_to_centered(x)
   return x.astype(jnp.float32)
 
 
@@ -428,7 +428,7 @@ class GAN(contract.Family):
 
   def sample(self, params: dict[str, Any], rng: jax.Array, num_samples: int) -> jax.Array:
     """uint8 NHWC samples from `sampling_params(state)`."""
-    return to_uint8(self.generate(params, rng, num_samples))
+    return transforms.centered_to_uint8(self.generate(params, rng, num_samples))
 
   def sampler_settings(self) -> dict[str, Any]:
     s, m = self.config.sampling, self.config.model

@@ -41,30 +41,21 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from datasets import transforms
 from evaluation import iwae as iwae_lib
+from models import distributions
 from models import hvae as hvae_models
 from models import logistic_mixture
-from sampling.ddpm import to_uint8
 from train import contract
 from train import optim as optim_lib
 from train.state import TrainState
-
-def gaussian_kl(q_mean: jax.Array, q_log_std: jax.Array, p_mean: jax.Array,
-                p_log_std: jax.Array) -> jax.Array:
-  """Elementwise KL(N(q_mean, q_std^2) || N(p_mean, p_std^2)) in nats.
-
-  log(p_std / q_std) + (q_std^2 + (q_mean - p_mean)^2) / (2 p_std^2) - 1/2.
-  Exactly 0 when the two are equal: the log terms cancel and the ratio is 1.
-  """
-  variance_ratio = jnp.exp(2.0 * (q_log_std - p_log_std))
-  mean_term = jnp.square((q_mean - p_mean) * jnp.exp(-p_log_std))
-  return p_log_std - q_log_std + 0.5 * (variance_ratio + mean_term) - 0.5
 
 
 def layer_kls(stats: Sequence[dict[str, jax.Array]]) -> jax.Array:
   """Per-example KL of every latent layer, summed over its positions: [L, B] nats."""
   return jnp.stack([
-      jnp.sum(gaussian_kl(s["q_mean"], s["q_log_std"], s["p_mean"], s["p_log_std"]),
+      jnp.sum(distributions.gaussian_kl(s["q_mean"], 2.0 * s["q_log_std"],
+                                        s["p_mean"], 2.0 * s["p_log_std"]),
               axis=(1, 2, 3)) for s in stats])
 
 
@@ -124,7 +115,7 @@ class HierarchicalVAE(contract.Family):
     """uint8 images -> (encoder input, likelihood target in [-1, 1])."""
     h = self.config.hvae
     x = images.astype(jnp.float32)
-    return (x - h.input_mean) / h.input_std, x / 127.5 - 1.0
+    return (x - h.input_mean) / h.input_std, transforms.uint8_to_centered(images)
 
   # ------------------------------------------------------------ networks
   def _apply(self, params, *args, method=None, rng=None, **kwargs):
@@ -158,10 +149,10 @@ class HierarchicalVAE(contract.Family):
     recon, kls = self.negative_elbo_terms(params, batch["image"], rng)
     kl = jnp.sum(kls, axis=0)
     nats_per_dim = jnp.mean(recon + kl) / self.num_dims
-    to_bits = 1.0 / math.log(2.0)
-    metrics = dict(loss=nats_per_dim * to_bits, bpd_elbo=nats_per_dim * to_bits,
-                   recon_bpd=jnp.mean(recon) / self.num_dims * to_bits,
-                   kl_bpd=jnp.mean(kl) / self.num_dims * to_bits,
+    bpd = distributions.nats_to_bits_per_dim(jnp.mean(recon + kl), self.num_dims)
+    metrics = dict(loss=bpd, bpd_elbo=bpd,
+                   recon_bpd=distributions.nats_to_bits_per_dim(jnp.mean(recon), self.num_dims),
+                   kl_bpd=distributions.nats_to_bits_per_dim(jnp.mean(kl), self.num_dims),
                    recon_nats=jnp.mean(recon), kl_nats=jnp.mean(kl),
                    # Latent layers carrying information (a cheap collapse monitor).
                    active_layers=jnp.sum(jnp.mean(kls, axis=1) > 0.01))
@@ -209,7 +200,7 @@ class HierarchicalVAE(contract.Family):
     elbo_rng, iwae_rng = jax.random.split(rng)
     recon, kls = self.negative_elbo_terms(params, batch["image"], elbo_rng)
     kl = jnp.sum(kls, axis=0)
-    to_bpd = 1.0 / (self.num_dims * math.log(2.0))
+    to_bpd = distributions.nats_to_bits_per_dim(1.0, self.num_dims)   # per nat
     out = dict(bpd_elbo=(recon + kl) * to_bpd, recon_nats=recon, kl_nats=kl)
     for r in sorted({b.resolution for b in self.dec_blocks}):
       rows = [i for i, b in enumerate(self.dec_blocks) if b.resolution == r]
@@ -224,8 +215,8 @@ class HierarchicalVAE(contract.Family):
 
   # ------------------------------------------------------------------ sampling
   def _draw_images(self, mixture_params: jax.Array, rng: jax.Array) -> jax.Array:
-    return to_uint8(logistic_mixture.sample(rng, mixture_params,
-                                            num_mixtures=self.config.hvae.num_mixtures))
+    return transforms.centered_to_uint8(logistic_mixture.sample(
+        rng, mixture_params, num_mixtures=self.config.hvae.num_mixtures))
 
   def sample(self, params, rng: jax.Array, num_samples: int) -> jax.Array:
     """uint8 NHWC images: z top-down from the prior at the temperature, then x ~ p(x|z)."""

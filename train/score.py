@@ -40,12 +40,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from datasets import transforms
 from evaluation import ode_likelihood
 from models import diffusion as diffusion_lib
 from models import ncsnpp, sde as sde_lib, unet
 from sampling import guidance as guidance_lib
 from sampling import sde as sde_sampling
-from sampling.ddpm import to_uint8
 from train import contract
 from train import optim as optim_lib
 from train import score_losses
@@ -58,8 +58,9 @@ SAMPLERS = ("pc", "ode", "edm_heun", "dpm_solver")
 
 def scale_images(images_uint8: jax.Array, centered: bool) -> jax.Array:
   """uint8 [0, 255] -> float32 [-1, 1] (centered) or [0, 1] (score_sde's VE models)."""
-  x = images_uint8.astype(jnp.float32) / 255.0
-  return 2.0 * x - 1.0 if centered else x
+  if centered:
+    return transforms.uint8_to_centered(images_uint8)
+  return transforms.uint8_to_unit(images_uint8)
 
 
 def _build_network(m: ml_collections.ConfigDict, out_channels: int, num_classes: int):
@@ -409,8 +410,8 @@ class ScoreSDE(contract.Family):
           sde_lib.data_prediction_from_score(score_fn, self.sde), self.sde,
           rng, shape, num_steps=smp.num_steps, skip_type=smp.skip_type, eps=s.sample_eps,
           rho=smp.rho)
-    images = out.images if s.data_centered else 2.0 * out.images - 1.0
-    return to_uint8(images), out.nfe
+    images = out.images if s.data_centered else transforms.unit_to_centered(out.images)
+    return transforms.centered_to_uint8(images), out.nfe
 
   # ------------------------------------------------------------------- editing
   # What train/edit.py and sampling/editing.py need: the SDE read as a DDPM process

@@ -30,7 +30,6 @@ config.sampling.decoder_output='mean' (Bernoulli: round(255 p), the probability 
 or of a draw from p(x|z) when 'sample' (Bernoulli: 255 * x, x ~ Bernoulli(p)).
 """
 
-import importlib.util
 import math
 from typing import Any
 
@@ -38,52 +37,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from datasets import transforms
 from evaluation import iwae as iwae_lib
-from evaluation import likelihood
+from models import distributions
+from models import logistic_mixture
 from models import vae as vae_models
-from sampling.ddpm import to_uint8
 from train import contract
 from train import optim as optim_lib
 from train.state import TrainState
 
 DECODERS = ("bernoulli", "gaussian", "discretized_logistic", "logistic_mixture")
-BINARIZATIONS = ("dynamic", "threshold", "binary")
 DECODER_OUTPUTS = ("mean", "sample")
-# Lower bound on decoder log-scales (PixelCNN++ uses -7): keeps a bin's mass finite.
-MIN_LOG_SCALE = -7.0
-_HALF_BIN = 1.0 / 255.0     # half the width of one of the 256 bins of [-1, 1]
-_EDGE = 1.0 - _HALF_BIN     # values beyond which the first/last bin extends to infinity
 
 
-# --------------------------------------------------------------------- decoders
-def bernoulli_log_prob(x: jax.Array, logits: jax.Array) -> jax.Array:
-  """Elementwise log Bernoulli(x; sigmoid(logits)) for x in {0, 1}.
-
-  log sigmoid(+-logits) written as -softplus(-+logits): no cancellation for large |logits|.
-  """
-  return -jax.nn.softplus((1.0 - 2.0 * x) * logits)
-
-
-def discretized_logistic_log_prob(x: jax.Array, mean: jax.Array,
-                                  log_scale: jax.Array) -> jax.Array:
-  """Elementwise log-mass of the bin of x in [-1, 1] under a discretized logistic.
-
-  The mass of Logistic(mean, exp(log_scale)) over [x - 1/255, x + 1/255], the first
-  and last bins extended to -inf and +inf so that the 256 masses sum to 1. Uses
-  sigmoid(u) - sigmoid(l) = sigmoid(u) sigmoid(-l) (1 - exp(l - u)), which never
-  cancels two close numbers, so it stays accurate far in both tails.
-  """
-  inv_scale = jnp.exp(-log_scale)
-  upper = inv_scale * (x - mean + _HALF_BIN)
-  lower = inv_scale * (x - mean - _HALF_BIN)
-  log_cdf_upper = -jax.nn.softplus(-upper)          # log sigmoid(upper)
-  log_survival_lower = -jax.nn.softplus(lower)      # log sigmoid(-lower)
-  log_bin = (log_cdf_upper + log_survival_lower
-             + jnp.log(-jnp.expm1(-(2.0 * _HALF_BIN) * inv_scale)))
-  return jnp.where(x < -_EDGE, log_cdf_upper,
-                   jnp.where(x > _EDGE, log_survival_lower, log_bin))
-
-
+# ------------------------------------------------------------------- KL weighting
 def kl_weight(step: jax.Array, beta: float, warmup_steps: int) -> jax.Array:
   """beta * min(1, step / warmup_steps): linear KL warm-up from 0 (beta when no warm-up)."""
   if warmup_steps <= 0:
@@ -101,13 +68,6 @@ def free_bits_kl(kl_per_dim: jax.Array, free_bits: float) -> jax.Array:
   return jnp.sum(jnp.maximum(free_bits, jnp.mean(kl_per_dim, axis=0)))
 
 
-def _logistic_mixture_module():
-  spec = importlib.util.find_spec("models.logistic_mixture")
-  if spec is None:
-    return None
-  return importlib.import_module("models.logistic_mixture")
-
-
 class VAE(contract.Family):
   """A Gaussian-latent VAE with a choice of decoder; see the module docstring."""
 
@@ -120,9 +80,9 @@ class VAE(contract.Family):
     self.num_dims = math.prod(self.image_shape)
     if m.decoder not in DECODERS:
       raise ValueError(f"config.model.decoder={m.decoder!r}; choose one of {DECODERS}.")
-    if m.decoder == "bernoulli" and m.binarization not in BINARIZATIONS:
+    if m.decoder == "bernoulli" and m.binarization not in transforms.BINARIZATIONS:
       raise ValueError(f"config.model.binarization={m.binarization!r}; choose one of "
-                       f"{BINARIZATIONS}.")
+                       f"{transforms.BINARIZATIONS}.")
     if m.architecture not in vae_models.ARCHITECTURES:
       raise ValueError(f"config.model.architecture={m.architecture!r}; choose one of "
                        f"{vae_models.ARCHITECTURES}.")
@@ -149,13 +109,6 @@ class VAE(contract.Family):
     if config.sampling.decoder_output not in DECODER_OUTPUTS:
       raise ValueError(f"config.sampling.decoder_output={config.sampling.decoder_output!r};"
                        f" choose one of {DECODER_OUTPUTS}.")
-    self.mixture = None
-    if m.decoder == "logistic_mixture":
-      self.mixture = _logistic_mixture_module()
-      if self.mixture is None:
-        raise ValueError("config.model.decoder='logistic_mixture' needs "
-                         "models/logistic_mixture.py, which is not in this checkout; use "
-                         "'discretized_logistic'.")
     iwae_lib.check_num_samples(ev.iwae_samples, ev.iwae_chunk)
     self.network = vae_models.VAENetwork(
         architecture=m.architecture, image_shape=self.image_shape,
@@ -173,7 +126,7 @@ class VAE(contract.Family):
       return 2
     # Mixture parameters are per pixel (models/logistic_mixture.py's layout); the
     # decoder's C sub-pixel slots are flattened back into one vector per pixel.
-    per_pixel = self.mixture.num_output_channels(self.image_shape[-1], m.num_mixtures)
+    per_pixel = logistic_mixture.num_output_channels(self.image_shape[-1], m.num_mixtures)
     return -(-per_pixel // self.image_shape[-1])
 
   # ------------------------------------------------------------------ data
@@ -181,16 +134,11 @@ class VAE(contract.Family):
     """uint8 images -> what the decoder models: {0, 1} (Bernoulli) or [-1, 1]."""
     m = self.config.model
     if m.decoder != "bernoulli":
-      return images.astype(jnp.float32) / 127.5 - 1.0
-    if m.binarization == "dynamic":
-      return jax.random.bernoulli(rng, images.astype(jnp.float32) / 255.0).astype(
-          jnp.float32)
-    if m.binarization == "threshold":
-      return (images >= 128).astype(jnp.float32)
-    return (images > 0).astype(jnp.float32)
+      return transforms.uint8_to_centered(images)
+    return transforms.binarize(images, rng, m.binarization)
 
   def _encoder_input(self, x: jax.Array) -> jax.Array:
-    return 2.0 * x - 1.0 if self.config.model.decoder == "bernoulli" else x
+    return transforms.unit_to_centered(x) if self.config.model.decoder == "bernoulli" else x
 
   # ------------------------------------------------------------ networks
   def encode(self, params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -206,15 +154,16 @@ class VAE(contract.Family):
     """log p(x|z) in nats summed over sub-pixels; x [..., H, W, C] -> [...]."""
     m = self.config.model
     if m.decoder == "bernoulli":
-      per_subpixel = bernoulli_log_prob(x, decoder_params[..., 0])
+      per_subpixel = distributions.bernoulli_log_likelihood(x, decoder_params[..., 0])
     elif m.decoder == "gaussian":
-      log_scale = (jnp.maximum(decoder_params[..., 1], MIN_LOG_SCALE) if m.learned_scale
-                   else jnp.full_like(x, math.log(m.fixed_scale)))
-      per_subpixel = likelihood.discretized_gaussian_log_likelihood(
+      log_scale = (jnp.maximum(decoder_params[..., 1], distributions.MIN_LOG_SCALE)
+                   if m.learned_scale else jnp.full_like(x, math.log(m.fixed_scale)))
+      per_subpixel = distributions.discretized_gaussian_log_likelihood(
           x, means=decoder_params[..., 0], log_scales=log_scale)
     elif m.decoder == "discretized_logistic":
-      per_subpixel = discretized_logistic_log_prob(
-          x, decoder_params[..., 0], jnp.maximum(decoder_params[..., 1], MIN_LOG_SCALE))
+      per_subpixel = distributions.discretized_logistic_log_likelihood(
+          x, mean=decoder_params[..., 0],
+          log_scale=jnp.maximum(decoder_params[..., 1], distributions.MIN_LOG_SCALE))
     else:
       return self._mixture_log_likelihood(x, decoder_params)
     return jnp.sum(per_subpixel, axis=(-3, -2, -1))
@@ -223,7 +172,7 @@ class VAE(contract.Family):
     """[..., H, W, C, P] -> [..., H, W, K], the mixture module's per-pixel layout."""
     m = self.config.model
     h, w, c = decoder_params.shape[-4:-1]
-    per_pixel = self.mixture.num_output_channels(c, m.num_mixtures)
+    per_pixel = logistic_mixture.num_output_channels(c, m.num_mixtures)
     flat = decoder_params.reshape(*decoder_params.shape[:-4], h, w, -1)
     return flat[..., :per_pixel]
 
@@ -233,7 +182,7 @@ class VAE(contract.Family):
     x_flat = jnp.broadcast_to(x, (*lead, *x.shape[-3:])).reshape(-1, *x.shape[-3:])
     params_flat = jnp.broadcast_to(params, (*lead, *params.shape[-3:])).reshape(
         -1, *params.shape[-3:])
-    out = self.mixture.log_prob(x_flat, params_flat,
+    out = logistic_mixture.log_prob(x_flat, params_flat,
                                 num_mixtures=self.config.model.num_mixtures)
     return out.reshape(lead)
 
@@ -251,8 +200,8 @@ class VAE(contract.Family):
     data_rng, eps_rng = jax.random.split(rng)
     x = self.prepare(batch["image"], data_rng)
     mean, log_std = self.encode(params, x)
-    to_bpd = 1.0 / (self.num_dims * math.log(2.0))
-    kl_per_dim = iwae_lib.gaussian_kl_to_standard_normal(mean, log_std)
+    to_bpd = distributions.nats_to_bits_per_dim(1.0, self.num_dims)   # per nat
+    kl_per_dim = distributions.gaussian_kl_to_standard_normal(mean, 2.0 * log_std)
     kl = jnp.sum(kl_per_dim, axis=-1)
     if m.train_samples == 1:
       eps = jax.random.normal(eps_rng, mean.shape, mean.dtype)
@@ -299,9 +248,10 @@ class VAE(contract.Family):
     bounds = iwae_lib.importance_weighted_bounds(
         lambda z: self._log_likelihood_of_latents(params, x, z), mean, log_std,
         sample_rng, num_samples=ev.iwae_samples, chunk_size=ev.iwae_chunk)
-    out = dict(bpd_elbo=iwae_lib.nats_to_bits_per_dim(-bounds["elbo"], self.num_dims),
-               bpd_iwae=iwae_lib.nats_to_bits_per_dim(-bounds["iwae"], self.num_dims),
-               kl_nats=jnp.sum(iwae_lib.gaussian_kl_to_standard_normal(mean, log_std), -1))
+    out = dict(bpd_elbo=distributions.nats_to_bits_per_dim(-bounds["elbo"], self.num_dims),
+               bpd_iwae=distributions.nats_to_bits_per_dim(-bounds["iwae"], self.num_dims),
+               kl_nats=jnp.sum(distributions.gaussian_kl_to_standard_normal(
+                   mean, 2.0 * log_std), -1))
     if self.config.model.decoder == "bernoulli":
       out.update(nll_nats_elbo=-bounds["elbo"], nll_nats_iwae=-bounds["iwae"])
     return out
@@ -314,26 +264,25 @@ class VAE(contract.Family):
     draw = self.config.sampling.decoder_output == "sample"
     if m.decoder == "bernoulli":
       probs = jax.nn.sigmoid(decoder_params[..., 0])
-      if draw:
-        return (255 * jax.random.bernoulli(rng, probs)).astype(jnp.uint8)
-      return jnp.round(255.0 * probs).astype(jnp.uint8)
+      return transforms.unit_to_uint8(jax.random.bernoulli(rng, probs) if draw else probs)
     if m.decoder == "logistic_mixture":
       # A mixture's mean is no typical image; both settings draw from p(x|z).
       params = self._mixture_params(decoder_params)
-      return to_uint8(self.mixture.sample(rng, params, num_mixtures=m.num_mixtures))
+      return transforms.centered_to_uint8(
+          logistic_mixture.sample(rng, params, num_mixtures=m.num_mixtures))
     mean = decoder_params[..., 0]
     if not draw:
-      return to_uint8(mean)
+      return transforms.centered_to_uint8(mean)
     if m.decoder == "gaussian":
-      log_scale = (jnp.maximum(decoder_params[..., 1], MIN_LOG_SCALE) if m.learned_scale
-                   else math.log(m.fixed_scale))
+      log_scale = (jnp.maximum(decoder_params[..., 1], distributions.MIN_LOG_SCALE)
+                   if m.learned_scale else math.log(m.fixed_scale))
       noise = jax.random.normal(rng, mean.shape)
     else:
-      log_scale = jnp.maximum(decoder_params[..., 1], MIN_LOG_SCALE)
+      log_scale = jnp.maximum(decoder_params[..., 1], distributions.MIN_LOG_SCALE)
       noise = jax.random.logistic(rng, mean.shape)
     # Rounding a continuous draw to the nearest level is a draw from the discretized
     # distribution: the bins of the edge levels extend to infinity, as does the clip.
-    return to_uint8(mean + jnp.exp(log_scale) * noise)
+    return transforms.centered_to_uint8(mean + jnp.exp(log_scale) * noise)
 
   def encode_images(self, params, images: jax.Array, rng: jax.Array) -> jax.Array:
     """Posterior means [N, latent_dim] of uint8 images (rng: dynamic binarization)."""

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from models import distributions
 from models import vdm as vdm_models
 from train import contract
 from train import optim as optim_lib
@@ -75,7 +76,8 @@ def discretize_times(t: jax.Array, num_timesteps: int) -> jax.Array:
 def prior_kl(f: jax.Array, gamma_1: jax.Array) -> jax.Array:
   """KL(N(alpha_1 f, sigma_1^2) || N(0, 1)) summed over each example's sub-pixels, [B]."""
   alpha_sq, sigma_sq = alpha_sigma_sq(gamma_1)
-  per_dim = 0.5 * (alpha_sq * jnp.square(f) + sigma_sq - jnp.log(sigma_sq) - 1.0)
+  per_dim = distributions.gaussian_kl_to_standard_normal(jnp.sqrt(alpha_sq) * f,
+                                                         jnp.log(sigma_sq))
   return jnp.sum(per_dim, axis=tuple(range(1, f.ndim)))
 
 
@@ -289,7 +291,7 @@ class VDM(contract.Family):
     """
     time_rng, noise_rng = jax.random.split(rng)
     t = self._times(time_rng, batch["image"].shape[0])
-    to_bpd = 1.0 / (self.num_dims * math.log(2.0))
+    to_bpd = distributions.nats_to_bits_per_dim(1.0, self.num_dims)   # per nat
     values, schedule_pullback = jax.vjp(
         lambda sp: self.schedule_values(sp, t), params["schedule"])
     terms, terms_pullback = jax.vjp(
@@ -333,7 +335,7 @@ class VDM(contract.Family):
     batch_size = batch["image"].shape[0]
     u_rng, noise_rng = jax.random.split(rng)
     u = jax.random.uniform(u_rng, (batch_size,), jnp.float32)
-    to_bpd = 1.0 / (self.num_dims * math.log(2.0))
+    to_bpd = distributions.nats_to_bits_per_dim(1.0, self.num_dims)   # per nat
 
     def one_draw(k):
       t = jnp.mod(u + k / num_times, 1.0)

@@ -6,7 +6,7 @@ config.vq.stage = 'autoencoder' (stage 1) trains encoder, decoder and codebook
 the squared errors averaged over the N latents (section 3.2), the middle term dropped
 when the codebook follows EMA updates (vq.codebook_update='ema', appendix A.1). The
 loss is reported in bits/dim (divided by H W C ln 2). p(x|z) is a discretized logistic
-per sub-pixel over the 256 levels (train/vae.py's), so the bound is a discrete
+per sub-pixel over the 256 levels (models/distributions.py), so the bound is a discrete
 likelihood: with the uniform prior p(z) = K^-N of stage 1, q(z|x) one-hot,
   -log p(x) <= -log p(x | z_q) + N log K               (section 3.1: KL = log K each)
 which eval_step reports as `bpd` (the paper's CIFAR-10 4.67 bits/dim, section 4.1).
@@ -38,13 +38,13 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from datasets import transforms
+from models import distributions
 from models import vqvae as vq
-from sampling.ddpm import to_uint8
 from train import contract
 from train import optim as optim_lib
 from train.checkpoint import Checkpointer
 from train.state import TrainState, ema_update
-from train.vae import MIN_LOG_SCALE, discretized_logistic_log_prob
 
 STAGES = ("autoencoder", "prior")
 CODEBOOK_UPDATES = ("ema", "loss")
@@ -52,19 +52,11 @@ DECODER_OUTPUTS = ("mean", "sample")
 _RESTART = 1     # fold_in purpose of the dead-code restart key inside a step's rng
 
 
-def scale_images(images: jax.Array) -> jax.Array:
-  """uint8 levels -> [-1, 1], the decoder likelihood's scale."""
-  return images.astype(jnp.float32) / 127.5 - 1.0
-
-
-def nats_to_bpd(nats: jax.Array, num_dims: int) -> jax.Array:
-  return nats / (num_dims * math.log(2.0))
-
-
 def uniform_prior_bound_bpd(log_likelihood: jax.Array, num_latents: int, num_codes: int,
                             num_dims: int) -> jax.Array:
   """(-log p(x|z_q) + N log K) / (dims ln 2): the stage-1 bound under p(z) = K^-N."""
-  return nats_to_bpd(-log_likelihood + num_latents * math.log(num_codes), num_dims)
+  return distributions.nats_to_bits_per_dim(
+      -log_likelihood + num_latents * math.log(num_codes), num_dims)
 
 
 # ------------------------------------------------------------------- autoencoder
@@ -121,14 +113,15 @@ class Autoencoder:
 
   @staticmethod
   def log_likelihood(x: jax.Array, decoder_params: jax.Array) -> jax.Array:
-    """log p(x|z) in nats [B]: discretized logistic per sub-pixel (train/vae.py)."""
-    per_subpixel = discretized_logistic_log_prob(
-        x, decoder_params[..., 0], jnp.maximum(decoder_params[..., 1], MIN_LOG_SCALE))
+    """log p(x|z) in nats [B]: a discretized logistic per sub-pixel."""
+    per_subpixel = distributions.discretized_logistic_log_likelihood(
+        x, mean=decoder_params[..., 0],
+        log_scale=jnp.maximum(decoder_params[..., 1], distributions.MIN_LOG_SCALE))
     return jnp.sum(per_subpixel, axis=(1, 2, 3))
 
   def encode_codes(self, bundle, images: jax.Array) -> jax.Array:
     """int32 codes [B, h, w, G] of uint8 images."""
-    z_e = self.encode(bundle["network"], scale_images(images))
+    z_e = self.encode(bundle["network"], transforms.uint8_to_centered(images))
     return vq.nearest_codes(z_e, bundle["codebook"])
 
   def decode_codes(self, bundle, codes: jax.Array, rng: jax.Array,
@@ -137,14 +130,15 @@ class Autoencoder:
     params = self.decode(bundle["network"], bundle["codebook"][codes])
     mean = params[..., 0]
     if decoder_output == "mean":
-      return to_uint8(mean)
-    log_scale = jnp.maximum(params[..., 1], MIN_LOG_SCALE)
+      return transforms.centered_to_uint8(mean)
+    log_scale = jnp.maximum(params[..., 1], distributions.MIN_LOG_SCALE)
     # Rounding a logistic draw to the nearest level draws from the discretized logistic.
-    return to_uint8(mean + jnp.exp(log_scale) * jax.random.logistic(rng, mean.shape))
+    return transforms.centered_to_uint8(
+        mean + jnp.exp(log_scale) * jax.random.logistic(rng, mean.shape))
 
   def reconstruction(self, bundle, images: jax.Array):
     """(x in [-1, 1], codes, decoder params) of uint8 images through the quantizer."""
-    x = scale_images(images)
+    x = transforms.uint8_to_centered(images)
     codes = vq.nearest_codes(self.encode(bundle["network"], x), bundle["codebook"])
     return x, codes, self.decode(bundle["network"], bundle["codebook"][codes])
 
@@ -155,7 +149,8 @@ class Autoencoder:
     latent_shape = (*self.latent_shape, self.code_dim)
 
     def encode_fn(x):
-      return self.encode(bundle["network"], scale_images(x)).reshape(x.shape[0], -1)
+      return self.encode(bundle["network"],
+                         transforms.uint8_to_centered(x)).reshape(x.shape[0], -1)
 
     def decode_fn(z):
       z = z.reshape(-1, *latent_shape)
@@ -353,7 +348,7 @@ class VQVAE(contract.Family):
     """Eq. 3 in bits/dim (batch mean), and what the codebook update needs."""
     ae, v = self.autoencoder, self.config.vq
     bundle = self._bundle(params, model_state)
-    x = scale_images(images)
+    x = transforms.uint8_to_centered(images)
     z_e = ae.encode(params["network"], x)
     codes = vq.nearest_codes(jax.lax.stop_gradient(z_e),
                              jax.lax.stop_gradient(bundle["codebook"]))
@@ -364,10 +359,11 @@ class VQVAE(contract.Family):
     codebook_term = (vq.codebook_loss(z_e, z_q) if v.codebook_update == "loss"
                      else jnp.zeros_like(commitment))
     objective = jnp.mean(-log_lik + codebook_term + v.beta * commitment)
-    loss = nats_to_bpd(objective, self.num_dims)
+    loss = distributions.nats_to_bits_per_dim(objective, self.num_dims)
     counts = vq.code_counts(codes, ae.num_codes)
     metrics = dict(
-        loss=loss, recon_bpd=nats_to_bpd(-jnp.mean(log_lik), self.num_dims),
+        loss=loss,
+        recon_bpd=distributions.nats_to_bits_per_dim(-jnp.mean(log_lik), self.num_dims),
         bpd_uniform_prior=jnp.mean(uniform_prior_bound_bpd(
             log_lik, ae.num_latents, ae.num_codes, self.num_dims)),
         commitment=jnp.mean(commitment), codebook_loss=jnp.mean(codebook_term),
@@ -407,14 +403,14 @@ class VQVAE(contract.Family):
                      y: jax.Array | None) -> jax.Array:
     """log p_prior(codes) in nats [B], teacher-forced."""
     logits = self.prior.apply({"params": prior_params}, codes, y)
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(log_probs, codes[..., None], axis=-1)
-    return jnp.sum(picked.reshape(codes.shape[0], -1), axis=-1)
+    log_probs = distributions.categorical_log_likelihood(codes, logits)
+    return jnp.sum(log_probs.reshape(codes.shape[0], -1), axis=-1)
 
   def prior_loss(self, prior_params, bundle, batch: dict[str, Any]):
     codes = self.autoencoder.encode_codes(bundle, batch["image"])
     log_prob = self.prior_log_prob(prior_params, codes, self._labels(batch))
-    bits_per_code = -jnp.mean(log_prob) / (self.autoencoder.num_latents * math.log(2.0))
+    bits_per_code = distributions.nats_to_bits_per_dim(-jnp.mean(log_prob),
+                                                       self.autoencoder.num_latents)
     return bits_per_code, dict(loss=bits_per_code, bits_per_code=bits_per_code)
 
   # ------------------------------------------------------------------ steps
@@ -449,16 +445,16 @@ class VQVAE(contract.Family):
     bundle = self._autoencoder_bundle(params)
     x, codes, decoder_params = ae.reconstruction(bundle, batch["image"])
     log_lik = ae.log_likelihood(x, decoder_params)
-    out = dict(recon_bpd=nats_to_bpd(-log_lik, self.num_dims),
+    out = dict(recon_bpd=distributions.nats_to_bits_per_dim(-log_lik, self.num_dims),
                recon_mse=jnp.mean(jnp.square(decoder_params[..., 0] - x), axis=(1, 2, 3)))
     uniform = uniform_prior_bound_bpd(log_lik, ae.num_latents, ae.num_codes, self.num_dims)
     if self.stage == "autoencoder":
       out["bpd"] = uniform
     else:
       prior_nll = -self.prior_log_prob(params["prior"], codes, self._labels(batch))
-      out.update(bpd=nats_to_bpd(-log_lik + prior_nll, self.num_dims),
+      out.update(bpd=distributions.nats_to_bits_per_dim(-log_lik + prior_nll, self.num_dims),
                  bpd_uniform_prior=uniform,
-                 bits_per_code=prior_nll / (ae.num_latents * math.log(2.0)))
+                 bits_per_code=distributions.nats_to_bits_per_dim(prior_nll, ae.num_latents))
     return out
 
   # --------------------------------------------------------------- sampling
