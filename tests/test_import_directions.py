@@ -59,9 +59,6 @@ PENDING = {
     # default value, read from configs/default.py (until each family's base config
     # holds its own defaults).
     ("train/workdir_guard.py", "layer", "configs.default"),
-    # Likelihood math shared by the VAE, VQ-VAE and autoregressive families.
-    ("train/autoregressive.py", "family", "train.vae"),
-    ("train/vqvae.py", "family", "train.vae"),
 }
 
 
