@@ -129,7 +129,8 @@ def diagnostics(mixture: Mixture, points: np.ndarray,
   points = np.asarray(points, np.float64).reshape(-1, 2)
   distances = np.linalg.norm(points[:, None, :] - mixture.centres[None], axis=-1)
   nearest = np.argmin(distances, axis=1)
-  high_quality = distances[np.arange(len(points)), nearest] <= HIGH_QUALITY_STDS * mixture.std
+  radius = HIGH_QUALITY_STDS * mixture.std
+  high_quality = distances[np.arange(len(points)), nearest] <= radius
   counts = np.bincount(nearest[high_quality], minlength=mixture.num_modes)
   covered = counts >= min_samples_per_mode
   kl = float("nan")

@@ -68,11 +68,11 @@ def generate_samples_resumable(sample_fn: Callable[[jax.Array, int], Any],
   """`num_samples` images from `sample_fn`, saved chunk by chunk so a rerun resumes.
 
   Chunk i holds `sample_fn(fold_in(rng, i), batch_size)` (uint8 NHWC, or float
-  [N, D] points; the whole batch on every process) in `out_dir/chunk_{i:06d}.npz`, written atomically by the
-  writer process (process 0 by default). Chunks already there (same rng, same
-  batch size) are read, not regenerated, so an interrupted run continues where it
-  stopped and returns the same images as an uninterrupted one. The result is the
-  first `num_samples` images of the concatenated chunks.
+  [N, D] points; the whole batch on every process) in `out_dir/chunk_{i:06d}.npz`,
+  written atomically by the writer process (process 0 by default). Chunks already
+  there (same rng, same batch size) are read, not regenerated, so an interrupted run
+  continues where it stopped and returns the same images as an uninterrupted one. The
+  result is the first `num_samples` images of the concatenated chunks.
   """
   if num_samples < 1 or batch_size < 1:
     raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} "

@@ -72,7 +72,7 @@ def scatter_plot(points: np.ndarray, *, extent: float,
     np.add.at(counts, (r[inside].astype(np.int64), c[inside].astype(np.int64)), 1)
   keep = (1.0 - _DOT_ALPHA) ** counts[..., None]
   image = np.rint(_DOT_COLOUR + (255.0 - _DOT_COLOUR) * keep).astype(np.uint8)
-  arm = max(2, size // 64)
+  arm = max(2, size // 40)
   for r, c in zip(*pixels(landmarks)):
     r, c = int(r), int(c)
     for d in range(-arm, arm + 1):
