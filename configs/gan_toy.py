@@ -8,15 +8,18 @@ updates) on the ring/grid mixtures of Metz et al. 2017 / Srivastava et al. 2017
 1e-4) with an EMA generator (decay 0.995) for sampling, and 2000 steps (ring) or 4000
 (grid) instead of 100k. Loss variants by argument: 'wgangp' (default), 'hinge'
 (spectrally normalised D, 5 D updates) and 'ns' (non-saturating, 1 D update).
-Mixtures: 'ring' (default) or 'grid'. It reproduces no paper number: run_toy returns
-the diagnostics (modes covered, fraction of high-quality samples). The image loop
-cannot run it; use:
+Mixtures: 'ring' (default) or 'grid'. It reproduces no paper number.
 
-  python -c "from configs import gan_toy; from train import gan; \\
-    r = gan.run_toy(gan_toy.get_config('ring,wgangp')); r.pop('samples'); print(r)"
+  python main.py --config=configs/gan_toy.py:ring,wgangp --workdir=/tmp/gan_toy
+  python main.py --config=configs/gan_toy.py:ring,wgangp --workdir=/tmp/gan_toy \
+      --mode=eval
 
-(`python main.py --config=configs/gan_toy.py` is not supported: the points are not
-images.) Add 'runlocal' to the argument for a seconds-long run.
+The data are float32 points (`toy2d/<mixture>`: fresh draws every step); training
+writes scatter plots of the generator's samples to workdir/samples/, and --mode=eval
+writes the mode-coverage diagnostics (modes covered, fraction of high-quality samples,
+KL to uniform over modes) of eval.num_samples = 2,500 samples to
+workdir/eval/step_N.json. --mode=sample writes the points (.npz) and a scatter plot.
+Add 'runlocal' to the argument for a seconds-long run.
 """
 
 from configs import gan_base
@@ -59,10 +62,15 @@ def get_config(arg: str | None = None):
   else:
     gan.loss, gan.n_critic = "non_saturating", 1
   config.sampling.use_ema = True
+  config.sampling.batch_size = 2500   # the eval samples in one generator call
+  config.eval.num_samples = 2500      # mode coverage of 2,500 samples
 
   training = config.training
   training.batch_size = gan.n_critic * per_update_batch
   training.num_train_steps = 2000 if mixture == "ring" else 4000
+  training.checkpoint_every_steps = 500
+  training.sample_every_steps = 500
+  training.num_samples_in_grid = 1000   # points in each scatter plot
   if "runlocal" in tokens:
     model.mlp_hidden = 32
     training.batch_size = gan.n_critic * 16

@@ -10,6 +10,10 @@ download and are prepared automatically on first use into config.data.data_dir
   captions and factor labels (10,000 train / 2,000 test), see
   `datasets/shapes.py`.
 
+`toy2d/ring` and `toy2d/grid` are 2-D mixtures of Gaussians (`datasets/toy2d.py`):
+float32 points under the same interfaces (DatasetInfo.kind == 'points'), drawn
+afresh every step, no tfds.
+
 Every other name is a tfds dataset, read with random access through
 `tfds.data_source`, so it must be prepared in the ArrayRecord format.
 

@@ -7,6 +7,10 @@ takes rows [p * local_B, (p + 1) * local_B) of every global batch and reads only
 those examples. Random flips depend only on (seed, g). So `get(step)` is a pure
 function of (config, seed, step, process): resuming at a step reproduces the
 run exactly, whatever the batch was when the run stopped.
+
+`toy2d/<mixture>` names serve float32 2-D points instead (datasets/toy2d.py) through
+the same three functions, under the same 'image' key; DatasetInfo.kind tells them
+apart ('images' | 'points').
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from datasets import toy2d
 from datasets import transforms
 
 # Embedded datasets: prepared automatically, without download, on first use.
@@ -45,13 +50,20 @@ class DatasetInfo:
   """What a model needs to know about the data, after the pipeline's crop/resize."""
 
   name: str
-  image_shape: tuple[int, int, int]  # (H, W, C) after resize/crop.
+  # One example under 'image': (H, W, C) after resize/crop; points: (D,).
+  image_shape: tuple[int, ...]
   num_classes: int  # 0 when the dataset has no labels.
-  num_train_examples: int  # Size of data_config.train_split.
+  num_train_examples: int  # Size of data_config.train_split; 0: unbounded (toy2d).
   num_eval_examples: int  # Size of data_config.eval_split.
-  # What each batch holds beside the uint8 'image': 'label' (zeros when the dataset
-  # has none) and any integer factors (shapes: 'colour', 'position').
+  # What each batch holds beside 'image': 'label' (zeros when the dataset has none)
+  # and any integer factors (shapes: 'colour', 'position').
   condition_keys: tuple[str, ...] = ('label',)
+  kind: str = 'images'  # 'images': uint8 NHWC; 'points': float vectors [B, D].
+  dtype: str = 'uint8'  # of 'image' (points: 'float32').
+  # Points only, for plots: the square [-extent, extent]^2 that holds the data, and
+  # points to mark in it (a mixture's mode centres).
+  extent: float = 0.0
+  landmarks: tuple[tuple[float, ...], ...] = ()
 
   @property
   def batch_keys(self) -> tuple[str, ...]:
@@ -60,8 +72,7 @@ class DatasetInfo:
 
   def example_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
     """A zero batch with every key, dtype and shape of a real one (for init)."""
-    h, w, c = self.image_shape
-    return dict(image=np.zeros((batch_size, h, w, c), np.uint8),
+    return dict(image=np.zeros((batch_size, *self.image_shape), self.dtype),
                 **{key: np.zeros((batch_size,), np.int32) for key in self.condition_keys})
 
 
@@ -221,6 +232,8 @@ def _image_spec(
 def get_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
   """Shapes and sizes of the configured dataset (prepares embedded datasets)."""
   options = _options(data_config)
+  if toy2d.is_toy(options.dataset):
+    return _points_info(options)
   splits = [options.train_split, options.eval_split]
   builder, (train, evaluation) = _open_sources(options, splits)
   image_shape, num_classes = _image_spec(builder, options)
@@ -232,6 +245,17 @@ def get_dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
       num_eval_examples=len(evaluation),
       condition_keys=('label', *_factor_keys(builder)),
   )
+
+
+def _points_info(options: _DataOptions) -> DatasetInfo:
+  """A 2-D mixture (datasets/toy2d.py): float32 points, no labels, no tfds."""
+  mixture = toy2d.mixture_of(options.dataset)
+  for split in (options.train_split, options.eval_split):
+    toy2d.check_split(split)
+  return DatasetInfo(
+      name=options.dataset, image_shape=(2,), num_classes=0, num_train_examples=0,
+      num_eval_examples=toy2d.EVAL_EXAMPLES, kind='points', dtype='float32',
+      extent=mixture.extent, landmarks=tuple(map(tuple, mixture.centres.tolist())))
 
 
 def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
@@ -316,6 +340,22 @@ def _open_reader(data_config: Any, split_field: str) -> tuple[_DataOptions, _Rea
   factors = _factor_keys(builder)
   return options, _Reader(source, options, builder.name, image_shape, num_classes > 0,
                           factors)
+
+
+class _PointsReader:
+  """A fixed set of points read by index, as _Reader reads images."""
+
+  factors = ()
+
+  def __init__(self, points: np.ndarray):
+    self._points = points
+
+  def __len__(self) -> int:
+    return len(self._points)
+
+  def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    points = self._points[np.asarray(indices, np.int64)]
+    return {'image': points, 'label': np.zeros(len(points), np.int32)}
 
 
 def _prefetch(
@@ -411,11 +451,17 @@ def make_train_batches(
     global_batch_size: int,
     process_index: int = 0,
     process_count: int = 1,
-) -> TrainBatches:
+) -> TrainBatches | toy2d.TrainPoints:
   """Deterministic training batches of config.data.train_split for one process."""
   _local_batch_size(global_batch_size, process_index, process_count)
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f'seed must be a non-negative int, got {seed!r}.')
+  options = _options(data_config)
+  if toy2d.is_toy(options.dataset):
+    toy2d.check_split(options.train_split)
+    return toy2d.TrainPoints(toy2d.mixture_of(options.dataset), seed=int(seed),
+                             global_batch_size=global_batch_size,
+                             process_index=process_index, process_count=process_count)
   options, reader = _open_reader(data_config, 'train_split')
   return TrainBatches(
       reader,
@@ -444,7 +490,11 @@ def make_eval_batches(
   local_batch_size = _local_batch_size(global_batch_size, process_index, process_count)
   eval_config = dict(data_config.items())
   eval_config['eval_split'] = split
-  _, reader = _open_reader(eval_config, 'eval_split')
+  options = _options(eval_config)
+  if toy2d.is_toy(options.dataset):
+    reader = _PointsReader(toy2d.split_points(toy2d.mixture_of(options.dataset), split))
+  else:
+    _, reader = _open_reader(eval_config, 'eval_split')
   if num_examples is None:
     num_examples = len(reader)
   elif not 0 <= num_examples <= len(reader):
@@ -458,7 +508,8 @@ def make_eval_batches(
     mask = positions < num_examples
     real = reader.read(positions[mask])
     batch = {
-        'image': np.zeros((local_batch_size, *real['image'].shape[1:]), np.uint8),
+        'image': np.zeros((local_batch_size, *real['image'].shape[1:]),
+                          real['image'].dtype),
         'label': np.zeros(local_batch_size, np.int32),
         'mask': mask,
         **{name: np.zeros(local_batch_size, np.int32) for name in reader.factors},

@@ -67,12 +67,12 @@ def generate_samples_resumable(sample_fn: Callable[[jax.Array, int], Any],
                                log_progress: bool = True) -> np.ndarray:
   """`num_samples` images from `sample_fn`, saved chunk by chunk so a rerun resumes.
 
-  Chunk i holds `sample_fn(fold_in(rng, i), batch_size)` (uint8 NHWC, the whole
-  batch on every process) in `out_dir/chunk_{i:06d}.npz`, written atomically by the
-  writer process (process 0 by default). Chunks already there (same rng, same
-  batch size) are read, not regenerated, so an interrupted run continues where it
-  stopped and returns the same images as an uninterrupted one. The result is the
-  first `num_samples` images of the concatenated chunks.
+  Chunk i holds `sample_fn(fold_in(rng, i), batch_size)` (uint8 NHWC, or float
+  [N, D] points; the whole batch on every process) in `out_dir/chunk_{i:06d}.npz`,
+  written atomically by the writer process (process 0 by default). Chunks already
+  there (same rng, same batch size) are read, not regenerated, so an interrupted run
+  continues where it stopped and returns the same images as an uninterrupted one. The
+  result is the first `num_samples` images of the concatenated chunks.
   """
   if num_samples < 1 or batch_size < 1:
     raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} "
@@ -97,9 +97,11 @@ def generate_samples_resumable(sample_fn: Callable[[jax.Array, int], Any],
               if done[i] else None)
     if images is None:
       images = np.asarray(sample_fn(jax.random.fold_in(rng, i), batch_size))
-      if images.dtype != np.uint8 or images.ndim != 4 or len(images) != batch_size:
-        raise ValueError(f"sample_fn must return {batch_size} uint8 NHWC images, got "
-                         f"{images.dtype} {images.shape}.")
+      is_images = images.dtype == np.uint8 and images.ndim == 4
+      is_points = np.issubdtype(images.dtype, np.floating) and images.ndim == 2
+      if not (is_images or is_points) or len(images) != batch_size:
+        raise ValueError(f"sample_fn must return {batch_size} uint8 NHWC images or "
+                         f"float [N, D] points, got {images.dtype} {images.shape}.")
       if is_writer:
         _write_chunk(chunk_path(out_dir, i), images,
                      dict(chunk_index=i, batch_size=batch_size, rng=fingerprint))

@@ -20,12 +20,16 @@ Metric names and what they add to the results:
 | `class_coverage` | classifier  | class_coverage, classes_with_any_sample,             |
 |                  |             | class_kl_uniform, class_kl_reference,                |
 |                  |             | classifier_confidence                                |
+| `mode_coverage`  | none        | modes_covered, num_modes, high_quality_fraction,     |
+|                  | (2-D points)| mode_kl_to_uniform, min_mode_count, max_mode_count   |
 
 Inception metrics follow `evaluation/metrics.py` (FID, IS, KID, P&R as their reference
 implementations); the classifier metrics use the dataset's small CNN
 (`evaluation/classifier.py`). For the embedded datasets (`digits`, `shapes`) the
 defaults are the classifier metrics (Inception at 8-64 px is computable, by resizing
-to 299, but says little); for every other dataset FID and IS.
+to 299, but says little); for the 2-D mixtures (`toy2d/...`, samples are float points
+[N, 2]) `mode_coverage`, the diagnostics of `datasets/toy2d.diagnostics` against the
+mixture's known modes; for every other dataset FID and IS.
 
 The feature nets (`inception_feature_net`, `classifier_feature_net`) are built here;
 their type, `reference_stats.FeatureNet`, and its kinds live with the references.
@@ -44,6 +48,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
+from datasets import toy2d
 from evaluation import classifier as classifier_lib
 from evaluation import inception
 from evaluation import metrics as metrics_lib
@@ -54,7 +59,8 @@ from evaluation.reference_stats import (CLASSIFIER, INCEPTION, FeatureNet,
 
 INCEPTION_METRICS = ("fid", "is", "kid", "pr")
 CLASSIFIER_METRICS = ("classifier_fd", "class_coverage")
-METRIC_NAMES = INCEPTION_METRICS + CLASSIFIER_METRICS
+POINT_METRICS = ("mode_coverage",)   # 2-D points, scored against their mixture
+METRIC_NAMES = INCEPTION_METRICS + CLASSIFIER_METRICS + POINT_METRICS
 PRECISION = "highest"  # every feature net's convolutions and matmuls
 _EMBEDDED_PREFIXES = ("digits", "shapes")
 
@@ -64,7 +70,10 @@ def _kind(metric: str) -> str:
 
 
 def default_metrics(dataset: str) -> tuple[str, ...]:
-  """Classifier metrics for the embedded datasets, FID and IS for the others."""
+  """Classifier metrics for the embedded datasets, mode coverage for the 2-D
+  mixtures, FID and IS for the others."""
+  if toy2d.is_toy(dataset):
+    return POINT_METRICS
   name = dataset.split("/")[0]
   return CLASSIFIER_METRICS if name in _EMBEDDED_PREFIXES else ("fid", "is")
 
@@ -250,7 +259,8 @@ def compute_sample_metrics(
   """Metrics of uint8 NHWC `images` against `reference`, and their protocol.
 
   Args:
-    images: the samples, uint8 [N, H, W, C], the same array on every process.
+    images: the samples, uint8 [N, H, W, C], the same array on every process
+      (mode_coverage: float points [N, 2], see `point_metrics`).
     reference: a `ReferenceSpec` (statistics of a tfds split, cached), a
       `ReferenceStats` (e.g. loaded from a file), or uint8 reference images.
     metrics: names from METRIC_NAMES (or 'fid,is'); None: `default_metrics` of the
@@ -267,12 +277,14 @@ def compute_sample_metrics(
       protocol records the size used).
     is_splits: Inception Score splits (10 is the standard).
   """
-  images = reference_lib.check_sample_images(images)
+  dataset = (reference.dataset if isinstance(reference, ReferenceSpec)
+             else getattr(reference, "meta", {}).get("dataset"))
   if metrics is None:
-    dataset = (reference.dataset if isinstance(reference, ReferenceSpec)
-               else getattr(reference, "meta", {}).get("dataset"))
     metrics = default_metrics(dataset) if dataset else ("fid", "is")
   names = parse_metric_names(metrics)
+  if set(names) & set(POINT_METRICS):
+    return point_metrics(images, dataset, names, log_progress=log_progress)
+  images = reference_lib.check_sample_images(images)
   if "is" in names and not 1 <= is_splits <= len(images):
     raise ValueError(f"The Inception Score's {is_splits} splits need at least that "
                      f"many samples, got {len(images)}.")
@@ -318,6 +330,45 @@ def compute_sample_metrics(
   if log_progress:
     logging.info("Sample metrics: %s", ", ".join(f"{k}={v:.4g}"
                                                  for k, v in values.items()))
+  return SampleMetrics(values, protocol)
+
+
+def point_metrics(points: np.ndarray, dataset: str | None,
+                  metrics: Sequence[str] = POINT_METRICS, *,
+                  log_progress: bool = True) -> SampleMetrics:
+  """Mode coverage of 2-D points [N, 2] from the mixture `dataset` ('toy2d/ring'),
+  whose modes are known: no feature net, no reference statistics."""
+  names = parse_metric_names(metrics)
+  others = [m for m in names if m not in POINT_METRICS]
+  if others:
+    raise ValueError(f"{', '.join(POINT_METRICS)} score 2-D points and cannot be "
+                     f"combined with the image metrics {others}.")
+  if not toy2d.is_toy(dataset):
+    raise ValueError(f"mode_coverage needs a 2-D mixture's reference "
+                     f"({', '.join(toy2d.PREFIX + m for m in toy2d.MIXTURES)}), got "
+                     f"dataset {dataset!r}.")
+  mixture = toy2d.mixture_of(dataset)
+  points = np.asarray(points)
+  if points.ndim != 2 or points.shape[1] != 2 or not np.issubdtype(points.dtype,
+                                                                   np.floating):
+    raise ValueError(f"mode_coverage takes float points [N, 2], got {points.dtype} "
+                     f"{points.shape}.")
+  if not np.all(np.isfinite(points)):
+    raise FloatingPointError("The samples hold non-finite points.")
+  values = {k: float(v) for k, v in toy2d.diagnostics(mixture, points).items()}
+  protocol = dict(
+      num_samples=int(len(points)), sample_shape=list(points.shape[1:]),
+      metrics=list(names), reference=dict(
+          dataset=dataset, mixture=mixture.name, num_modes=mixture.num_modes,
+          std=mixture.std, source="the mixture's mode centres and std "
+                                  "(datasets/toy2d.py), not data"),
+      high_quality=f"within {toy2d.HIGH_QUALITY_STDS:g} std "
+                   f"({toy2d.HIGH_QUALITY_STDS * mixture.std:g}) of the nearest centre",
+      min_samples_per_mode=1,
+      mode_kl_to_uniform="KL(histogram of high-quality samples over modes || uniform)")
+  if log_progress:
+    logging.info("Mode coverage: %s", ", ".join(f"{k}={v:.4g}"
+                                                for k, v in values.items()))
   return SampleMetrics(values, protocol)
 
 

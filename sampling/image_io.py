@@ -3,6 +3,9 @@
 Every file records where it came from (config, checkpoint step, seed, sampler and its
 settings) so that a generated image can always be told apart from data and traced to
 the run that made it: PNGs in tEXt chunks, arrays in a JSON file beside them.
+
+Samples of 2-D points (DatasetInfo.kind == 'points') are pictured as a scatter plot
+instead of a grid: `preview` picks by the data's kind, so callers never ask.
 """
 
 import io
@@ -37,6 +40,57 @@ def make_grid(images: np.ndarray, *, num_cols: int | None = None, padding: int =
   return grid
 
 
+_DOT_COLOUR = np.array([31, 119, 180], np.float64)      # blue samples
+_MARK_COLOUR = np.array([214, 39, 40], np.uint8)         # red landmarks
+_DOT_ALPHA = 0.35     # overlapping dots darken: dense regions read as darker
+
+
+def scatter_plot(points: np.ndarray, *, extent: float,
+                 landmarks: Any = (), size: int = 256) -> np.ndarray:
+  """uint8 [size, size, 3]: 2-D points as dots on white over [-extent, extent]^2.
+
+  y points up; points outside the square are not drawn. `landmarks` (e.g. a
+  mixture's mode centres) are marked with red crosses, drawn over the dots.
+  """
+  points = np.asarray(points, np.float64)
+  if points.ndim != 2 or points.shape[1] != 2:
+    raise ValueError(f"scatter_plot takes points [N, 2], got shape {points.shape}.")
+  if not extent > 0:
+    raise ValueError(f"scatter_plot needs extent > 0, got {extent}.")
+
+  def pixels(xy):
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    col = np.floor((xy[:, 0] + extent) / (2 * extent) * size)
+    row = np.floor((extent - xy[:, 1]) / (2 * extent) * size)
+    return row, col
+
+  counts = np.zeros((size, size), np.int64)
+  row, col = pixels(points[np.all(np.isfinite(points), axis=1)])
+  for dr, dc in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)):    # a 5-pixel dot
+    r, c = row + dr, col + dc
+    inside = (r >= 0) & (r < size) & (c >= 0) & (c < size)
+    np.add.at(counts, (r[inside].astype(np.int64), c[inside].astype(np.int64)), 1)
+  keep = (1.0 - _DOT_ALPHA) ** counts[..., None]
+  image = np.rint(_DOT_COLOUR + (255.0 - _DOT_COLOUR) * keep).astype(np.uint8)
+  arm = max(2, size // 40)
+  for r, c in zip(*pixels(landmarks)):
+    r, c = int(r), int(c)
+    for d in range(-arm, arm + 1):
+      for y, x in ((r + d, c + d), (r + d, c - d)):
+        if 0 <= y < size and 0 <= x < size:
+          image[y, x] = _MARK_COLOUR
+  return image
+
+
+def preview(samples: np.ndarray, info: Any = None) -> np.ndarray:
+  """One uint8 HWC picture of samples, by the data's kind (a `DatasetInfo`; None:
+  images): a grid of uint8 NHWC images, or a scatter plot of 2-D points over
+  info.extent with info.landmarks marked."""
+  if info is not None and info.kind == "points":
+    return scatter_plot(samples, extent=info.extent, landmarks=info.landmarks)
+  return make_grid(samples)
+
+
 def upscale(image: np.ndarray, min_side: int = 256) -> np.ndarray:
   """Nearest-neighbour upscaling so that small images (8x8 digits) can be seen."""
   factor = max(1, int(math.ceil(min_side / max(image.shape[0], image.shape[1]))))
@@ -68,25 +122,34 @@ def read_png_provenance(path: str) -> dict[str, Any]:
     return json.loads(im.text[PROVENANCE_KEY])
 
 
-def save_samples(directory: str, images: np.ndarray,
-                 provenance: Mapping[str, Any]) -> dict[str, str]:
-  """Writes samples.npz (uint8 NHWC under `arr_0`), provenance.json and grid.png.
+def save_samples(directory: str, images: np.ndarray, provenance: Mapping[str, Any],
+                 info: Any = None) -> dict[str, str]:
+  """Writes samples.npz (the samples under `arr_0`), provenance.json and a picture.
 
-  `arr_0` is the layout that the common FID evaluators read.
+  Images (uint8 NHWC; `arr_0` is the layout that the common FID evaluators read)
+  get grid.png of the first 100; points (info.kind == 'points', float [N, D]) get
+  scatter.png of all. paths['preview'] names the picture (paths['grid'] too, for
+  images).
   """
   images = np.asarray(images)
-  if images.dtype != np.uint8 or images.ndim != 4:
+  points = info is not None and info.kind == "points"
+  if points and not (images.ndim == 2 and np.issubdtype(images.dtype, np.floating)):
+    raise ValueError(f"Point samples must be float [N, D], got {images.dtype} "
+                     f"{images.shape}.")
+  if not points and (images.dtype != np.uint8 or images.ndim != 4):
     raise ValueError(f"Samples must be uint8 NHWC, got {images.dtype} {images.shape}.")
   provenance = dict(provenance, num_samples=int(images.shape[0]),
                     shape=list(images.shape[1:]))
+  picture = os.path.join(directory, "scatter.png" if points else "grid.png")
   paths = dict(npz=os.path.join(directory, "samples.npz"),
-               provenance=os.path.join(directory, "provenance.json"),
-               grid=os.path.join(directory, "grid.png"))
+               provenance=os.path.join(directory, "provenance.json"), preview=picture,
+               **({} if points else dict(grid=picture)))
   buffer = io.BytesIO()
   np.savez(buffer, arr_0=images,
            provenance=np.asarray(json.dumps(provenance, sort_keys=True)))
   _write_bytes(paths["npz"], buffer.getvalue())
   _write_bytes(paths["provenance"],
                json.dumps(provenance, indent=2, sort_keys=True).encode())
-  save_png(paths["grid"], upscale(make_grid(images[:100])), provenance)
+  save_png(picture, upscale(preview(images if points else images[:100], info)),
+           provenance)
   return paths

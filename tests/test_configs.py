@@ -19,8 +19,7 @@ CONFIG_NAMES = sorted(os.path.basename(p)[:-3]
                       if not p.endswith("__init__.py"))
 # Shared bases that experiment configs build on; they name no experiment.
 BASES = {n for n in CONFIG_NAMES if n == "default" or n.endswith("_base")}
-# gan_toy trains on 2-D points, not images: train.gan.run_toy runs it (tests/test_toy2d.py).
-EXPERIMENTS = [n for n in CONFIG_NAMES if n not in BASES and n != "gan_toy"]
+EXPERIMENTS = [n for n in CONFIG_NAMES if n not in BASES]
 REQUIRED_FIELDS = ("seed", "data.dataset", "data.data_dir", "training.batch_size",
                    "training.num_train_steps", "training.log_every_steps",
                    "training.checkpoint_every_steps", "training.sample_every_steps",

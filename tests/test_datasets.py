@@ -207,7 +207,8 @@ def test_dataset_info(data_dir):
   info = datasets.get_dataset_info(data_config('digits', data_dir))
   assert info == datasets.DatasetInfo('digits', (8, 8, 1), 10, DIGITS_TRAIN, DIGITS_TEST)
   info = datasets.get_dataset_info(data_config('shapes/16', data_dir, image_size=8))
-  assert info == datasets.DatasetInfo('shapes/16', (8, 8, 3), 4, 10000, 2000)
+  assert info == datasets.DatasetInfo('shapes/16', (8, 8, 3), 4, 10000, 2000,
+                                      condition_keys=('label', 'colour', 'position'))
 
 
 def test_get_is_a_pure_function_of_step(data_dir):

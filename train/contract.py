@@ -28,7 +28,9 @@ from models import diffusion as diffusion_lib
 from sampling.guidance import Conditioning
 from train.state import TrainState
 
-Batch = dict[str, Any]            # uint8 NHWC 'image' and the dataset's other keys
+# 'image' (uint8 NHWC; float32 [B, D] where DatasetInfo.kind == 'points') and the
+# dataset's other keys.
+Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -52,7 +54,7 @@ class Family(abc.ABC):
 
   @abc.abstractmethod
   def sample(self, params: Any, rng: jax.Array, num_samples: int) -> jax.Array:
-    """uint8 NHWC samples from `sampling_params(state)`."""
+    """uint8 NHWC samples from `sampling_params(state)` (points: float32 [N, D])."""
 
   @abc.abstractmethod
   def sampler_settings(self) -> dict[str, Any]:

@@ -29,31 +29,29 @@ does). DiffAugment (Zhao et al. 2020) augments every image D sees, in D and G up
 and inside the penalties. BigGAN's orthogonal regularisation (ortho_weight) adds to the
 G loss.
 
-Inputs: uint8 images are scaled to [-1, 1]; float inputs (the 2-D toy points) are used
-as they are. Samples are uint8 images (`sample`) or the raw generator output
-(`generate`, for the toy). GANs have no likelihood: no eval_step.
+Inputs: uint8 images are scaled to [-1, 1]; float inputs (the 2-D toy points of
+datasets/toy2d.py) are already scaled and used as they are. `sample` returns uint8
+images, or for vector data (image_shape (D,), the toy) the raw float points, as the
+data are; `generate` is the raw generator output either way. GANs have no likelihood:
+no eval_step.
 """
 
 from __future__ import annotations
 
 import copy
-import math
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
-from datasets import toy2d
 from datasets import transforms
 from models import gan as gan_models
 from models import stylegan2
 from train import contract, diffaugment, gan_losses
 from train import optim as optim_lib
-from train.state import TrainState, ema_update, jit_run_once
+from train.state import TrainState, ema_update
 
 ARCHITECTURES = ("dcgan", "sngan_cnn", "resnet", "stylegan2", "mlp")
 Z_DISTRIBUTIONS = ("normal", "uniform")
@@ -427,8 +425,10 @@ class GAN(contract.Family):
     return out
 
   def sample(self, params: dict[str, Any], rng: jax.Array, num_samples: int) -> jax.Array:
-    """uint8 NHWC samples from `sampling_params(state)`."""
-    return transforms.centered_to_uint8(self.generate(params, rng, num_samples))
+    """uint8 NHWC samples from `sampling_params(state)`; vector data (the 2-D toy):
+    float32 [N, D] points, unscaled like the inputs."""
+    out = self.generate(params, rng, num_samples)
+    return out if len(self.image_shape) == 1 else transforms.centered_to_uint8(out)
 
   def sampler_settings(self) -> dict[str, Any]:
     s, m = self.config.sampling, self.config.model
@@ -440,48 +440,3 @@ class GAN(contract.Family):
     if self.is_stylegan:
       settings["truncation_psi"] = s.truncation_psi
     return settings
-
-
-# ---------------------------------------------------------------------- 2-D toy
-def run_toy(config: ml_collections.ConfigDict, num_steps: int | None = None,
-            num_eval_samples: int = 2500, log_every: int = 0) -> dict[str, Any]:
-  """Trains the family's own compiled train_step on a 2-D mixture and returns the
-  mode-coverage diagnostics of `num_eval_samples` generator samples.
-
-  The toy bypasses the image loop: points enter as float32 batch['image'] [B, 2]
-  (the family scales only uint8 inputs), with config.model.architecture='mlp' and
-  config.data.dataset 'toy2d/ring' or 'toy2d/grid'. Samples come from the EMA
-  generator when config.sampling.use_ema, else from the raw one.
-  """
-  prefix = "toy2d/"
-  if not config.data.dataset.startswith(prefix):
-    raise ValueError(f"run_toy needs config.data.dataset='toy2d/<{'|'.join(toy2d.MIXTURES)}>', "
-                     f"got {config.data.dataset!r}.")
-  mixture = toy2d.get_mixture(config.data.dataset[len(prefix):])
-  num_steps = config.training.num_train_steps if num_steps is None else num_steps
-  family = GAN(config, (2,), 0)
-  root = jax.random.PRNGKey(config.seed)
-  state = jit_run_once(family.init)(
-      jax.random.fold_in(root, 0),
-      dict(image=np.zeros((1, 2), np.float32), label=np.zeros((1,), np.int32)))
-  step_fn = jax.jit(family.train_step, donate_argnums=0)
-  stream = toy2d.batches(mixture, config.seed, config.training.batch_size)
-  start = time.time()
-  history = []
-  for step in range(num_steps):
-    state, metrics = step_fn(state, next(stream))
-    if log_every and (step + 1) % log_every == 0:
-      points = np.asarray(jax.jit(family.generate, static_argnums=2)(
-          family.sampling_params(state, config.sampling.use_ema),
-          jax.random.fold_in(root, 10_000 + step), num_eval_samples))
-      history.append(dict(step=step + 1, **toy2d.diagnostics(mixture, points),
-                          **{k: float(v) for k, v in metrics.items()}))
-  points = np.asarray(jax.jit(family.generate, static_argnums=2)(
-      family.sampling_params(state, config.sampling.use_ema),
-      jax.random.fold_in(root, 1), num_eval_samples))
-  result = dict(toy2d.diagnostics(mixture, points), steps=num_steps,
-                seconds=time.time() - start, history=history)
-  result["samples"] = points
-  if not math.isfinite(float(np.sum(points))):
-    raise FloatingPointError("The toy generator produced non-finite samples.")
-  return result

@@ -185,7 +185,7 @@ def _write_sample_grid(run: Run, state: TrainState, step: int, writer) -> None:
   images = run.sample_images(run.sampling_params(state),
                              jax.random.fold_in(jax.random.fold_in(run.root_rng,
                                                                    SAMPLE_GRID), step), n)
-  grid = image_io.make_grid(images)
+  grid = image_io.preview(images, run.info)   # a grid, or a scatter plot of points
   if run.is_writer:
     path = os.path.join(run.workdir, "samples", f"train_step_{step:08d}.png")
     image_io.save_png(path, image_io.upscale(grid), run.provenance(step, "train_grid"))

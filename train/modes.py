@@ -30,7 +30,7 @@ from train.workdir_guard import write_text_atomically
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
              state: TrainState | None = None) -> dict[str, Any]:
-  """Test-set bits/dim of the newest checkpoint, written to workdir/eval/."""
+  """Test-set bits/dim and sample metrics of the newest checkpoint, to workdir/eval/."""
   run = Run(config, workdir)
   try:
     return evaluate_run(run, state)
@@ -81,7 +81,8 @@ def _sample_metric_names(config: ml_collections.ConfigDict) -> list[str]:
 
 def _sample_metrics(run: Run, params, step: int,
                     names: list[str] | None) -> tuple[dict[str, float], dict[str, Any]]:
-  """FID / IS / KID / P&R (or the offline classifier metrics) of eval.num_samples samples.
+  """FID / IS / KID / P&R (or the offline classifier metrics, or a 2-D mixture's mode
+  coverage) of eval.num_samples samples.
 
   Samples are written in chunks under eval/samples_step_N_<sampler>/, so an
   interrupted evaluation resumes where it stopped and gives the same samples.
@@ -183,7 +184,8 @@ def _test_set_metrics(run: Run, params) -> tuple[dict[str, float], int]:
 
 # ------------------------------------------------------------------------- sampling
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes eval.num_samples samples of the newest checkpoint: .npz + PNG grid."""
+  """Writes eval.num_samples samples of the newest checkpoint: .npz + PNG grid (points:
+  a scatter plot)."""
   run = Run(config, workdir)
   try:
     return _sample(run)
@@ -201,7 +203,8 @@ def _sample(run: Run) -> str:
                              log_progress=True)
   directory = os.path.join(workdir, "samples", f"step_{step:08d}")
   if run.is_writer:
-    paths = image_io.save_samples(directory, images, run.provenance(step, "samples"))
-    logging.info("Wrote %d samples to %s and a grid to %s.", len(images), paths["npz"],
-                 paths["grid"])
+    paths = image_io.save_samples(directory, images, run.provenance(step, "samples"),
+                                  run.info)
+    logging.info("Wrote %d samples to %s and a picture of them to %s.", len(images),
+                 paths["npz"], paths["preview"])
   return directory

@@ -110,7 +110,7 @@ class Run:
 
   @functools.cached_property
   def sample_fn(self):
-    """params, rng, n -> (uint8 images, measured NFE or None), compiled once per run.
+    """params, rng, n -> (samples, measured NFE or None), compiled once per run.
 
     Families whose samplers take a data-dependent number of network evaluations
     (adaptive ODE solvers, the CountsNFE capability) report it; it is kept for
@@ -126,7 +126,7 @@ class Run:
 
   def sample_batch(self, params, rng: jax.Array, batch_size: int,
                    nfes: list[float]) -> np.ndarray:
-    """One batch of uint8 samples on the host (all processes'); appends its NFE."""
+    """One batch of samples on the host (all processes'); appends its NFE."""
     images, nfe = self.sample_fn(params, rng, batch_size)
     if nfe is not None:
       nfes.append(float(nfe))
@@ -151,7 +151,8 @@ class Run:
 
   def sample_images(self, params, rng: jax.Array, num_samples: int,
                     batch_size: int | None = None, log_progress: bool = False) -> np.ndarray:
-    """`num_samples` uint8 NHWC images, generated in sharded batches of `batch_size`."""
+    """`num_samples` samples (uint8 NHWC images, or float points [N, D] where
+    info.kind == 'points'), generated in sharded batches of `batch_size`."""
     batch_size = batch_size or num_samples
     batch_size = math.ceil(batch_size / jax.device_count()) * jax.device_count()
     chunks, start = [], time.time()
