@@ -9,7 +9,7 @@
 Conditional sampling and editing (DDPM family; outputs in workdir/edits/):
   python main.py --config=configs/ddpm_shapes_text.py --workdir=W --mode=sample \
       --prompt="a blue square at bottom right" --guidance=2
-  python main.py --config=configs/cfg_digits.py --workdir=W --mode=sample --label=3
+  python main.py --config=configs/guided_ddpm_digits.py --workdir=W --mode=sample --label=3
   python main.py --config=configs/ddpm_digits.py --workdir=W --mode=sample \
       --edit=inpaint --input=digit.png --mask=center
   python main.py --config=configs/sr3_digits.py --workdir=W --mode=sample \
@@ -25,7 +25,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from sampling.editing import EDIT_KINDS  # noqa: E402
 from train import distributed, loop, modes  # noqa: E402
-from train import edit as edit_lib  # noqa: E402
+from train import edit_mode as edit_lib  # noqa: E402
 
 _DEFAULTS = edit_lib.EDIT_DEFAULTS
 

@@ -35,7 +35,7 @@ import numpy as np
 from datasets import transforms
 from models import distributions
 from models.sde import SDE
-from sampling.sde import check_ode_tolerances, get_ode_solver, ode_solve_nfe
+from sampling.sde_samplers import check_ode_tolerances, get_ode_solver, ode_solve_nfe
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 

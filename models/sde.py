@@ -1,7 +1,7 @@
 """The forward SDEs of score-based generative modelling (Song et al. 2021).
 
 Not a network: the fixed noising processes dx = f(t) x dt + g(t) dw on t in [0, T]
-shared by the score losses (train/score_losses.py), the samplers (sampling/sde.py)
+shared by the score losses (train/score_losses.py), the samplers (sampling/sde_samplers.py)
 and the probability-flow likelihood (evaluation/ode_likelihood.py).
 
   VESDE     f = 0,            g = sigma(t) sqrt(2 log(sigma_max / sigma_min))  (eq. 30)

@@ -12,12 +12,12 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import cfg_digits, ddpm_shapes_text, sr3_digits
+from configs import guided_ddpm_digits, ddpm_shapes_text, sr3_digits
 from datasets import captions, shapes, transforms
 from sampling import ddpm as ddpm_sampling
 from sampling import image_io
 from train import ddpm as ddpm_family
-from train import edit as edit_lib
+from train import edit_mode as edit_lib
 from train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +62,7 @@ def _digits_batch(n=4):
 
 # ------------------------------------------------------------------ guidance
 def test_guidance_weight_zero_is_the_plain_conditional_sampler(fast_compile):
-  config = _tiny(cfg_digits.get_config())
+  config = _tiny(guided_ddpm_digits.get_config())
   config.guidance.weight = 0.0
   family, state = _family(config, (8, 8, 1), 10)
   state, _ = jax.jit(family.train_step)(state, _digits_batch())   # non-zero conv_out
@@ -87,7 +87,7 @@ def test_guidance_weight_zero_is_the_plain_conditional_sampler(fast_compile):
 
 
 def test_label_dropout_replaces_labels_by_the_null_label_in_the_loss(fast_compile):
-  config = _tiny(cfg_digits.get_config())
+  config = _tiny(guided_ddpm_digits.get_config())
   family, state = _family(config, (8, 8, 1), 10)
   state, _ = jax.jit(family.train_step)(state, _digits_batch())
   batch = _digits_batch()
@@ -105,11 +105,11 @@ def test_label_dropout_replaces_labels_by_the_null_label_in_the_loss(fast_compil
 
 
 def test_bad_guidance_settings_raise():
-  config = _tiny(cfg_digits.get_config())
+  config = _tiny(guided_ddpm_digits.get_config())
   config.model.conditional = False
   with pytest.raises(ValueError, match="conditional model"):
     ddpm_family.DDPM(config, (8, 8, 1), 10)
-  config = _tiny(cfg_digits.get_config())
+  config = _tiny(guided_ddpm_digits.get_config())
   config.guidance.weight = -1.0
   with pytest.raises(ValueError, match="guidance.weight"):
     ddpm_family.DDPM(config, (8, 8, 1), 10)

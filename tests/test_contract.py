@@ -11,7 +11,7 @@ from train import contract, families
 # Each family's digits config and the capabilities it must report.
 EXPECTED = {
     "ddpm_digits": ("ddpm", {"likelihood", "conditional", "editable"}),
-    "cfg_digits": ("ddpm", {"likelihood", "conditional", "editable"}),
+    "guided_ddpm_digits": ("ddpm", {"likelihood", "conditional", "editable"}),
     "score_digits": ("score", {"likelihood", "conditional", "editable", "counts_nfe"}),
     "vdm_digits": ("vdm", {"likelihood"}),
     "pixelcnn_digits": ("autoregressive", {"likelihood"}),

@@ -53,7 +53,7 @@ def test_families_select_readme_rows_in_table_order():
   everything = _keys("all")
   assert everything == _keys("") and "cfg" not in everything
   assert len(everything) == len(dt.ROWS) - 1
-  assert _keys("cfg") == ["cfg"] and _keys("cfg_digits") == ["cfg"]
+  assert _keys("cfg") == ["cfg"] and _keys("guided_ddpm_digits") == ["cfg"]
   assert _keys("vqvae:prior") == ["vqvae", "vqvae:prior"]   # stage 1 comes along
   with pytest.raises(ValueError, match="'pixelcnnx' names no row"):
     dt.select_rows("pixelcnnx")

@@ -14,7 +14,7 @@ import pytest
 
 from configs import iddpm_cifar, iddpm_digits
 from datasets import transforms
-from evaluation import likelihood
+from evaluation import ddpm_likelihood
 from models import diffusion as diffusion_lib
 from sampling import ddpm as ddpm_sampling
 from train import ddpm as ddpm_family
@@ -134,7 +134,7 @@ def test_hybrid_vlb_term_equals_the_bits_per_dim_evaluation(var_type, fast_compi
   params = jax.tree.map(
       lambda p: p + 0.05 * jax.random.normal(jax.random.key(p.size), p.shape), params)
   rng = jax.random.key(3)
-  reference = jax.jit(lambda p: likelihood.vlb_bpd(
+  reference = jax.jit(lambda p: ddpm_likelihood.vlb_bpd(
       family.eps_fn(p), family.diffusion, images, rng, var_type=var_type,
       timestep_chunk=10)['terms_bpd'])(params)
   x0 = transforms.uint8_to_centered(images)

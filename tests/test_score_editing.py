@@ -16,7 +16,7 @@ import pytest
 
 from configs import score_base, score_digits
 from models import diffusion as diffusion_lib
-from train import edit as edit_lib
+from train import edit_mode as edit_lib
 from train import modes
 from train import loop
 from train import score

@@ -1,4 +1,4 @@
-"""Tests for sampling/sde.py with the exact score of Gaussian data.
+"""Tests for sampling/sde_samplers.py with the exact score of Gaussian data.
 
 For x0 ~ N(mu, diag(s^2)) every SDE's marginal is Gaussian and its score is
 score(x, t) = -(x - m(t) mu) / (m(t)^2 s^2 + std(t)^2); in EDM's form the exact
@@ -20,7 +20,7 @@ import pytest
 
 from models.sde import (SubVPSDE, VESDE, VPSDE, data_prediction_from_score,
                         edm_sigma_schedule)
-from sampling.sde import (
+from sampling.sde_samplers import (
     SampleOutput, dpm_solver_pp_edm_sample, dpm_solver_pp_sample, edm_sample,
     langevin_corrector, ode_sample, pc_sample)
 

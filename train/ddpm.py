@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from datasets import captions, shapes, transforms
-from evaluation import likelihood
+from evaluation import ddpm_likelihood
 from models import diffusion as diffusion_lib
 from models import text_encoder
 from models import unet
@@ -460,7 +460,7 @@ class DDPM(contract.Family):
       _, condition_image = transforms.superres_training_pair(
           batch["image"], self.superres_factor, self.superres.upsample_method)
       eps_fn = editing.conditioned_eps_fn(eps_fn, condition_image)
-    out = likelihood.vlb_bpd(
+    out = ddpm_likelihood.vlb_bpd(
         eps_fn, self.diffusion, batch["image"], rng,
         var_type=self.config.diffusion.var_type, clip_denoised=False,
         timestep_chunk=self.config.eval.vlb_timestep_chunk)

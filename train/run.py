@@ -1,7 +1,7 @@
 """What every mode shares: the validated config, dataset info, family, mesh, checkpoints.
 
 `Run(config, workdir)` is built by training (train/loop.py), the read-only modes
-(train/modes.py) and editing (train/edit.py) alike; it restores or initialises the
+(train/modes.py) and editing (train/edit_mode.py) alike; it restores or initialises the
 TrainState and samples in sharded batches.
 """
 

@@ -24,7 +24,7 @@ bits/dim stay unguided.
 Data are scaled to [-1, 1] (`sde.data_range`); EDM's sigma_data = 0.5 is the std of
 CIFAR-10 in that range.
 
-Editing (train/edit.py, sampling/editing.py: inpainting, colourisation, SDEdit, DDIM
+Editing (train/edit_mode.py, sampling/editing.py: inpainting, colourisation, SDEdit, DDIM
 interpolation) reads the SDE as a discrete DDPM process (`edit_diffusion`,
 `eps_fn_from_score`): any Gaussian perturbation x = m x0 + s z is a VP diffusion after
 rescaling by r = sqrt(m^2 + s^2), x / r = sqrt(abar) x0 + sqrt(1 - abar) z with
@@ -45,7 +45,7 @@ from evaluation import ode_likelihood
 from models import diffusion as diffusion_lib
 from models import ncsnpp, sde as sde_lib, unet
 from sampling import guidance as guidance_lib
-from sampling import sde as sde_sampling
+from sampling import sde_samplers as sde_sampling
 from train import contract
 from train import optim as optim_lib
 from train import score_losses
@@ -365,7 +365,7 @@ class ScoreSDE(contract.Family):
   def sample_with_condition(self, params, rng: jax.Array, condition: jax.Array | None,
                             num_samples: int) -> jax.Array:
     """uint8 NHWC samples of p(x | labels `condition` [num_samples]), guided by
-    config.guidance.weight; None for an unconditional model (train/edit.py --label)."""
+    config.guidance.weight; None for an unconditional model (train/edit_mode.py --label)."""
     self.conditioning.check(condition)
     return self.sample_with_nfe(params, rng, num_samples, condition=condition)[0]
 
@@ -414,7 +414,7 @@ class ScoreSDE(contract.Family):
     return transforms.centered_to_uint8(images), out.nfe
 
   # ------------------------------------------------------------------- editing
-  # What train/edit.py and sampling/editing.py need: the SDE read as a DDPM process
+  # What train/edit_mode.py and sampling/editing.py need: the SDE read as a DDPM process
   # (`edit_diffusion`; module comment above) and an eps_fn on its levels.
   @functools.cached_property
   def edit_times(self) -> np.ndarray:

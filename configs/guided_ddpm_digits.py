@@ -7,11 +7,11 @@ weight w (eq. 6). The network, schedule and optimiser are configs/ddpm_digits.py
 It reproduces no paper number (the paper's are ImageNet 64/128 FID/IS tables); raise
 w to trade diversity for class fidelity (see the class_coverage metric of --mode=eval).
 
-  python main.py --config=configs/cfg_digits.py --workdir=/tmp/cfg_digits
-  python main.py --config=configs/cfg_digits.py --workdir=/tmp/cfg_digits \\
+  python main.py --config=configs/guided_ddpm_digits.py --workdir=/tmp/guided_ddpm_digits
+  python main.py --config=configs/guided_ddpm_digits.py --workdir=/tmp/guided_ddpm_digits \\
       --mode=sample --label=3 --guidance=3
-  python main.py --config=configs/cfg_digits.py --workdir=/tmp/cfg_digits --mode=eval \\
-      --config.guidance.weight=1
+  python main.py --config=configs/guided_ddpm_digits.py \\
+      --workdir=/tmp/guided_ddpm_digits --mode=eval --config.guidance.weight=1
 """
 
 from configs import ddpm_digits
@@ -19,7 +19,7 @@ from configs import ddpm_digits
 
 def get_config(arg: str | None = None):
   config = ddpm_digits.get_config(arg)
-  config.name = "cfg_digits"
+  config.name = "guided_ddpm_digits"
   config.model.conditional = True       # label embedding, plus the null row
   config.guidance.p_uncond = 0.1        # P(null label) per example (paper: 0.1-0.2)
   config.guidance.weight = 1.0          # w of eq. 6 when sampling (flag: --guidance)

@@ -1,4 +1,4 @@
-"""Tests for evaluation/likelihood.py against scipy and a float64 brute force."""
+"""Tests for evaluation/ddpm_likelihood.py against scipy and a float64 brute force."""
 import functools
 import math
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from evaluation.likelihood import vlb_bpd
+from evaluation.ddpm_likelihood import vlb_bpd
 from models.diffusion import GaussianDiffusion, get_beta_schedule
 
 
