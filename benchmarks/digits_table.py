@@ -28,7 +28,7 @@ score, autoregressive, gan, vae, hvae, vqvae) selects all its README rows; a row
 (e.g. `pixelcnn`, `gated_pixelcnn`, `score:vp`, `iddpm:vlb`, `pixelrnn:row_lstm`,
 `vqvae:prior`), or the key with `_digits` (`pixelcnn_digits`, `score_digits:vp`),
 selects one row. `ddpm` is a family: it selects ddpm_digits, iddpm_digits and
-iddpm_digits:vlb (use `ddpm_digits` for the one row). `guided_ddpm_digits` (key `cfg`) has no
+iddpm_digits:vlb (use `ddpm_digits` for the one row). `guided_ddpm_digits` (key `guided_ddpm`) has no
 README row and runs only when named. `vqvae:prior` brings in its stage 1, `vqvae`.
 
 --quick (a regression check, not the README's numbers) adds, to every command of
@@ -166,7 +166,7 @@ ROWS = (
     Row("iddpm:vlb", "iddpm_digits:vlb", "ddpm", "configs/iddpm_digits.py:vlb",
         (Eval("raw", _RAW), _EMA_ONLY_BPD),
         readme="4.54 (raw); 12.19 (EMA); 50 respaced steps: FD 13.3, 10/10"),
-    Row("cfg", "guided_ddpm_digits", "ddpm", "configs/guided_ddpm_digits.py", (_EMA,), extra=True),
+    Row("guided_ddpm", "guided_ddpm_digits", "ddpm", "configs/guided_ddpm_digits.py", (_EMA,), extra=True),
     Row("vdm", "vdm_digits (2,500 steps)", "vdm", "configs/vdm_digits.py", (_EMA,),
         overrides=(("training.num_train_steps", 2500),),
         readme="4.78 (continuous-time VLB); 250 steps: FD 12.9, 10/10"),

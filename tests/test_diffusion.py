@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from models.diffusion import (
-    BETA_SCHEDULES, GaussianDiffusion, get_beta_schedule)
+    BETA_SCHEDULES, GaussianDiffusion, get_beta_schedule, prior_bpd, vb_terms_bpd)
 
 
 def _linear(num_timesteps=1000, beta_start=1e-4, beta_end=0.02):
@@ -264,6 +264,48 @@ def test_p_mean_variance_clips_x0_and_rejects_bad_var_type():
   np.testing.assert_allclose(mean, expected, rtol=1e-6)
   with pytest.raises(ValueError, match='var_type'):
     diffusion.p_mean_variance(eps, x_t, t, var_type='learned')
+
+
+# ------------------------------------------------------- variational bound terms
+
+
+def test_prior_bpd_is_the_closed_form_kl_to_the_standard_normal():
+  betas = np.linspace(0.05, 0.4, 6)
+  diffusion = GaussianDiffusion.from_betas(betas)
+  x0 = np.random.default_rng(0).uniform(-1, 1, (3, 2, 2, 2))
+  abar = np.prod(1 - betas)
+  # KL(N(sqrt(abar) x0, 1 - abar) || N(0, 1)) per sub-pixel, float64.
+  kl = 0.5 * (abar * x0**2 + (1 - abar) - 1 - np.log(1 - abar))
+  expected = kl.reshape(3, -1).mean(1) / math.log(2)
+  np.testing.assert_allclose(prior_bpd(diffusion, jnp.asarray(x0, jnp.float32)), expected,
+                             rtol=1e-5)
+
+
+def test_vb_terms_with_the_true_noise_are_variance_kls_and_the_decoder():
+  """eps = the true noise puts the model mean on the posterior mean: for t > 0 the
+  KL is that of the variances alone (0 for 'fixedsmall'), and at t = 0 the decoder
+  NLL is the Gaussian mass of x_0's bin around x_0 itself (scipy)."""
+  betas = _linear(100, 1e-3, 0.2)
+  diffusion = GaussianDiffusion.from_betas(betas)
+  abar = np.cumprod(1 - betas)
+  levels = np.random.default_rng(1).integers(1, 255, (4, 3, 3, 1))  # interior bins
+  x0 = jnp.asarray(levels / 127.5 - 1, jnp.float32)
+  noise = jax.random.normal(jax.random.key(3), x0.shape)
+  t = jnp.array([0, 1, 40, 99])
+  x_t = diffusion.q_sample(x0, t, noise)
+  posterior_var = betas[1:] * (1 - abar[:-1]) / (1 - abar[1:])     # t = 1..T-1
+  small = np.asarray(vb_terms_bpd(noise, diffusion, x0, x_t, t, var_type='fixedsmall'))
+  large = np.asarray(vb_terms_bpd(noise, diffusion, x0, x_t, t, var_type='fixedlarge'))
+  # t = 0: both variance types use posterior_var[t = 1] for the decoder.
+  scale = math.sqrt(posterior_var[0])
+  half = 1 / 255 / scale
+  decoder_bits = -math.log2(stats.norm.cdf(half) - stats.norm.cdf(-half))
+  np.testing.assert_allclose([small[0], large[0]], decoder_bits, rtol=2e-3)
+  np.testing.assert_allclose(small[1:], 0.0, atol=2e-4)
+  ratio = posterior_var[np.array([0, 39, 98])] / betas[np.array([1, 40, 99])]
+  kl_bits = 0.5 * (ratio - 1 - np.log(ratio)) / math.log(2)
+  np.testing.assert_allclose(large[1:], kl_bits, rtol=1e-2, atol=2e-4)
+  assert kl_bits[0] > 0.1   # at t = 1, beta_1 is far from the posterior variance
 
 
 def test_is_a_pytree_usable_inside_jit():

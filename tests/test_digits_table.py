@@ -51,9 +51,10 @@ def test_families_select_readme_rows_in_table_order():
                                      "pixelrnn:row_lstm", "pixelcnnpp"]
   assert _keys("score_digits:vp, score:ve") == ["score:vp", "score:ve"]
   everything = _keys("all")
-  assert everything == _keys("") and "cfg" not in everything
+  assert everything == _keys("") and "guided_ddpm" not in everything
   assert len(everything) == len(dt.ROWS) - 1
-  assert _keys("cfg") == ["cfg"] and _keys("guided_ddpm_digits") == ["cfg"]
+  assert _keys("guided_ddpm") == ["guided_ddpm"]
+  assert _keys("guided_ddpm_digits") == ["guided_ddpm"]
   assert _keys("vqvae:prior") == ["vqvae", "vqvae:prior"]   # stage 1 comes along
   with pytest.raises(ValueError, match="'pixelcnnx' names no row"):
     dt.select_rows("pixelcnnx")

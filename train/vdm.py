@@ -81,23 +81,26 @@ def prior_kl(f: jax.Array, gamma_1: jax.Array) -> jax.Array:
   return jnp.sum(per_dim, axis=tuple(range(1, f.ndim)))
 
 
-def decoder_log_probs(z0_rescaled: jax.Array, gamma_0: jax.Array) -> jax.Array:
-  """log p(x = v | z_0) for the 256 levels v, shape [..., 256].
+def decoder_logits(z0_rescaled: jax.Array, gamma_0: jax.Array) -> jax.Array:
+  """Unnormalised log p(x = v | z_0) for the 256 levels v, shape [..., 256].
 
   A Gaussian of variance sigma_0^2 / alpha_0^2 = exp(gamma_0) around z_0 / alpha_0,
-  evaluated at the level centres and normalised over them (Appendix C).
+  evaluated at the level centres (Appendix C); a softmax over v normalises it.
   """
   levels = scale_images(jnp.arange(VOCAB_SIZE))
-  logits = -0.5 * jnp.square(z0_rescaled[..., None] - levels) * jnp.exp(-gamma_0)
-  return jax.nn.log_softmax(logits, axis=-1)
+  return -0.5 * jnp.square(z0_rescaled[..., None] - levels) * jnp.exp(-gamma_0)
+
+
+def decoder_log_probs(z0_rescaled: jax.Array, gamma_0: jax.Array) -> jax.Array:
+  """log p(x = v | z_0) for the 256 levels v, shape [..., 256] (Appendix C)."""
+  return jax.nn.log_softmax(decoder_logits(z0_rescaled, gamma_0), axis=-1)
 
 
 def reconstruction_log_likelihood(images_uint8: jax.Array, z0_rescaled: jax.Array,
                                   gamma_0: jax.Array) -> jax.Array:
   """log p(x|z_0) summed over each example's sub-pixels, [B]."""
-  log_probs = decoder_log_probs(z0_rescaled, gamma_0)
-  picked = jnp.take_along_axis(log_probs, images_uint8.astype(jnp.int32)[..., None],
-                               axis=-1)[..., 0]
+  picked = distributions.categorical_log_likelihood(
+      images_uint8, decoder_logits(z0_rescaled, gamma_0))
   return jnp.sum(picked, axis=tuple(range(1, picked.ndim)))
 
 
