@@ -5,8 +5,8 @@ a shape; each runs one `lax.fori_loop`, so it can be jitted whole. Arguments tha
 change the loop's structure (shape, var_type, num_steps, eta, spacing, clipping)
 are Python values, checked before tracing.
 
-Randomness: x_T is drawn from `split(rng)[0]`; the noise of loop iteration i
-from `fold_in(split(rng)[1], i)`.
+Randomness: x_T is drawn from `split(rng)[0]` (or given as `x_init`); the noise of
+loop iteration i from `fold_in(split(rng)[1], i)`.
 
 Respacing (Nichol & Dhariwal 2021, sec. 4): pass the respaced process
 (`models.diffusion.respaced_diffusion(betas, kept)`) as `diffusion` and the
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.diffusion import GaussianDiffusion, VAR_TYPES
+from sampling.common import initial_sample
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 DDIM_SPACINGS = ('uniform', 'quadratic')
@@ -76,6 +77,7 @@ def ancestral_sample(
     var_type: str = 'fixedlarge',
     clip_denoised: bool = True,
     timestep_map: Sequence[int] | None = None,
+    x_init: jax.Array | None = None,
 ) -> SampleOutput:
   """Algorithm 2 of Ho et al.: x_{t-1} = mu(x_t, t) + sigma_t z, z = 0 at t = 0.
 
@@ -89,7 +91,8 @@ def ancestral_sample(
   eps_fn = _network_fn(eps_fn, _model_timesteps(diffusion, timestep_map))
   num_timesteps = diffusion.num_timesteps
   init_rng, loop_rng = jax.random.split(rng)
-  x_init = jax.random.normal(init_rng, shape, jnp.float32)
+  x_init = initial_sample(x_init, shape,
+                          lambda: jax.random.normal(init_rng, shape, jnp.float32))
 
   def step(i, x_t):
     t = num_timesteps - 1 - i
@@ -139,6 +142,7 @@ def ddim_sample(
     step_spacing: str = 'uniform',
     clip_denoised: bool = True,
     timestep_map: Sequence[int] | None = None,
+    x_init: jax.Array | None = None,
 ) -> SampleOutput:
   """DDIM, Song et al. 2021 eq. 12, over the subsequence `ddim_timesteps`.
 
@@ -165,7 +169,8 @@ def ddim_sample(
   timesteps = jnp.asarray(timesteps, dtype=jnp.int32)
   prev_timesteps = jnp.asarray(prev_timesteps, dtype=jnp.int32)
   init_rng, loop_rng = jax.random.split(rng)
-  x_init = jax.random.normal(init_rng, shape, jnp.float32)
+  x_init = initial_sample(x_init, shape,
+                          lambda: jax.random.normal(init_rng, shape, jnp.float32))
 
   def step(i, x_t):
     k = num_steps - 1 - i

@@ -15,7 +15,8 @@ models/sde.py turns a score into the other two (`data_prediction_from_score`,
 
 NFE is the number of model evaluations: a Python int for the fixed-step samplers
 and an int32 scalar for the adaptive ODE sampler. Randomness: the initial noise
-comes from `split(rng)[0]`, the noise of step i from `fold_in(split(rng)[1], i)`.
+comes from `split(rng)[0]` (or is given as `x_init`, x_T at the first level, to
+compare samplers on one draw), the noise of step i from `fold_in(split(rng)[1], i)`.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.sde import SDE, VESDE, VPSDE, broadcast_to_rank, edm_sigma_schedule
+from sampling.common import initial_sample
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 DenoiserFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -172,6 +174,7 @@ def pc_sample(
     probability_flow: bool = False,
     denoise: bool = True,
     eps: float | None = None,
+    x_init: jax.Array | None = None,
 ) -> SampleOutput:
   """The predictor-corrector sampler of Song et al. 2021 (Algorithm 1).
 
@@ -201,7 +204,7 @@ def pc_sample(
   num_steps = sde.num_scales
   timesteps = jnp.asarray(np.linspace(sde.T, eps, num_steps), jnp.float32)
   init_rng, loop_rng = jax.random.split(rng)
-  x_init = sde.prior_sampling(init_rng, shape)
+  x_init = initial_sample(x_init, shape, lambda: sde.prior_sampling(init_rng, shape))
 
   def step(i, carry):
     x, x_mean = carry
@@ -261,6 +264,7 @@ def ode_sample(
     denoise: bool = False,
     dt0: float = 0.01,
     max_steps: int = 4096,
+    x_init: jax.Array | None = None,
 ) -> SampleOutput:
   """Integrates the probability-flow ODE (eq. 13) from x_T ~ prior at T down to eps.
 
@@ -273,7 +277,8 @@ def ode_sample(
   diffrax_solver = get_ode_solver(solver)
   check_ode_tolerances(rtol, atol, dt0, max_steps)
   eps = _check_eps(sde, eps)
-  x_init = sde.prior_sampling(jax.random.split(rng)[0], shape)
+  x_init = initial_sample(x_init, shape,
+                          lambda: sde.prior_sampling(jax.random.split(rng)[0], shape))
 
   def vector_field(t, x, args):
     del args
@@ -310,6 +315,7 @@ def edm_sample(
     s_min: float = 0.0,
     s_max: float = float('inf'),
     s_noise: float = 1.0,
+    x_init: jax.Array | None = None,
 ) -> SampleOutput:
   """Heun's 2nd-order sampler on the EDM ODE dx/dsigma = (x - D(x, sigma)) / sigma.
 
@@ -336,7 +342,8 @@ def edm_sample(
   churn_stds_f32 = jnp.asarray(churn_stds, jnp.float32)
   batch_size = shape[0]
   init_rng, loop_rng = jax.random.split(rng)
-  x_init = sigmas_f32[0] * jax.random.normal(init_rng, shape, jnp.float32)
+  x_init = initial_sample(
+      x_init, shape, lambda: sigmas_f32[0] * jax.random.normal(init_rng, shape, jnp.float32))
 
   def euler_from_hat(i, x):
     """Churn, then the Euler step sigma_hat_i -> sigma_{i+1}; returns the slope too."""
@@ -446,6 +453,7 @@ def dpm_solver_pp_sample(
     lower_order_final: bool = True,
     denoise_to_zero: bool = False,
     rho: float = 7.0,
+    x_init: jax.Array | None = None,
 ) -> SampleOutput:
   """DPM-Solver++(2M) on the probability-flow ODE of `sde` with a data predictor.
 
@@ -461,7 +469,8 @@ def dpm_solver_pp_sample(
   second_order = np.ones(num_steps, bool)
   if lower_order_final and num_steps < _LOWER_ORDER_FINAL_BELOW:
     second_order[-1] = False
-  x = sde.prior_sampling(jax.random.split(rng)[0], shape)
+  x = initial_sample(x_init, shape,
+                     lambda: sde.prior_sampling(jax.random.split(rng)[0], shape))
   x = _dpm_solver_pp_2m(data_fn, x, times, alphas, sigmas, second_order)
   nfe = num_steps
   if denoise_to_zero:
@@ -480,6 +489,7 @@ def dpm_solver_pp_edm_sample(
     sigma_max: float = 80.0,
     rho: float = 7.0,
     skip_type: str = 'karras',
+    x_init: jax.Array | None = None,
 ) -> SampleOutput:
   """DPM-Solver++(2M) in EDM's parameterisation x = x_0 + sigma n (alpha = 1).
 
@@ -502,7 +512,8 @@ def dpm_solver_pp_edm_sample(
         f'Unknown skip_type {skip_type!r}; choose one of {DPM_EDM_SKIP_TYPES}.')
   second_order = np.ones(num_steps, bool)
   second_order[-1] = False
-  x = sigma_max * jax.random.normal(jax.random.split(rng)[0], shape, jnp.float32)
+  x = initial_sample(x_init, shape, lambda: sigma_max * jax.random.normal(
+      jax.random.split(rng)[0], shape, jnp.float32))
   x = _dpm_solver_pp_2m(denoiser_fn, x, sigmas, np.ones_like(sigmas), sigmas,
                         second_order)
   return SampleOutput(x, int(num_steps))

@@ -183,3 +183,23 @@ def test_bad_arguments_raise(diffusion):
     ancestral_sample(eps_fn, diffusion, rng, (2, 2), var_type='learned')
   with pytest.raises(ValueError, match='shape'):
     ancestral_sample(eps_fn, diffusion, rng, (0, 2))
+
+
+@pytest.mark.parametrize('sampler, kwargs', [
+    (ancestral_sample, {}), (ddim_sample, dict(num_steps=20)),
+    (ddim_sample, dict(num_steps=20, eta=1.0))])
+def test_x_init_is_the_draw_the_sampler_makes(diffusion, sampler, kwargs):
+  """x_T drawn by the sampler (split(rng)[0]) and passed as x_init give the same samples;
+  another x_T changes them; DDIM with eta = 0 then ignores its rng."""
+  eps_fn = _gaussian_eps_fn(diffusion, MU, STD)
+  rng, shape = jax.random.key(5), (4, 2)
+  x_t = jax.random.normal(jax.random.split(rng)[0], shape, jnp.float32)
+  run = lambda r, **k: np.asarray(sampler(eps_fn, diffusion, r, shape, **kwargs,  # noqa: E731
+                                          **k).images)
+  own = run(rng)
+  np.testing.assert_array_equal(run(rng, x_init=x_t), own)
+  assert not np.allclose(run(rng, x_init=-x_t), own)
+  if sampler is ddim_sample and not kwargs.get('eta'):
+    np.testing.assert_array_equal(run(jax.random.key(6), x_init=x_t), own)
+  with pytest.raises(ValueError, match='x_init has shape'):
+    run(rng, x_init=jnp.zeros((3, 2)))
