@@ -31,11 +31,14 @@ def vlb_bpd(
     var_type: str = 'fixedlarge',
     clip_denoised: bool = False,
     timestep_chunk: int = 1,
+    noise: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
   """The full variational bound (eq. 5) per example, in bits/dim.
 
   Every one of the T terms is evaluated, one eps_fn call per (example, t),
-  with x_t = q_sample(x_0, t, noise_t), noise_t = normal(fold_in(rng, t)).
+  with x_t = q_sample(x_0, t, noise_t), noise_t = normal(fold_in(rng, t)), or
+  noise[t] when `noise` [T, *x0.shape] is given (to compare two implementations on
+  the same draws; rng is then unused).
   The T timesteps run in a `lax.map` over chunks of `timestep_chunk`
   timesteps, vmapped within a chunk: eps_fn always sees a [B] batch, and
   memory grows with timestep_chunk * B, so raise it to trade memory for
@@ -59,6 +62,9 @@ def vlb_bpd(
     raise ValueError(
         f'timestep_chunk must be a positive integer, got {timestep_chunk!r}.')
   num_timesteps = diffusion.num_timesteps
+  if noise is not None and tuple(noise.shape) != (num_timesteps, *x0_uint8.shape):
+    raise ValueError(f'noise must have shape [T, *x0.shape] = '
+                     f'{(num_timesteps, *x0_uint8.shape)}, got {tuple(noise.shape)}.')
   chunk = min(int(timestep_chunk), num_timesteps)
   num_chunks = -(-num_timesteps // chunk)
   batch = x0_uint8.shape[0]
@@ -66,9 +72,10 @@ def vlb_bpd(
 
   def timestep_terms(t: jax.Array) -> jax.Array:
     """One timestep t (a scalar) -> the [B] bound terms."""
-    noise = jax.random.normal(jax.random.fold_in(rng, t), x0.shape)
+    noise_t = (jax.random.normal(jax.random.fold_in(rng, t), x0.shape) if noise is None
+               else noise[t].astype(jnp.float32))
     t_batch = jnp.full((batch,), t, dtype=jnp.int32)
-    x_t = diffusion.q_sample(x0, t_batch, noise)
+    x_t = diffusion.q_sample(x0, t_batch, noise_t)
     return vb_terms_bpd(
         eps_fn(x_t, t_batch), diffusion, x0, x_t, t_batch,
         var_type=var_type, clip_denoised=clip_denoised)
