@@ -330,3 +330,28 @@ def test_bad_config_values_raise_before_compiling():
   config.sampling.num_steps = 0
   with pytest.raises(ValueError, match="num_steps"):
     vdm.VDM(config, (8, 8, 1), 10)
+
+
+def test_bound_terms_is_a_pure_function_of_the_noise():
+  """With the noise passed in: a perfect eps predictor has zero diffusion loss; a zero
+  predictor pays 1/2 gamma'(t) ||eps||^2 (eq. 17) or T/2 expm1(gamma_t - gamma_s)
+  ||eps||^2 (eq. 13); the prior and reconstruction terms do not see eps."""
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (3, 2, 2, 1)), jnp.uint8)
+  eps_0 = jax.random.normal(jax.random.key(1), images.shape)
+  eps = jax.random.normal(jax.random.key(2), images.shape)
+  values = dict(gamma_0=jnp.float32(-5.0), gamma_1=jnp.float32(6.0),
+                gamma_t=jnp.array([-1.0, 0.5, 2.0]), dgamma_t=jnp.array([11.0, 11.0, 11.0]))
+  norm = np.sum(np.square(np.asarray(eps)), axis=(1, 2, 3))
+  perfect = vdm.bound_terms(lambda z, g: eps, images, values, eps_0, eps)
+  np.testing.assert_allclose(perfect["diffusion"], 0.0, atol=1e-6)
+  zero = vdm.bound_terms(lambda z, g: jnp.zeros_like(z), images, values, eps_0, eps)
+  np.testing.assert_allclose(zero["diffusion"], 0.5 * 11.0 * norm, rtol=1e-5)
+  for key in ("prior", "recon"):
+    np.testing.assert_array_equal(perfect[key], zero[key])
+  discrete = dict(values, gamma_s=values["gamma_t"] - 0.1)
+  del discrete["dgamma_t"]
+  out = vdm.bound_terms(lambda z, g: jnp.zeros_like(z), images, discrete, eps_0, eps,
+                            num_timesteps=10)
+  np.testing.assert_allclose(out["diffusion"], 0.5 * 10 * np.expm1(0.1) * norm, rtol=1e-5)
+  with pytest.raises(ValueError, match="num_timesteps"):
+    vdm.bound_terms(lambda z, g: z, images, discrete, eps_0, eps)

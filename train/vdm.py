@@ -115,6 +115,37 @@ def discrete_diffusion_loss(gamma_s: jax.Array, gamma_t: jax.Array, sq_err: jax.
   return 0.5 * num_timesteps * jnp.expm1(gamma_t - gamma_s) * sq_err
 
 
+def bound_terms(eps_fn: EpsFn, images_uint8: jax.Array, values: dict[str, jax.Array],
+                eps_0: jax.Array, eps: jax.Array, *,
+                num_timesteps: int = 0) -> dict[str, jax.Array]:
+  """Per-example diffusion, prior and reconstruction terms of the bound in nats, [B].
+
+  A pure function of the model (eps_fn(z_t, gamma_t)), the data, the schedule values
+  at each example's t (`gamma_0`, `gamma_1`, `gamma_t` and `dgamma_t` for the
+  continuous-time loss, eq. 17, or `gamma_s` for T = num_timesteps steps, eq. 13) and
+  the noise: eps_0 of the reconstruction's z_0 and eps of z_t (both [B, ...] like the
+  images), so two implementations can be compared on the same draws.
+  """
+  f = scale_images(images_uint8)
+  gamma_0, gamma_1 = values["gamma_0"], values["gamma_1"]
+  # Reconstruction: z_0 / alpha_0 = f + exp(gamma_0 / 2) eps_0.
+  z0_rescaled = f + jnp.exp(0.5 * gamma_0) * eps_0
+  recon = -reconstruction_log_likelihood(images_uint8, z0_rescaled, gamma_0)
+  # Diffusion: one (t, eps) per example.
+  gamma_t = values["gamma_t"]
+  alpha_sq, sigma_sq = alpha_sigma_sq(gamma_t[:, None, None, None])
+  z_t = jnp.sqrt(alpha_sq) * f + jnp.sqrt(sigma_sq) * eps
+  sq_err = jnp.sum(jnp.square(eps - eps_fn(z_t, gamma_t)), axis=(1, 2, 3))
+  if "dgamma_t" in values:
+    diffusion = continuous_diffusion_loss(values["dgamma_t"], sq_err)
+  else:
+    if num_timesteps < 1:
+      raise ValueError("The discrete-time bound (values without 'dgamma_t') needs "
+                       "num_timesteps >= 1.")
+    diffusion = discrete_diffusion_loss(values["gamma_s"], gamma_t, sq_err, num_timesteps)
+  return dict(diffusion=diffusion, prior=prior_kl(f, gamma_1), recon=recon)
+
+
 def ancestral_step(z_t: jax.Array, eps_hat: jax.Array, gamma_s: jax.Array,
                    gamma_t: jax.Array, noise: jax.Array) -> jax.Array:
   """z_s ~ p(z_s|z_t) = q(z_s|z_t, x = x_hat(z_t)) (eqs. 27-32).
@@ -248,31 +279,15 @@ class VDM(contract.Family):
   def bound_terms(self, score_params, values: dict[str, jax.Array],
                   batch: dict[str, Any], rng: jax.Array, *,
                   train: bool) -> dict[str, jax.Array]:
-    """Per-example diffusion, prior and reconstruction losses in nats, each [B]."""
+    """Per-example diffusion, prior and reconstruction losses in nats, each [B]
+    (the module-level `bound_terms`, with the noise drawn from rng)."""
     images = batch["image"]
-    f = scale_images(images)
     recon_rng, eps_rng, dropout_rng = jax.random.split(rng, 3)
-    gamma_0, gamma_1 = values["gamma_0"], values["gamma_1"]
-
-    # Reconstruction: z_0 / alpha_0 = f + exp(gamma_0 / 2) eps_0.
-    eps_0 = jax.random.normal(recon_rng, f.shape, jnp.float32)
-    z0_rescaled = f + jnp.exp(0.5 * gamma_0) * eps_0
-    recon = -reconstruction_log_likelihood(images, z0_rescaled, gamma_0)
-
-    # Diffusion: one (t, eps) per example.
-    gamma_t = values["gamma_t"]
-    alpha_sq, sigma_sq = alpha_sigma_sq(gamma_t[:, None, None, None])
-    eps = jax.random.normal(eps_rng, f.shape, jnp.float32)
-    z_t = jnp.sqrt(alpha_sq) * f + jnp.sqrt(sigma_sq) * eps
-    eps_hat = self.eps_fn(score_params, self._labels(batch), train=train,
-                          rng=dropout_rng)(z_t, gamma_t)
-    sq_err = jnp.sum(jnp.square(eps - eps_hat), axis=(1, 2, 3))
-    if "dgamma_t" in values:
-      diffusion = continuous_diffusion_loss(values["dgamma_t"], sq_err)
-    else:
-      diffusion = discrete_diffusion_loss(values["gamma_s"], gamma_t, sq_err,
-                                          self.config.vdm.num_timesteps)
-    return dict(diffusion=diffusion, prior=prior_kl(f, gamma_1), recon=recon)
+    eps_0 = jax.random.normal(recon_rng, images.shape, jnp.float32)
+    eps = jax.random.normal(eps_rng, images.shape, jnp.float32)
+    eps_fn = self.eps_fn(score_params, self._labels(batch), train=train, rng=dropout_rng)
+    return bound_terms(eps_fn, images, values, eps_0, eps,
+                       num_timesteps=self.config.vdm.num_timesteps)
 
   def per_example_terms(self, params, batch: dict[str, Any], rng: jax.Array, *,
                         train: bool) -> dict[str, jax.Array]:
