@@ -458,3 +458,34 @@ def test_short_hybrid_digits_run_decreases_the_loss(fast_compile):
   assert np.all(np.isfinite(losses)) and np.isfinite(float(metrics['vb_bpd']))
   # Same 8 batches in both windows, so the drop is not a change of data.
   assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8]), losses
+
+
+def test_loss_terms_is_a_pure_function_of_output_targets_and_noise():
+  """Without a config or a network: the true eps (or v) has zero L_simple; L_hybrid
+  adds lambda T L_t of the bound (eq. 16) and L_vlb is T L_t, with L_t the bound's
+  term of the same output."""
+  diffusion = diffusion_lib.GaussianDiffusion.from_betas(np.linspace(1e-3, 0.2, 50))
+  rng = np.random.default_rng(0)
+  x0 = jnp.asarray(rng.uniform(-1, 1, (3, 4, 4, 2)), jnp.float32)
+  noise = jnp.asarray(rng.normal(size=x0.shape), jnp.float32)
+  t = jnp.array([0, 17, 49])
+  simple = ddpm_family.loss_terms(noise, diffusion, x0, t, noise, var_type="fixedlarge")
+  np.testing.assert_allclose(simple["loss"], 0.0, atol=1e-12)
+  a, b = diffusion.signal_noise_scales(t, x0.ndim)
+  v = a * noise - b * x0
+  v_terms = ddpm_family.loss_terms(v, diffusion, x0, t, noise, var_type="fixedlarge",
+                                   prediction="v")
+  np.testing.assert_allclose(v_terms["mse"], 0.0, atol=1e-10)
+  x_t = diffusion.q_sample(x0, t, noise)
+  np.testing.assert_allclose(
+      ddpm_family.eps_from_v(v, x_t, t, diffusion, 2), noise, atol=2e-5)
+  raw = jnp.concatenate([noise, jnp.full(x0.shape, 0.3)], axis=-1)   # [eps, v]
+  bound = diffusion_lib.vb_terms_bpd(raw, diffusion, x0, x_t, t, var_type="learned_range",
+                                     clip_denoised=False)
+  hybrid = ddpm_family.loss_terms(raw, diffusion, x0, t, noise, var_type="learned_range",
+                                  loss="hybrid", vlb_weight=0.01)
+  np.testing.assert_allclose(hybrid["vb"], bound, rtol=1e-6)
+  np.testing.assert_allclose(hybrid["loss"], 0.01 * 50 * bound, rtol=1e-5, atol=1e-10)
+  vlb = ddpm_family.loss_terms(raw, diffusion, x0, t, noise, var_type="learned_range",
+                               loss="vlb")
+  np.testing.assert_allclose(vlb["loss"], 50 * bound, rtol=1e-6)

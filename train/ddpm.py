@@ -123,6 +123,63 @@ def update_loss_history(loss_history: jax.Array, loss_counts: jax.Array, t: jax.
   return jax.lax.fori_loop(0, t.shape[0], add_one, (loss_history, loss_counts))
 
 
+# ------------------------------------------------------------------- losses
+def eps_from_v(output: jax.Array, x: jax.Array, t: jax.Array,
+               diffusion: diffusion_lib.GaussianDiffusion, channels: int) -> jax.Array:
+  """eps = sqrt(abar) v + sqrt(1 - abar) x_t for v = sqrt(abar) eps - sqrt(1 - abar) x0
+  (Salimans & Ho 2022, sec. 4). The first `channels` of output are v; learned-variance
+  channels pass through. x may carry SR3's condition channels after x_t's."""
+  a, b = diffusion.signal_noise_scales(t, x.ndim)
+  eps = a * output[..., :channels] + b * x[..., :channels]
+  if output.shape[-1] > channels:
+    return jnp.concatenate([eps, output[..., channels:]], axis=-1)
+  return eps
+
+
+def loss_terms(raw: jax.Array, diffusion: diffusion_lib.GaussianDiffusion, x0: jax.Array,
+               t: jax.Array, noise: jax.Array, *, var_type: str, loss: str = "simple",
+               prediction: str = "eps", vlb_weight: float = 0.001) -> dict[str, jax.Array]:
+  """Per-example [B] loss terms of a network output `raw` at x_t = q_sample(x0, t, noise).
+
+  A pure function of (model output, targets, noise), callable without a config:
+  raw is eps (or v for prediction='v'), with [.., v] channels appended for
+  var_type='learned_range'.
+  'mse': ||eps - eps_theta||^2 averaged over dimensions (L_simple, Ho et al. eq. 14),
+    or ||v - v_theta||^2 for prediction='v'.
+  'vb': the bound term L_t in bits/dim (the KL for t > 0, the decoder NLL at t = 0),
+    as in the bits/dim evaluation; for 'hybrid' the mean enters through a
+    stop-gradient (Nichol & Dhariwal eq. 16), so it trains only v. Absent for 'simple'.
+  'loss': mse | mse + vlb_weight T vb ('hybrid') | T vb ('vlb'). T vb estimates
+    sum_t L_t = L_vlb (up to the constant L_T), so vlb_weight = 0.001 is the paper's
+    lambda.
+  """
+  x_t = diffusion.q_sample(x0, t, noise)
+  dims = tuple(range(1, x0.ndim))
+  v_prediction = prediction == "v"
+  output = eps_from_v(raw, x_t, t, diffusion, x0.shape[-1]) if v_prediction else raw
+  eps, v = diffusion_lib.split_model_output(output, x_t, var_type)
+  if v_prediction:
+    # L_simple on v (Salimans & Ho 2022): ||v - v_theta||^2 = ||eps - eps_theta||^2
+    # / abar_t, which weights the low-SNR steps, where a caption's layout is set.
+    a, b = diffusion.signal_noise_scales(t, x0.ndim)
+    mse = jnp.mean(jnp.square(raw[..., :x0.shape[-1]] - (a * noise - b * x0)), axis=dims)
+  else:
+    mse = jnp.mean(jnp.square(eps - noise), axis=dims)
+  terms = dict(mse=mse)
+  if loss == "simple":
+    terms["loss"] = mse
+    return terms
+  if loss == "hybrid":
+    # Eq. 16: L_vlb must not move the mean, only the variance.
+    frozen = jax.lax.stop_gradient(eps)
+    output = frozen if v is None else jnp.concatenate([frozen, v], axis=-1)
+  terms["vb"] = diffusion_lib.vb_terms_bpd(
+      output, diffusion, x0, x_t, t, var_type=var_type, clip_denoised=False)
+  scaled_vb = diffusion.num_timesteps * terms["vb"]
+  terms["loss"] = mse + vlb_weight * scaled_vb if loss == "hybrid" else scaled_vb
+  return terms
+
+
 class DDPM(contract.Family):
   """Denoising diffusion with an epsilon-predicting U-Net (and optionally learned variances)."""
 
@@ -339,62 +396,25 @@ class DDPM(contract.Family):
     return fn
 
   def eps_from_v(self, output: jax.Array, x: jax.Array, t: jax.Array) -> jax.Array:
-    """eps = sqrt(abar) v + sqrt(1 - abar) x_t for v = sqrt(abar) eps - sqrt(1 - abar) x0
-    (Salimans & Ho 2022, sec. 4); learned-variance channels pass through. x may
-    carry SR3's condition channels after x_t's C."""
-    c = self.image_shape[-1]
-    a, b = self.diffusion.signal_noise_scales(t, x.ndim)
-    eps = a * output[..., :c] + b * x[..., :c]
-    return jnp.concatenate([eps, output[..., c:]], axis=-1) if output.shape[-1] > c else eps
+    """`eps_from_v` with this model's process and image channels."""
+    return eps_from_v(output, x, t, self.diffusion, self.image_shape[-1])
 
   def loss_terms(self, params, x0: jax.Array, t: jax.Array, noise: jax.Array,
                  y: jax.Array | None = None, dropout_rng: jax.Array | None = None,
                  condition_image: jax.Array | None = None) -> dict[str, jax.Array]:
-    """Per-example [B] loss terms at x_t = q_sample(x0, t, noise).
+    """The module's `loss_terms` of this network at x_t = q_sample(x0, t, noise).
 
-    'mse': ||eps - eps_theta||^2 averaged over dimensions (L_simple), or
-      ||v - v_theta||^2 for config.diffusion.prediction='v'.
-    'vb': the bound term L_t in bits/dim (the KL for t > 0, the decoder NLL at
-      t = 0), computed as in the bits/dim evaluation; for 'hybrid' the mean
-      enters through a stop-gradient (eq. 16), so it trains only v.
-      Absent for loss='simple'.
-    y: the condition (labels [B] or caption tokens [B, L]); condition_image:
-      SR3's upsampled low-res image [B, H, W, C].
-    'loss': the per-example objective: mse | mse + lambda T vb | T vb. T vb
-      estimates sum_t L_t = L_vlb (up to the constant L_T), so lambda = 0.001
-      is the paper's weight on L_vlb.
+    y: the condition (labels [B] or caption tokens [B, L]); condition_image: SR3's
+    upsampled low-res image [B, H, W, C]; dropout_rng: training mode.
     """
     train = dropout_rng is not None
     x_t = self.diffusion.q_sample(x0, t, noise)
     raw = self._network_fn(params, y, train=train, rng=dropout_rng)(
         self._network_input(x_t, condition_image), t).astype(jnp.float32)
-    var_type = self.config.diffusion.var_type
-    dims = tuple(range(1, x0.ndim))
-    v_prediction = self.options.prediction == "v"
-    output = self.eps_from_v(raw, x_t, t) if v_prediction else raw
-    eps, v = diffusion_lib.split_model_output(output, x_t, var_type)
-    if v_prediction:
-      # L_simple on v (Salimans & Ho 2022): ||v - v_theta||^2 = ||eps - eps_theta||^2
-      # / abar_t, which weights the low-SNR steps, where a caption's layout is set.
-      a, b = self.diffusion.signal_noise_scales(t, x0.ndim)
-      mse = jnp.mean(jnp.square(raw[..., :x0.shape[-1]] - (a * noise - b * x0)), axis=dims)
-    else:
-      mse = jnp.mean(jnp.square(eps - noise), axis=dims)
-    terms = dict(mse=mse)
-    loss_kind = self.options.loss
-    if loss_kind == "simple":
-      terms["loss"] = terms["mse"]
-      return terms
-    if loss_kind == "hybrid":
-      # Eq. 16: L_vlb must not move the mean, only the variance.
-      frozen = jax.lax.stop_gradient(eps)
-      output = frozen if v is None else jnp.concatenate([frozen, v], axis=-1)
-    terms["vb"] = diffusion_lib.vb_terms_bpd(
-        output, self.diffusion, x0, x_t, t, var_type=var_type, clip_denoised=False)
-    scaled_vb = self.diffusion.num_timesteps * terms["vb"]
-    terms["loss"] = (terms["mse"] + self.options.vlb_weight * scaled_vb
-                     if loss_kind == "hybrid" else scaled_vb)
-    return terms
+    o = self.options
+    return loss_terms(raw, self.diffusion, x0, t, noise,
+                      var_type=self.config.diffusion.var_type, loss=o.loss,
+                      prediction=o.prediction, vlb_weight=o.vlb_weight)
 
   def _loss_and_aux(self, params, batch, rng, model_state):
     condition_image = None
