@@ -33,3 +33,18 @@ def fast_compile():
   jax.config.update("jax_disable_most_optimizations", True)
   yield
   jax.config.update("jax_disable_most_optimizations", previous)
+
+
+# The embedded digits test split and the session's digits classifier, shared by the
+# classifier, sample-metric and CLI tests (imported lazily: most tests need neither).
+@pytest.fixture(scope="module")
+def digits_test():
+  from evaluation import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
+  return classifier_lib.read_split("digits", "test")
+
+
+@pytest.fixture(scope="module")
+def digits():
+  from evaluation import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
+  from tests.test_classifier import digits_classifier_dir  # pylint: disable=g-import-not-at-top
+  return classifier_lib.load_or_train("digits", digits_classifier_dir())

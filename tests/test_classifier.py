@@ -25,11 +25,6 @@ def digits_classifier_dir() -> str:
 
 
 @pytest.fixture(scope="module")
-def digits():
-  return classifier_lib.load_or_train("digits", digits_classifier_dir())
-
-
-@pytest.fixture(scope="module")
 def test_split():
   return classifier_lib.read_split("digits", "test")
 

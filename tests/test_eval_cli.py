@@ -9,7 +9,6 @@ import pytest
 import tensorflow_datasets as tfds
 
 import datasets
-from evaluation import classifier as classifier_lib
 from evaluation import cli
 from evaluation import inception
 from evaluation import metrics as metrics_lib
@@ -30,11 +29,6 @@ def _run(argv, capsys):
   except json.JSONDecodeError:
     output = None
   return code, output, captured.err
-
-
-@pytest.fixture(scope="module")
-def digits_test():
-  return classifier_lib.read_split("digits", "test")
 
 
 def test_train_classifier_command_runs_as_a_module():

@@ -4,21 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from evaluation import classifier as classifier_lib
 from evaluation import metrics as metrics_lib
 from evaluation import reference_stats as reference_lib
-from tests.test_classifier import digits_classifier_dir
 from tests.test_sample_metrics import classifier_metrics
-
-
-@pytest.fixture(scope="module")
-def digits_test():
-  return classifier_lib.read_split("digits", "test")
-
-
-@pytest.fixture(scope="module")
-def digits():
-  return classifier_lib.load_or_train("digits", digits_classifier_dir())
 
 
 def test_reference_statistics_are_cached_in_pytorch_fid_format(digits, digits_test,

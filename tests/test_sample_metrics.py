@@ -45,16 +45,6 @@ def random_inception_weights_file() -> str:
   return path
 
 
-@pytest.fixture(scope="module")
-def digits_test():
-  return classifier_lib.read_split("digits", "test")
-
-
-@pytest.fixture(scope="module")
-def digits():
-  return classifier_lib.load_or_train("digits", digits_classifier_dir())
-
-
 def classifier_metrics(images, tmp_path, **kwargs):
   """The digits classifier metrics of `images`, references cached under tmp_path."""
   return sample_metrics.compute_sample_metrics(

@@ -42,7 +42,7 @@ class Family(abc.ABC):
   touches files or devices.
   """
 
-  image_shape: tuple[int, int, int]
+  image_shape: tuple[int, ...]      # (H, W, C); points: (D,)
 
   @abc.abstractmethod
   def init(self, rng: jax.Array, example_batch: Batch) -> TrainState:

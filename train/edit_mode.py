@@ -289,8 +289,7 @@ def _sample_condition(run: Run, params, rng: jax.Array, condition: np.ndarray,
   """Samples of one condition (repeated) or of per-sample conditions, in batches."""
   n = int(opts["num_samples"] or (condition.shape[0] if opts["prompt"] == "all" else 64))
   conditions = np.resize(condition, (n, *condition.shape[1:]))
-  batch_size = min(n, run.config.sampling.batch_size)
-  batch_size = math.ceil(batch_size / jax.device_count()) * jax.device_count()
+  batch_size = run.sample_batch_size(min(n, run.config.sampling.batch_size))
   fn = jax.jit(run.family.sample_with_condition, static_argnums=3)
   chunks = []
   for i in range(math.ceil(n / batch_size)):

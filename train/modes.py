@@ -5,7 +5,6 @@ checkpoint.
 
 import hashlib
 import json
-import math
 import os
 import time
 from typing import Any
@@ -90,8 +89,7 @@ def _sample_metrics(run: Run, params, step: int,
   evaluation with another sampler never reuses these samples.
   """
   config, ev = run.config, run.config.eval
-  batch_size = math.ceil(config.sampling.batch_size / jax.device_count()) * \
-      jax.device_count()
+  batch_size = run.sample_batch_size(config.sampling.batch_size)
   sampler = dict(run.family.sampler_settings(), seed=int(config.seed),
                  params="ema" if config.sampling.use_ema else "raw")
   directory = os.path.join(run.workdir, "eval",

@@ -108,6 +108,11 @@ class Run:
     """What `family.sample` takes (EMA or raw params: config.sampling.use_ema)."""
     return self.family.sampling_params(state, use_ema=self.config.sampling.use_ema)
 
+  @staticmethod
+  def sample_batch_size(batch_size: int) -> int:
+    """batch_size rounded up to a multiple of the device count (samples are sharded)."""
+    return math.ceil(batch_size / jax.device_count()) * jax.device_count()
+
   @functools.cached_property
   def sample_fn(self):
     """params, rng, n -> (samples, measured NFE or None), compiled once per run.
@@ -118,9 +123,8 @@ class Run:
     """
     images = sharding.batch_sharding(self.mesh)
     if self.capabilities.counts_nfe:
-      fn = jax.jit(self.family.sample_with_nfe, static_argnums=2,
-                   out_shardings=(images, self.replicated))
-      return fn
+      return jax.jit(self.family.sample_with_nfe, static_argnums=2,
+                     out_shardings=(images, self.replicated))
     fn = jax.jit(self.family.sample, static_argnums=2, out_shardings=images)
     return lambda params, rng, n: (fn(params, rng, n), None)
 
@@ -153,8 +157,7 @@ class Run:
                     batch_size: int | None = None, log_progress: bool = False) -> np.ndarray:
     """`num_samples` samples (uint8 NHWC images, or float points [N, D] where
     info.kind == 'points'), generated in sharded batches of `batch_size`."""
-    batch_size = batch_size or num_samples
-    batch_size = math.ceil(batch_size / jax.device_count()) * jax.device_count()
+    batch_size = self.sample_batch_size(batch_size or num_samples)
     chunks, start = [], time.time()
     num_batches = math.ceil(num_samples / batch_size)
     nfes: list[float] = []
