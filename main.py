@@ -23,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow is only a libra
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from configs import bases  # noqa: E402
 from sampling.editing import EDIT_KINDS  # noqa: E402
 from train import distributed, loop, modes  # noqa: E402
 from train import edit_mode as edit_lib  # noqa: E402
@@ -82,6 +83,9 @@ def main(argv):
                                FLAGS.process_id)
   config = FLAGS.config
   if FLAGS.guidance is not None:
+    if "guidance" not in config:
+      raise app.UsageError(f"--guidance: config.model.family={config.model.family!r} has "
+                           "no classifier-free guidance (config.guidance).")
     config.guidance.weight = FLAGS.guidance
   options = {name: FLAGS[name].value for name in _EDIT_FLAGS}
   conditioned = any(options[k] is not None for k in ("edit", "prompt", "label"))
@@ -90,8 +94,12 @@ def main(argv):
   if FLAGS.mode == "sample" and conditioned:
     edit_lib.edit(config, FLAGS.workdir, options)
     return
-  run = {"train": loop.train_and_evaluate, "eval": modes.evaluate,
-         "eval_watch": modes.evaluate_continuously, "sample": modes.sample}[FLAGS.mode]
+  if FLAGS.mode == "train":
+    loop.train_and_evaluate(config, FLAGS.workdir,
+                            defaults=bases.base_config(config.model.family))
+    return
+  run = {"eval": modes.evaluate, "eval_watch": modes.evaluate_continuously,
+         "sample": modes.sample}[FLAGS.mode]
   run(config, FLAGS.workdir)
 
 

@@ -60,14 +60,18 @@ def _all_finite(tree) -> bool:
 
 
 # ------------------------------------------------------------------------- training
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       defaults: ml_collections.ConfigDict | None = None) -> TrainState:
   """Trains (resuming from the workdir's newest checkpoint), then writes bits/dim.
+
+  `defaults` (the family's base config) lets a run resume after a field was added to
+  the code at its default value (train/workdir_guard.py).
 
   SIGTERM (what SLURM and TPU preemption send) makes the run checkpoint the step it
   is at and return without evaluating; the restarted job resumes from there.
   """
   run = Run(config, workdir)
-  check_workdir_config(config, workdir)
+  check_workdir_config(config, workdir, defaults)
   t = config.training
   k = t.steps_per_call
   state = run.init_or_restore()

@@ -37,9 +37,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if t.num_train_steps < 0:
     raise ValueError(f"config.training.num_train_steps must be >= 0, got "
                      f"{t.num_train_steps}.")
-  for name in ("num_train_steps", "log_every_steps", "checkpoint_every_steps",
-               "sample_every_steps"):
-    value = t[name]
+  for name, value in (("num_train_steps", t.num_train_steps),
+                      ("log_every_steps", t.log_every_steps),
+                      ("checkpoint_every_steps", t.checkpoint_every_steps),
+                      ("sample_every_steps", t.sample_every_steps)):
     if name != "num_train_steps" and name != "sample_every_steps" and value <= 0:
       raise ValueError(f"config.training.{name} must be > 0, got {value}.")
     if value % k:

@@ -15,7 +15,6 @@ import ml_collections
 from etils import epath
 from jax.experimental import multihost_utils
 
-from configs import default as default_config
 
 
 class PreemptionWatcher:
@@ -59,22 +58,26 @@ RESUMABLE_CHANGES = ("name", "data.data_dir", "data.download", "training.num_tra
                      "guidance.weight")
 
 
-def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str,
+                         defaults: ml_collections.ConfigDict | None = None) -> None:
   """Refuses to resume a workdir written by a different config (unless allowed).
 
-  The first run writes workdir/config.json; later runs compare against it.
+  The first run writes workdir/config.json; later runs compare against it. Two
+  differences change nothing and pass: a field the saved run lacks that is at its
+  value in `defaults` (the family's base config: a field added to the code after the
+  run started keeps the earlier behaviour), and a field the current config no longer
+  has (a field removed from the code: nothing reads it).
   """
   path = epath.Path(workdir) / "config.json"
   current = {k: jsonable(v) for k, v in flatten_config(config).items()}
   if path.exists():
     saved = json.loads(path.read_text())
-    # A field added to the code after the run started, at its default value, changes
-    # nothing: new fields' defaults keep the earlier behaviour.
-    defaults = {k: jsonable(v) for k, v in flatten_config(default_config.get_config()).items()}
+    base = {} if defaults is None else {
+        k: jsonable(v) for k, v in flatten_config(defaults).items()}
     changed = sorted(
         key for key in set(saved) | set(current)
-        if saved.get(key) != current.get(key)
-        and not (key not in saved and key in defaults and current[key] == defaults[key])
+        if key in current and saved.get(key) != current[key]
+        and not (key not in saved and key in base and current[key] == base[key])
         and not any(key == c or (c.endswith(".") and key.startswith(c))
                     for c in RESUMABLE_CHANGES))
     if changed and not config.training.allow_config_change:

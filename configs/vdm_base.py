@@ -1,0 +1,10 @@
+"""Placeholder: the vdm family's base config (being written)."""
+
+from configs import default
+
+
+def get_config(arg: str | None = None):
+  del arg
+  config = default.get_config()
+  config.model.family = "vdm"
+  return config
