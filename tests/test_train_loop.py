@@ -233,18 +233,34 @@ def test_resuming_with_a_different_config_is_refused_unless_allowed(tmp_path,
 
 
 def test_fields_added_after_a_run_started_resume_at_their_defaults(tmp_path):
-  """A config.json written before a field existed: the field at its default changes
-  nothing; set to another value, it is a change."""
+  """A config.json written before a field existed: the field at its default (in the
+  family's base config, which main.py passes) changes nothing; set to another value,
+  or without the defaults, it is a change."""
+  from configs import bases  # pylint: disable=g-import-not-at-top
   config = tiny_config(2)
-  workdir_guard.check_workdir_config(config, str(tmp_path))
+  defaults = bases.base_config(config.model.family)
+  workdir_guard.check_workdir_config(config, str(tmp_path), defaults)
   path = tmp_path / "config.json"
   saved = json.loads(path.read_text())
   del saved["guidance.p_uncond"], saved["diffusion.loss"]   # an older run's config.json
   path.write_text(json.dumps(saved))
-  workdir_guard.check_workdir_config(config, str(tmp_path))
+  workdir_guard.check_workdir_config(config, str(tmp_path), defaults)
+  with pytest.raises(ValueError, match=r"diffusion.loss: None -> 'simple'"):
+    workdir_guard.check_workdir_config(config, str(tmp_path))
   config.diffusion.loss = "hybrid"
   with pytest.raises(ValueError, match=r"diffusion.loss: None -> 'hybrid'"):
-    workdir_guard.check_workdir_config(config, str(tmp_path))
+    workdir_guard.check_workdir_config(config, str(tmp_path), defaults)
+
+
+def test_fields_removed_from_the_code_do_not_block_a_resume(tmp_path):
+  """A config.json with a field the code no longer has (nothing reads it): resumes."""
+  config = tiny_config(2)
+  workdir_guard.check_workdir_config(config, str(tmp_path))
+  path = tmp_path / "config.json"
+  saved = json.loads(path.read_text())
+  saved["model.a_removed_field"] = 3
+  path.write_text(json.dumps(saved))
+  workdir_guard.check_workdir_config(config, str(tmp_path))
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
