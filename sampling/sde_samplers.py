@@ -315,6 +315,7 @@ def edm_sample(
     s_min: float = 0.0,
     s_max: float = float('inf'),
     s_noise: float = 1.0,
+    sigma_limit: float | None = None,
     x_init: jax.Array | None = None,
 ) -> SampleOutput:
   """Heun's 2nd-order sampler on the EDM ODE dx/dsigma = (x - D(x, sigma)) / sigma.
@@ -325,6 +326,11 @@ def edm_sample(
   (else 0) and adds fresh noise of std s_noise sqrt(sigma_hat^2 - sigma_i^2).
   The schedule is eq. 5 (`edm_sigma_schedule`); the last step, to sigma = 0, is
   an Euler step, so NFE = 2 num_steps - 1.
+
+  sigma_limit: the largest sigma the denoiser is defined at. EDM's preconditioned
+  network takes any sigma (None), but a VE score network knows only its training
+  range [sigma_min, sigma_max], and churn at sigma_max would query it above: that is
+  an error naming the sigma, not a silent extrapolation.
   """
   shape = _check_shape(shape)
   sigmas = edm_sigma_schedule(num_steps, sigma_min, sigma_max, rho)
@@ -333,8 +339,15 @@ def edm_sample(
                      f's_churn={s_churn}, s_noise={s_noise}, s_min={s_min}, '
                      f's_max={s_max}.')
   in_churn_range = (sigmas[:-1] >= s_min) & (sigmas[:-1] <= s_max)
-  gammas = np.where(in_churn_range, min(s_churn / num_steps, math.sqrt(2) - 1), 0.0)
+  gamma = min(s_churn / num_steps, math.sqrt(2) - 1)
+  gammas = np.where(in_churn_range, gamma, 0.0)
   sigma_hats = sigmas[:-1] * (1 + gammas)
+  if sigma_limit is not None and sigma_hats.max() > sigma_limit * (1 + 1e-6):
+    raise ValueError(
+        f'edm_sample would query the denoiser at sigma={sigma_hats.max():.6g}, above '
+        f'its range (sigma_limit={sigma_limit:.6g}): churn raises sigma_i by 1 + '
+        f'gamma = {1 + gamma:.6g} for sigma_i in [s_min, s_max]. Set s_max below '
+        f'{sigma_limit / (1 + gamma):.6g}, or s_churn=0.')
   churn_stds = s_noise * np.sqrt(np.square(sigma_hats) - np.square(sigmas[:-1]))
   stochastic = bool(np.any(churn_stds > 0))
   sigmas_f32 = jnp.asarray(sigmas, jnp.float32)

@@ -153,6 +153,27 @@ def test_edm_heun_reproduces_gaussian_data(s_churn):
   _assert_matches_data(out.images, var_allowance=0.01)
 
 
+def test_edm_churn_above_a_limited_denoiser_range_is_an_error():
+  """A VE score network knows sigma <= sigma_max: churn at sigma_max is refused."""
+  calls = []
+
+  def recording_denoiser(x, sigma):
+    calls.append(sigma)
+    return gaussian_denoiser(x, sigma)
+
+  with pytest.raises(ValueError, match=r'sigma=84\.8, above.*sigma_limit=80\).*below 75\.4717'):
+    edm_sample(recording_denoiser, jax.random.key(0), (4, 2), num_steps=10, s_churn=0.6,
+               sigma_limit=80.0)
+  assert not calls        # refused before the denoiser is called
+  # Churn kept below the limit (s_max under sigma_max / (1 + gamma)), and no churn,
+  # are accepted; so is any churn without a limit (EDM's preconditioned network).
+  for kwargs in (dict(s_churn=0.6, s_max=75.0), dict(s_churn=0.0), dict(s_churn=0.6)):
+    limit = None if kwargs == dict(s_churn=0.6) else 80.0
+    out = edm_sample(gaussian_denoiser, jax.random.key(0), (4, 2), num_steps=10,
+                     sigma_limit=limit, **kwargs)
+    assert np.all(np.isfinite(out.images))
+
+
 def _edm_flow_map_error(images, rng, shape, sigma_max=80.0):
   """Relative error against x_0 = mu + s / sqrt(s^2 + sigma_max^2) (x_init - mu)."""
   x_init = sigma_max * np.asarray(
