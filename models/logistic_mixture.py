@@ -13,11 +13,13 @@ the means of later channels depend linearly on earlier ones within the component
 (eq. 3): mu_G = m_G + c_0 x_R, mu_B = m_B + c_1 x_R + c_2 x_G, so a whole pixel is
 modelled from one network output without masking inside the pixel.
 
-Parameter layout per pixel (as in the reference code), K = num_output_channels(C, M):
+Parameter layout per pixel, one rule for grey and RGB (the reference code's for RGB),
+K = num_output_channels(C, M) = M + C * P * M:
   [0:M]   mixture logits;
-  [M:K]   reshaped to [C, P * M] with P = 3 (RGB) or 2 (C = 1): per channel c,
-          [0:M] means m_c, [M:2M] log-scales (clipped below at -7), and for RGB
-          [2M:3M] pre-tanh coupling coefficients (channel 0: c_0, 1: c_1, 2: c_2).
+  [M:K]   reshaped to [C, P * M]: per channel c, [0:M] means m_c, [M:2M] log-scales
+          (clipped below at -7), and, when there are channels to couple (C = 3, so
+          P = 3; grey has P = 2), [2M:3M] pre-tanh coupling coefficients (channel 0:
+          c_0, 1: c_1, 2: c_2). A grey model carries no unused coupling outputs.
 """
 from __future__ import annotations
 
@@ -83,11 +85,11 @@ def _check_log_prob_inputs(x: jax.Array, params: jax.Array, num_mixtures: int) -
         f"and num_mixtures={num_mixtures}, got {params.shape}.")
 
 
-def log_prob(x: jax.Array, params: jax.Array, *, num_mixtures: int) -> jax.Array:
-  """Per-example log-likelihood in nats [B] of x [B, H, W, C] in [-1, 1] (256 levels).
+def pixel_log_prob(x: jax.Array, params: jax.Array, *, num_mixtures: int) -> jax.Array:
+  """Log-likelihood in nats of every pixel [B, H, W] of x [B, H, W, C] in [-1, 1].
 
   params [B, H, W, K] are the network outputs for every pixel (layout in the module
-  docstring). Bits/dim: -log_prob / (H * W * C * ln 2).
+  docstring). A pixel's value covers all its C channels (eq. 3 couples them).
   """
   _check_log_prob_inputs(x, params, num_mixtures)
   num_channels = x.shape[-1]
@@ -105,8 +107,15 @@ def log_prob(x: jax.Array, params: jax.Array, *, num_mixtures: int) -> jax.Array
   # code (its float32 sigmoid differences, the bin-centre density below 1e-5).
   log_mass = jnp.sum(distributions.discretized_logistic_log_likelihood(
       x_c, mean=means, log_scale=log_scales, exact=False), axis=-2)  # [B, H, W, M]
-  log_pixel = jax.nn.logsumexp(log_mass + jax.nn.log_softmax(logits, axis=-1), axis=-1)
-  return jnp.sum(log_pixel, axis=(1, 2))
+  return jax.nn.logsumexp(log_mass + jax.nn.log_softmax(logits, axis=-1), axis=-1)
+
+
+def log_prob(x: jax.Array, params: jax.Array, *, num_mixtures: int) -> jax.Array:
+  """Per-example log-likelihood in nats [B]: `pixel_log_prob` summed over the pixels.
+
+  Bits/dim: -log_prob / (H * W * C * ln 2).
+  """
+  return jnp.sum(pixel_log_prob(x, params, num_mixtures=num_mixtures), axis=(1, 2))
 
 
 def _quantize(x: jax.Array) -> jax.Array:

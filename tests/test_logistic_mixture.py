@@ -124,6 +124,24 @@ def test_log_prob_matches_float64_formula(channels):
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pixel_log_prob_is_each_pixels_term(channels):
+  """pixel_log_prob [B, H, W] against the float64 formula pixel by pixel; log_prob
+  is its sum."""
+  rng = np.random.default_rng(10 + channels)
+  m = 2
+  x = random_images((2, 3, 4, channels), rng)
+  params = params_near(x, m, rng)
+  masses, weights = component_masses_reference(x, params, m)
+  expected = np.log(np.sum(weights * np.prod(masses, axis=-2), axis=-1))
+  xj, pj = jnp.asarray(x, jnp.float32), jnp.asarray(params, jnp.float32)
+  got = lm.pixel_log_prob(xj, pj, num_mixtures=m)
+  assert got.shape == (2, 3, 4)
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(lm.log_prob(xj, pj, num_mixtures=m)),
+                             np.asarray(got).sum(axis=(1, 2)), rtol=1e-6)
+
+
 def test_coupling_moves_green_and_blue_means():
   """A one-component pixel whose G and B follow R exactly: mass is where eq. 3 says."""
   m = 1
