@@ -1,4 +1,4 @@
-"""Image editing with a trained DDPM: inpainting, colourisation, SDEdit,
+"""Image editing with a trained DDPM: inpainting, colorization, SDEdit,
 DDIM-latent interpolation and SR3-style super-resolution.
 
 Every function is pure and jit-able, a function of a noise-prediction
@@ -32,7 +32,7 @@ EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 LatentMap = Callable[[jax.Array], jax.Array]
 MASK_KINDS = ('center', 'left', 'right', 'top', 'bottom')
 
-# score_sde's colourisation basis (Song et al. 2021, App. I.2): an orthonormal
+# score_sde's colorization basis (Song et al. 2021, App. I.2): an orthonormal
 # 3x3 matrix whose first column is (1, 1, 1)/sqrt(3), so channel 0 of x @ M is
 # the (scaled) grey level and the other two carry colour only. Being orthonormal
 # it maps isotropic Gaussian noise to isotropic noise, so q(x_t | x_0) stays
@@ -141,7 +141,7 @@ def _ancestral_step(eps_fn: EpsFn, diffusion: GaussianDiffusion, x_t: jax.Array,
   return mean + jnp.where(t > 0, jnp.exp(0.5 * log_variance), 0.0) * noise
 
 
-# ---------------------------------------------------- inpainting, colourisation
+# ---------------------------------------------------- inpainting, colorization
 def _identity(x: jax.Array) -> jax.Array:
   return x
 
@@ -253,18 +253,18 @@ def inpaint(
       timestep_map=timestep_map)
 
 
-def decouple_colour(x: jax.Array) -> jax.Array:
+def decouple_color(x: jax.Array) -> jax.Array:
   """RGB [..., 3] -> the decoupled basis: channel 0 = (R + G + B) / sqrt(3)."""
   return jnp.einsum('...i,ij->...j', x, jnp.asarray(COLOUR_DECOUPLING, x.dtype))
 
 
-def couple_colour(y: jax.Array) -> jax.Array:
-  """The inverse of `decouple_colour` (the matrix is orthonormal: its transpose)."""
+def couple_color(y: jax.Array) -> jax.Array:
+  """The inverse of `decouple_color` (the matrix is orthonormal: its transpose)."""
   return jnp.einsum('...j,ij->...i', y, jnp.asarray(COLOUR_DECOUPLING, y.dtype))
 
 
 def to_gray(images: np.ndarray | jax.Array) -> jax.Array:
-  """[-1, 1] grey level [B, H, W, 1]: the channel mean, which colourisation keeps.
+  """[-1, 1] grey level [B, H, W, 1]: the channel mean, which colorization keeps.
 
   Accepts uint8 or [-1, 1] images with 1 channel (already grey) or 3 (RGB).
   """
@@ -288,7 +288,7 @@ def colorize(
   """RGB images whose channel mean is `gray`, from an RGB model (score_sde App. I.2).
 
   gray: uint8 or [-1, 1] [B, H, W, 1] (or RGB, whose channel mean is used).
-  In the basis of `decouple_colour` the grey channel is known and the two colour
+  In the basis of `decouple_color` the grey channel is known and the two colour
   channels are generated: `replacement_sample` with a per-channel mask. The
   result's channel mean equals `gray` (up to float rounding; clipping to
   [-1, 1] for writing may change it where the colour leaves the cube).
@@ -297,8 +297,8 @@ def colorize(
   rgb_gray = jnp.repeat(gray, 3, axis=-1)
   mask = jnp.broadcast_to(jnp.asarray([1.0, 0.0, 0.0]), rgb_gray.shape)
   return replacement_sample(
-      eps_fn, diffusion, rng, rgb_gray, mask, to_latent=decouple_colour,
-      from_latent=couple_colour, num_resample=num_resample, var_type=var_type,
+      eps_fn, diffusion, rng, rgb_gray, mask, to_latent=decouple_color,
+      from_latent=couple_color, num_resample=num_resample, var_type=var_type,
       clip_denoised=clip_denoised, timestep_map=timestep_map)
 
 

@@ -171,9 +171,9 @@ def test_colour_decoupling_is_orthonormal_with_a_grey_axis():
   np.testing.assert_allclose(m.T @ m, np.eye(3), atol=1e-12)
   np.testing.assert_allclose(m[:, 0], np.full(3, 1 / np.sqrt(3)))
   x = jax.random.normal(jax.random.key(0), (5, 3))
-  np.testing.assert_allclose(editing.couple_colour(editing.decouple_colour(x)), x,
+  np.testing.assert_allclose(editing.couple_color(editing.decouple_color(x)), x,
                              atol=1e-6)
-  np.testing.assert_allclose(editing.decouple_colour(x)[:, 0],
+  np.testing.assert_allclose(editing.decouple_color(x)[:, 0],
                              np.asarray(x).sum(1) / np.sqrt(3), rtol=1e-5)
 
 

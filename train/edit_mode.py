@@ -1,5 +1,5 @@
 """`--mode=sample` with a condition or an edit: prompted/labelled sampling, inpainting,
-colourisation, SDEdit, DDIM interpolation and super-resolution from a trained model.
+colorization, SDEdit, DDIM interpolation and super-resolution from a trained model.
 
 Reads the user's images (PNG/JPEG, .npz or .npy), runs the edit with the newest
 checkpoint (sampling/editing.py holds the algorithms) and writes the results, the
