@@ -22,11 +22,12 @@ BigGAN features, sampling.truncation for the truncation trick (0: off, as for FI
 `--config=configs/biggan_cifar.py:runlocal` shrinks everything for a smoke test.
 """
 
-from configs import gan_base
+from configs import config_args, gan_base
 
 
 def get_config(arg: str | None = None):
-  config = gan_base.gan_config()
+  args = config_args.parse(arg, "configs/biggan_cifar.py")
+  config = gan_base.get_config()
   config.name = "biggan_cifar"
   config.data.dataset = "cifar10"
   config.data.image_size = None
@@ -71,16 +72,10 @@ def get_config(arg: str | None = None):
   config.eval.num_samples = 50_000
   config.eval.batch_size = 500
 
-  if arg == "runlocal":
+  if config_args.RUNLOCAL in args:
+    config_args.runlocal(config, num_train_steps=10, every=10, eval_examples=16)
+    training.log_every_steps = 5
     model.ch = model.d_ch = 4
     training.batch_size = 4 * 2
-    training.num_train_steps = 10
-    training.log_every_steps = 5
-    training.checkpoint_every_steps = 10
-    training.sample_every_steps = 10
-    training.num_samples_in_grid = 4
     config.eval.num_samples = 16
-    config.eval.batch_size = 16
-  elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}; the only one is 'runlocal'.")
   return config

@@ -1,11 +1,16 @@
-"""Base GAN configuration: configs/default.py plus the fields the GAN family reads.
+"""The GAN family's base config (train/gan.py): a generator and a discriminator trained
+against each other, for every architecture of models/gan.py and models/stylegan2.py.
 
-`get_config()` is itself runnable: a small unconditional DCGAN on the embedded 8x8
-`digits` (CPU, no download); configs/gan_digits.py is the tuned version. Experiment
-configs (dcgan_cifar.py, wgangp_cifar.py, sngan_cifar.py, biggan_cifar.py,
-stylegan2_cifar.py, gan_toy.py) start from `gan_config()` and set what their paper sets.
+This is the base: configs/default.py plus every field the GAN family reads, each with
+its default and what it means. Experiment configs (dcgan_cifar.py, wgangp_cifar.py,
+sngan_cifar.py, biggan_cifar.py, stylegan2_cifar.py, gan_toy.py, gan_digits.py) start
+from `get_config()` and set what their paper sets. It is itself runnable: a small
+unconditional DCGAN on the embedded 8x8 `digits` (CPU, no download); gan_digits.py
+is the tuned version.
 
   python main.py --config=configs/gan_base.py --workdir=/tmp/gan_base
+
+`--config=configs/gan_base.py:runlocal` is a seconds-long smoke test.
 
 Batch size: each train step is n_critic discriminator updates and one generator
 update; every D update takes a fresh real batch, so config.training.batch_size is
@@ -15,13 +20,15 @@ n_critic times the per-update batch (WGAN-GP's 64 with n_critic=5: 320).
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from configs import default
+from configs import config_args, default
 
 
-def gan_config() -> ml_collections.ConfigDict:
-  """configs/default.py with the GAN family's model, gan and sampling fields."""
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = config_args.parse(arg, "configs/gan_base.py")
   config = default.get_config()
   config.name = "gan_base"
+  config.data.dataset = "digits"
+  config.data.random_flip = False
 
   model = config.model
   model.family = "gan"
@@ -80,15 +87,15 @@ def gan_config() -> ml_collections.ConfigDict:
   gan.ema_half_life_images = 0
   gan.ema_rampup = 0.0                # > 0: half-life <= images seen * ema_rampup
 
+  # Both players' optimizer (D's rate and betas: config.gan.d_*). DCGAN's Adam
+  # (Radford et al. 2016): 2e-4, betas (0.5, 0.999), no warm-up.
   optim = config.optim
-  optim.optimizer = "adam"
   optim.learning_rate = 2e-4
   optim.beta1 = 0.5
   optim.beta2 = 0.999
   optim.warmup_steps = 0
-  optim.lr_schedule = "constant"
   optim.grad_clip_norm = 0.0          # GAN papers do not clip
-  optim.ema_decay = 0.999
+  optim.ema_decay = 0.999             # the generator's EMA (see gan.ema_*)
 
   sampling = config.sampling
   sampling.use_ema = False
@@ -97,14 +104,7 @@ def gan_config() -> ml_collections.ConfigDict:
   sampling.batch_norm_stats = "running"
   sampling.truncation = 0.0           # > 0: truncated-normal latents (BigGAN); 0: off
   sampling.truncation_psi = 1.0       # stylegan2: w = w_avg + psi (w - w_avg)
-  sampling.batch_size = 256
-  return config
 
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = gan_config()
-  config.data.dataset = "digits"
-  config.data.random_flip = False
   training = config.training
   training.batch_size = 64
   training.num_train_steps = 2000
@@ -112,14 +112,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   training.checkpoint_every_steps = 1000
   training.sample_every_steps = 1000
   config.eval.num_samples = 1024
-  config.eval.batch_size = 360
-  if arg == "runlocal":
-    training.num_train_steps = 10
+  config.eval.batch_size = 360        # the whole digits test split (355) in one batch
+
+  if config_args.RUNLOCAL in args:
+    config_args.runlocal(config, num_train_steps=10, every=10)
     training.log_every_steps = 5
-    training.checkpoint_every_steps = 10
-    training.sample_every_steps = 10
-    training.num_samples_in_grid = 4
-    config.eval.num_samples = 8
-  elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}; the only one is 'runlocal'.")
   return config

@@ -13,11 +13,12 @@ minutes on a heavily shared machine). It reproduces no paper number.
   tensorboard --logdir=/tmp/gan_digits/tensorboard
 """
 
-from configs import gan_base
+from configs import config_args, gan_base
 
 
 def get_config(arg: str | None = None):
-  config = gan_base.gan_config()
+  args = config_args.parse(arg, "configs/gan_digits.py")
+  config = gan_base.get_config()
   config.name = "gan_digits"
   config.data.dataset = "digits"
   config.data.image_size = None       # native 8x8
@@ -51,13 +52,6 @@ def get_config(arg: str | None = None):
   config.eval.num_samples = 1024
   config.eval.batch_size = 360
 
-  if arg == "runlocal":   # a seconds-long smoke test
-    training.num_train_steps = 4
-    training.log_every_steps = 2
-    training.checkpoint_every_steps = 2
-    training.sample_every_steps = 4
-    training.num_samples_in_grid = 4
-    config.eval.num_samples = 8
-  elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}; the only one is 'runlocal'.")
+  if config_args.RUNLOCAL in args:   # a seconds-long smoke test
+    config_args.runlocal(config, num_train_steps=4, every=2)
   return config

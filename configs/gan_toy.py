@@ -22,23 +22,18 @@ workdir/eval/step_N.json. --mode=sample writes the points (.npz) and a scatter p
 Add 'runlocal' to the argument for a seconds-long run.
 """
 
-from configs import gan_base
+from configs import config_args, gan_base
 
 LOSSES = ("wgangp", "hinge", "ns")
 MIXTURES = ("ring", "grid")
 
 
 def get_config(arg: str | None = None):
-  tokens = [t for t in (arg or "").split(",") if t]
-  unknown = [t for t in tokens if t not in LOSSES + MIXTURES + ("runlocal",)]
-  losses = [t for t in tokens if t in LOSSES]
-  mixtures = [t for t in tokens if t in MIXTURES]
-  if unknown or len(losses) > 1 or len(mixtures) > 1:
-    raise ValueError(f"Unknown config argument {arg!r}; use a loss from {LOSSES}, a "
-                     f"mixture from {MIXTURES} and optionally 'runlocal', comma-separated.")
-  loss = losses[0] if losses else "wgangp"
-  mixture = mixtures[0] if mixtures else "ring"
-  config = gan_base.gan_config()
+  args = config_args.parse(arg, "configs/gan_toy.py", choices=LOSSES + MIXTURES,
+                           exclusive=(LOSSES, MIXTURES))
+  loss = next((a for a in args if a in LOSSES), "wgangp")
+  mixture = next((a for a in args if a in MIXTURES), "ring")
+  config = gan_base.get_config()
   config.name = f"gan_toy_{mixture}_{loss}"
   config.data.dataset = f"toy2d/{mixture}"
 
@@ -64,6 +59,7 @@ def get_config(arg: str | None = None):
   config.sampling.use_ema = True
   config.sampling.batch_size = 2500   # the eval samples in one generator call
   config.eval.num_samples = 2500      # mode coverage of 2,500 samples
+  config.eval.batch_size = 256
 
   training = config.training
   training.batch_size = gan.n_critic * per_update_batch
@@ -71,8 +67,10 @@ def get_config(arg: str | None = None):
   training.checkpoint_every_steps = 500
   training.sample_every_steps = 500
   training.num_samples_in_grid = 1000   # points in each scatter plot
-  if "runlocal" in tokens:
+  if config_args.RUNLOCAL in args:
+    config_args.runlocal(config, num_train_steps=20, every=10)
+    config.eval.num_samples = 2500    # the mode-coverage diagnostics need them all
+    training.num_samples_in_grid = 1000
     model.mlp_hidden = 32
     training.batch_size = gan.n_critic * 16
-    training.num_train_steps = 20
   return config

@@ -25,20 +25,16 @@ Generative Adversarial Networks". Two variants, chosen by the config argument:
 Append ',runlocal' to the argument (or use 'runlocal' alone) for a smoke test.
 """
 
-from configs import gan_base
+from configs import config_args, gan_base
 
 VARIANTS = ("resnet", "cnn")
 
 
 def get_config(arg: str | None = None):
-  tokens = [t for t in (arg or "").split(",") if t]
-  unknown = [t for t in tokens if t not in VARIANTS + ("runlocal",)]
-  variants = [t for t in tokens if t in VARIANTS]
-  if unknown or len(variants) > 1:
-    raise ValueError(f"Unknown config argument {arg!r}; use one of {VARIANTS}, "
-                     "optionally with ',runlocal'.")
-  variant = variants[0] if variants else "resnet"
-  config = gan_base.gan_config()
+  args = config_args.parse(arg, "configs/sngan_cifar.py", choices=VARIANTS,
+                           exclusive=(VARIANTS,))
+  variant = "cnn" if "cnn" in args else "resnet"
+  config = gan_base.get_config()
   config.name = f"sngan_{variant}_cifar"
   config.data.dataset = "cifar10"
   config.data.image_size = None
@@ -83,15 +79,11 @@ def get_config(arg: str | None = None):
   config.eval.num_samples = 50_000
   config.eval.batch_size = 500
 
-  if "runlocal" in tokens:
+  if config_args.RUNLOCAL in args:
+    config_args.runlocal(config, num_train_steps=10, every=10, eval_examples=16)
+    training.log_every_steps = 5
     model.ch = model.d_ch = 8
     gan.g_batch_size = 4 if gan.g_batch_size else 0
     training.batch_size = gan.n_critic * 2
-    training.num_train_steps = 10
-    training.log_every_steps = 5
-    training.checkpoint_every_steps = 10
-    training.sample_every_steps = 10
-    training.num_samples_in_grid = 4
     config.eval.num_samples = 16
-    config.eval.batch_size = 16
   return config

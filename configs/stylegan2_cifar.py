@@ -3,7 +3,8 @@
 
 Target: conditional CIFAR-10 FID 2.42 (official StyleGAN2-ADA PyTorch release) / 2.67
 (the paper's first arXiv version, its CIFAR-10 comparison table), both with ADA.
-ADA itself (the adaptive augmentation pipeline) is NOT implemented here, so this config trains the same network and optimisation without it;
+ADA itself (the adaptive augmentation pipeline) is NOT implemented here, so this config
+trains the same network and optimisation without it;
 `--config.gan.diffaugment=color,translation,cutout` adds DiffAugment instead (Zhao et
 al. 2020), which is not what the 2.42 used.
 
@@ -26,7 +27,7 @@ implemented: the float16 activation clamp (conv_clamp) and mixed precision.
 `--config=configs/stylegan2_cifar.py:runlocal` shrinks everything for a smoke test.
 """
 
-from configs import gan_base
+from configs import config_args, gan_base
 
 LEARNING_RATE = 0.0025
 BETA2 = 0.99
@@ -35,7 +36,8 @@ D_REG_RATIO = 16 / 17    # and for D (interval 16)
 
 
 def get_config(arg: str | None = None):
-  config = gan_base.gan_config()
+  args = config_args.parse(arg, "configs/stylegan2_cifar.py")
+  config = gan_base.get_config()
   config.name = "stylegan2_cifar"
   config.data.dataset = "cifar10"
   config.data.image_size = None
@@ -84,18 +86,12 @@ def get_config(arg: str | None = None):
   config.eval.num_samples = 50_000
   config.eval.batch_size = 500
 
-  if arg == "runlocal":
+  if config_args.RUNLOCAL in args:
+    config_args.runlocal(config, num_train_steps=10, every=10, eval_examples=16)
+    training.log_every_steps = 5
     model.ch = model.d_ch = 8
     model.z_dim = model.w_dim = 16
     model.mbstd_group_size = 2
     training.batch_size = 4
-    training.num_train_steps = 10
-    training.log_every_steps = 5
-    training.checkpoint_every_steps = 10
-    training.sample_every_steps = 10
-    training.num_samples_in_grid = 4
     config.eval.num_samples = 16
-    config.eval.batch_size = 16
-  elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}; the only one is 'runlocal'.")
   return config

@@ -1,81 +1,101 @@
-"""Shared fields of the VQ-VAE configs (train/vqvae.py): config.vq and the two
-meanings of config.model (stage 1: the autoencoder; stage 2: the prior network).
+"""The VQ-VAE family's base config (train/vqvae.py): van den Oord et al. 2017, two stages.
 
-Not an experiment: configs/vqvae_digits.py and configs/vqvae_cifar.py build on it.
+Stage 1 (vq.stage='autoencoder') trains an encoder, a decoder and a codebook of K
+vectors under a uniform prior over the codes; stage 2 (vq.stage='prior') freezes the
+finished stage-1 run (vq.autoencoder_workdir) and trains a PixelCNN over its code map.
+
+This is the base: configs/default.py plus every field the VQ-VAE family reads, each
+with its default and which stage reads it. config.model holds both stages' networks:
+stage 1 reads ch, res_ch, num_res_blocks, num_downsamples; stage 2 reads name,
+conditional, embed_dim, ch, num_layers, kernel_size, first_kernel_size, head_features
+(stage 2 builds its autoencoder from the stage-1 run's config.json, not from these).
+Experiment configs (vqvae_digits.py, vqvae_cifar.py) start from `get_config()`, and
+their 'prior' argument sets vq.stage. It is itself runnable: a small VQ-VAE on the
+embedded 8x8 `digits` (CPU, no download), the paper's quantizer (codebook trained by
+eq. 3, beta 0.25, no restarts) with K=32 codes on a 4x4 map:
+
+  python main.py --config=configs/vqvae_base.py --workdir=/tmp/vqvae_base
+  python main.py --config=configs/vqvae_base.py --workdir=/tmp/vqvae_base_prior \\
+      --config.vq.stage=prior --config.vq.autoencoder_workdir=/tmp/vqvae_base
+
+`:runlocal` after the file name shrinks either stage for a seconds-long smoke test.
 """
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from configs import default
+from configs import config_args, default
 
 
-def vq_config() -> ml_collections.ConfigDict:
-  """config.vq: the stage, the quantizer and where stage 2 finds stage 1."""
-  vq = ml_collections.ConfigDict()
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = config_args.parse(arg, "configs/vqvae_base.py")
+  config = default.get_config()
+  config.name = "vqvae_base"
+  config.data.dataset = "digits"
+  config.data.random_flip = False
+
+  config.vq = vq = ml_collections.ConfigDict()
   # 'autoencoder' (stage 1: encoder, decoder, codebook under a uniform prior) or
   # 'prior' (stage 2: a PixelCNN over the frozen stage-1 codes).
   vq.stage = "autoencoder"
-  vq.num_codes = 512                  # K, codebook size (a K-way categorical per latent)
-  vq.code_dim = 64                    # D, dimension of each code vector e_k
+  # The quantizer, read by both stages: stage 2 checks that these three equal the
+  # stage-1 run's, whose codebook it uses.
+  vq.num_codes = 32                   # K, codebook size (a K-way categorical per latent)
+  vq.code_dim = 16                    # D, dimension of each code vector e_k
   vq.latents_per_position = 1         # G: latents per position of the h x w map
-  vq.beta = 0.25                      # commitment weight (eq. 3; the paper's value)
-  # 'loss': the codebook is a parameter trained by ||sg[z_e] - e||^2 (eq. 3, the
-  # paper's experiments); 'ema': exponential moving averages (appendix A.1).
+  vq.beta = 0.25                      # stage 1: commitment weight (eq. 3; the paper's)
+  # Stage 1: 'loss': the codebook is a parameter trained by ||sg[z_e] - e||^2 (eq. 3,
+  # the paper's experiments); 'ema': exponential moving averages (appendix A.1).
   vq.codebook_update = "loss"
-  # gamma of the EMA updates (appendix A.1: 0.99); also the decay of the code-usage
-  # average that dead-code restarts read, whichever the update.
+  # Stage 1: gamma of the EMA updates (appendix A.1: 0.99); also the decay of the
+  # code-usage average that dead-code restarts read, whichever the update.
   vq.ema_decay = 0.99
-  vq.ema_epsilon = 1e-5               # Laplace smoothing of the EMA cluster sizes
-  # A code whose EMA usage (assignments per batch) falls below this is moved onto a
-  # random encoder output of the batch; 0 = never (the paper has no restarts).
+  vq.ema_epsilon = 1e-5               # stage 1: Laplace smoothing of the EMA cluster sizes
+  # Stage 1: a code whose EMA usage (assignments per batch) falls below this is moved
+  # onto a random encoder output of the batch; 0 = never (the paper has no restarts).
   vq.dead_code_threshold = 0.0
   # Stage 2 only: the workdir of the finished stage-1 run (its newest checkpoint and
   # config.json are read; its model/vq fields, not this config's, define the codes).
   vq.autoencoder_workdir = placeholder(str)
-  return vq
 
-
-def autoencoder_model() -> ml_collections.ConfigDict:
-  """config.model of stage 1: the encoder/decoder of models/vqvae.py."""
-  model = ml_collections.ConfigDict()
+  model = config.model
   model.family = "vqvae"
-  model.ch = 256                      # hidden units of the strided convolutions
-  model.res_ch = 256                  # hidden units of the residual blocks' 3x3 conv
-  model.num_res_blocks = 2            # residual 3x3 blocks in encoder and decoder
-  model.num_downsamples = 2           # stride-2 4x4 convs: latents are H / 2^s wide
-  model.num_groups = 32               # unused (no normalisation); kept for overrides
-  return model
+  # Stage 1: hidden units of the strided convolutions (models/vqvae.py). Stage 2: the
+  # prior's feature maps per layer (p; PixelCNN: h), >= vq.latents_per_position.
+  model.ch = 32
+  model.res_ch = 32                   # stage 1: hidden units of the residual 3x3 convs
+  model.num_res_blocks = 1            # stage 1: residual 3x3 blocks in encoder and decoder
+  model.num_downsamples = 1           # stage 1: stride-2 4x4 convs: latents are H / 2^s wide
+  model.name = "gated_pixelcnn"       # stage 2: gated_pixelcnn | pixelcnn (models/pixelcnn.py)
+  model.conditional = False           # stage 2: class-conditional (Gated PixelCNN only)
+  model.embed_dim = 16                # stage 2: learned embedding of each code, per latent
+  model.num_layers = 4                # stage 2: gated layers / residual blocks
+  model.kernel_size = 3               # stage 2: n of every layer after the first
+  model.first_kernel_size = 3         # stage 2: the first (mask-A) layer
+  model.head_features = 64            # stage 2: the two output 1x1 layers
 
+  config.optim.learning_rate = 1e-3
+  config.optim.warmup_steps = 100
 
-def prior_model() -> ml_collections.ConfigDict:
-  """config.model of stage 2: the PixelCNN over the code map."""
-  model = ml_collections.ConfigDict()
-  model.family = "vqvae"
-  model.name = "gated_pixelcnn"       # gated_pixelcnn | pixelcnn (models/pixelcnn.py)
-  model.conditional = False           # class-conditional (Gated PixelCNN only)
-  model.embed_dim = 64                # learned embedding of each code, per latent
-  model.ch = 128                      # feature maps per layer (p; PixelCNN: h)
-  model.num_layers = 15               # gated layers / residual blocks
-  model.kernel_size = 3               # n of every layer after the first
-  model.first_kernel_size = 7         # the first (mask-A) layer
-  model.head_features = 1024          # the two output 1x1 layers
-  model.num_groups = 32               # unused; kept for overrides
-  return model
+  sampling = config.sampling
+  # Stage 1 samples decode uniformly drawn codes; stage 2 draws codes from the prior
+  # one latent at a time, then decodes them.
+  sampling.decoder_output = "mean"    # mean | sample: what decoded images show
+  sampling.use_ema = False            # the paper averages no parameters
 
+  training = config.training
+  training.batch_size = 64
+  training.num_train_steps = 2000
+  training.log_every_steps = 100
+  training.checkpoint_every_steps = 1000
+  training.sample_every_steps = 1000
+  config.eval.num_samples = 1024
+  config.eval.batch_size = 360        # the whole digits test split (355) in one batch
 
-def get_config(stage: str = "autoencoder") -> ml_collections.ConfigDict:
-  """default.py plus config.vq; config.model for `stage`."""
-  if stage not in ("autoencoder", "prior"):
-    raise ValueError(f"stage={stage!r}; choose 'autoencoder' or 'prior'.")
-  config = default.get_config()
-  config.name = f"vqvae_{stage}"
-  config.vq = vq_config()
-  config.vq.stage = stage
-  config.model = autoencoder_model() if stage == "autoencoder" else prior_model()
-  # Recorded only (the stage fixes the sampler): stage 1 decodes uniformly drawn
-  # codes, stage 2 draws codes from the prior one latent at a time, then decodes.
-  config.sampling.method = "autoregressive" if stage == "prior" else "decode"
-  config.sampling.decoder_output = "mean"   # mean | sample: what decoded images show
-  config.sampling.use_ema = False     # the paper averages no parameters
+  if config_args.RUNLOCAL in args:
+    config_args.runlocal(config)
+    model.ch = 16
+    model.res_ch = 8
+    model.num_layers = 1
+    model.head_features = 16
   return config

@@ -29,18 +29,14 @@ Args (comma-separated): 'prior' selects stage 2; 'runlocal' shrinks everything f
 smoke test on a laptop CPU (it reproduces nothing).
 """
 
-from configs import vqvae_base
-
-ARGS = ("prior", "runlocal")
+from configs import config_args, vqvae_base
 
 
 def get_config(arg: str | None = None):
-  args = set(filter(None, (arg or "").split(",")))
-  if args - set(ARGS):
-    raise ValueError(f"Unknown config argument(s) {sorted(args - set(ARGS))}; choose "
-                     f"from {ARGS}, comma-separated.")
+  args = config_args.parse(arg, "configs/vqvae_cifar.py", choices=("prior",))
   stage = "prior" if "prior" in args else "autoencoder"
-  config = vqvae_base.get_config(stage)
+  config = vqvae_base.get_config()
+  config.vq.stage = stage
   config.name = f"vqvae_cifar_{stage}"
 
   config.data.dataset = "cifar10"
@@ -90,7 +86,11 @@ def get_config(arg: str | None = None):
   config.eval.num_samples = 50_000
   config.eval.batch_size = 200
 
-  if "runlocal" in args:
+  if config_args.RUNLOCAL in args:
+    config_args.runlocal(config, num_train_steps=20, every=10, eval_examples=16)
+    training.log_every_steps = 5
+    training.sample_every_steps = 0
+    config.eval.num_samples = 2
     if stage == "autoencoder":
       model.ch = model.res_ch = 16
       model.num_res_blocks = 1
@@ -101,11 +101,4 @@ def get_config(arg: str | None = None):
       model.head_features = 16
       model.embed_dim = 4
     training.batch_size = 8
-    training.num_train_steps = 20
-    training.log_every_steps = 5
-    training.checkpoint_every_steps = 10
-    training.sample_every_steps = 0
-    config.eval.num_samples = 2
-    config.eval.num_eval_examples = 16
-    config.eval.batch_size = 16
   return config

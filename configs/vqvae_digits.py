@@ -14,18 +14,14 @@ its samples. It reproduces no paper number.
 Args (comma-separated): 'prior' selects stage 2; 'runlocal' a seconds-long smoke run.
 """
 
-from configs import vqvae_base
-
-ARGS = ("prior", "runlocal")
+from configs import config_args, vqvae_base
 
 
 def get_config(arg: str | None = None):
-  args = set(filter(None, (arg or "").split(",")))
-  if args - set(ARGS):
-    raise ValueError(f"Unknown config argument(s) {sorted(args - set(ARGS))}; choose "
-                     f"from {ARGS}, comma-separated.")
+  args = config_args.parse(arg, "configs/vqvae_digits.py", choices=("prior",))
   stage = "prior" if "prior" in args else "autoencoder"
-  config = vqvae_base.get_config(stage)
+  config = vqvae_base.get_config()
+  config.vq.stage = stage
   config.name = f"vqvae_digits_{stage}"
 
   config.data.dataset = "digits"
@@ -71,7 +67,8 @@ def get_config(arg: str | None = None):
   config.eval.num_samples = 1024
   config.eval.batch_size = 360        # the whole test split (355) in one padded batch
 
-  if "runlocal" in args:
+  if config_args.RUNLOCAL in args:
+    config_args.runlocal(config)
     model.ch = 16 if stage == "autoencoder" else 8
     if stage == "autoencoder":
       model.res_ch = 8
@@ -79,12 +76,4 @@ def get_config(arg: str | None = None):
     else:
       model.num_layers = 1
       model.head_features = 16
-    training.num_train_steps = 20
-    training.log_every_steps = 10
-    training.checkpoint_every_steps = 10
-    training.sample_every_steps = 20
-    training.num_samples_in_grid = 4
-    config.eval.num_samples = 8
-    config.eval.num_eval_examples = 32
-    config.eval.batch_size = 32
   return config

@@ -38,7 +38,6 @@ no eval_step.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import jax
@@ -122,18 +121,27 @@ def build_networks(config: ml_collections.ConfigDict, image_shape: tuple[int, ..
                                            m.mbstd_num_features, m.d_mapping_layers))
 
 
+def _player_optim(optim: ml_collections.ConfigDict, **changes) -> ml_collections.ConfigDict:
+  """config.optim copied field by field, with one player's `changes` (rate, betas...)."""
+  player = ml_collections.ConfigDict(dict(
+      optimizer=optim.optimizer, learning_rate=optim.learning_rate,
+      warmup_steps=optim.warmup_steps, lr_schedule=optim.lr_schedule,
+      lr_decay_rate=optim.lr_decay_rate, lr_decay_steps=optim.lr_decay_steps,
+      lr_boundaries=optim.lr_boundaries, lr_boundary_scales=optim.lr_boundary_scales,
+      beta1=optim.beta1, beta2=optim.beta2, eps=optim.eps,
+      weight_decay=optim.weight_decay, rmsprop_decay=optim.rmsprop_decay,
+      momentum=optim.momentum, grad_clip_norm=optim.grad_clip_norm,
+      ema_decay=optim.ema_decay))
+  player.update(changes)
+  return player
+
+
 def _unit_rate_optim(optim: ml_collections.ConfigDict, beta1=None, beta2=None):
   """config.optim with learning rate 1 and no schedule: the family multiplies the
   updates by the scheduled rate of the current generator step."""
-  unit = ml_collections.ConfigDict(copy.deepcopy(optim.to_dict()))
-  unit.learning_rate = 1.0
-  unit.lr_schedule = "constant"
-  unit.warmup_steps = 0
-  if beta1 is not None:
-    unit.beta1 = beta1
-  if beta2 is not None:
-    unit.beta2 = beta2
-  return unit
+  return _player_optim(optim, learning_rate=1.0, lr_schedule="constant", warmup_steps=0,
+                       beta1=optim.beta1 if beta1 is None else beta1,
+                       beta2=optim.beta2 if beta2 is None else beta2)
 
 
 class GAN(contract.Family):
@@ -154,10 +162,13 @@ class GAN(contract.Family):
           f"config.gan.n_critic={g.n_critic}: each of the n_critic discriminator updates "
           f"of a step takes batch_size / n_critic fresh real images. For a per-update "
           f"batch B set batch_size = {g.n_critic} * B.")
-    for name in ("gp_weight", "r1_gamma", "ortho_weight", "g_batch_size",
-                 "ema_start_step", "ema_half_life_images", "ema_rampup"):
-      if g[name] < 0:
-        raise ValueError(f"config.gan.{name} must be >= 0, got {g[name]}.")
+    for name, value in (("gp_weight", g.gp_weight), ("r1_gamma", g.r1_gamma),
+                        ("ortho_weight", g.ortho_weight), ("g_batch_size", g.g_batch_size),
+                        ("ema_start_step", g.ema_start_step),
+                        ("ema_half_life_images", g.ema_half_life_images),
+                        ("ema_rampup", g.ema_rampup)):
+      if value < 0:
+        raise ValueError(f"config.gan.{name} must be >= 0, got {value}.")
     if g.r1_every < 1:
       raise ValueError(f"config.gan.r1_every must be >= 1, got {g.r1_every}.")
     if m.z_distribution not in Z_DISTRIBUTIONS:
@@ -192,9 +203,8 @@ class GAN(contract.Family):
     self.is_stylegan = m.architecture == "stylegan2"
     self.generator, self.discriminator = build_networks(config, self.image_shape,
                                                         self.num_classes)
-    d_lr = g.d_learning_rate or config.optim.learning_rate
-    d_optim = ml_collections.ConfigDict(copy.deepcopy(config.optim.to_dict()))
-    d_optim.learning_rate = d_lr
+    d_optim = _player_optim(config.optim,
+                            learning_rate=g.d_learning_rate or config.optim.learning_rate)
     self.g_schedule = optim_lib.learning_rate_schedule(config.optim)
     self.d_schedule = optim_lib.learning_rate_schedule(d_optim)
     self.g_tx = optim_lib.make_optimizer(_unit_rate_optim(config.optim))

@@ -71,9 +71,10 @@ class Autoencoder:
                image_shape: tuple[int, int, int]):
     self.image_shape = tuple(image_shape)
     h, w, c = self.image_shape
-    for field in ("ch", "res_ch", "num_downsamples"):
-      if int(model[field]) < 1:
-        raise ValueError(f"config.model.{field} must be >= 1, got {model[field]}.")
+    for field, value in (("ch", model.ch), ("res_ch", model.res_ch),
+                         ("num_downsamples", model.num_downsamples)):
+      if int(value) < 1:
+        raise ValueError(f"config.model.{field} must be >= 1, got {value}.")
     if int(model.num_res_blocks) < 0:
       raise ValueError(f"config.model.num_res_blocks must be >= 0, got "
                        f"{model.num_res_blocks}.")
@@ -82,9 +83,10 @@ class Autoencoder:
       raise ValueError(f"Images of {h}x{w} cannot be halved {model.num_downsamples} times "
                        "(config.model.num_downsamples); use fewer or set "
                        f"config.data.image_size to a multiple of {factor}.")
-    for field in ("num_codes", "code_dim", "latents_per_position"):
-      if int(vq_config[field]) < 1:
-        raise ValueError(f"config.vq.{field} must be >= 1, got {vq_config[field]}.")
+    for field, value in (("num_codes", vq_config.num_codes), ("code_dim", vq_config.code_dim),
+                         ("latents_per_position", vq_config.latents_per_position)):
+      if int(value) < 1:
+        raise ValueError(f"config.vq.{field} must be >= 1, got {value}.")
     if int(vq_config.num_codes) < 2:
       raise ValueError(f"config.vq.num_codes must be >= 2, got {vq_config.num_codes}.")
     self.num_codes = int(vq_config.num_codes)
@@ -171,13 +173,6 @@ def _read_run_config(workdir: str) -> dict[str, Any]:
   return json.loads(path.read_text())
 
 
-def _section(flat: dict[str, Any], name: str) -> ml_collections.ConfigDict:
-  """The fields `name.*` of a flattened config, one level deep."""
-  prefix = name + "."
-  return ml_collections.ConfigDict({k[len(prefix):]: v for k, v in flat.items()
-                                    if k.startswith(prefix) and "." not in k[len(prefix):]})
-
-
 def load_autoencoder(workdir: str, config: ml_collections.ConfigDict,
                      image_shape: tuple[int, int, int]):
   """(Autoencoder, bundle of numpy arrays, stage-1 flat config, step) of a finished
@@ -200,13 +195,22 @@ def load_autoencoder(workdir: str, config: ml_collections.ConfigDict,
     if str(flat.get(key)) != str(value):
       raise ValueError(f"The stage-1 run in {workdir!r} has {key}={flat.get(key)!r} but "
                        f"this config has {value!r}; the prior must see the same images.")
-  vq_config = _section(flat, "vq")
-  for field in ("num_codes", "code_dim", "latents_per_position"):
-    if field in config.vq and config.vq[field] != vq_config[field]:
-      raise ValueError(f"config.vq.{field}={config.vq[field]} but the stage-1 run in "
-                       f"{workdir!r} has {vq_config[field]}: the prior stage uses the "
-                       f"stage-1 codebook; set --config.vq.{field}={vq_config[field]}.")
-  autoencoder = Autoencoder(_section(flat, "model"), vq_config, image_shape)
+  # The codes are the stage-1 run's: its saved model and vq fields build the autoencoder.
+  saved_vq = dict(num_codes=flat["vq.num_codes"], code_dim=flat["vq.code_dim"],
+                  latents_per_position=flat["vq.latents_per_position"])
+  for field, value in (("num_codes", config.vq.num_codes), ("code_dim", config.vq.code_dim),
+                       ("latents_per_position", config.vq.latents_per_position)):
+    if value != saved_vq[field]:
+      raise ValueError(f"config.vq.{field}={value} but the stage-1 run in {workdir!r} has "
+                       f"{saved_vq[field]}: the prior stage uses the stage-1 codebook; set "
+                       f"--config.vq.{field}={saved_vq[field]}.")
+  stage1_model = ml_collections.ConfigDict(dict(
+      ch=flat["model.ch"], res_ch=flat["model.res_ch"],
+      num_res_blocks=flat["model.num_res_blocks"],
+      num_downsamples=flat["model.num_downsamples"]))
+  stage1_vq = ml_collections.ConfigDict(dict(saved_vq,
+                                             codebook_update=flat["vq.codebook_update"]))
+  autoencoder = Autoencoder(stage1_model, stage1_vq, image_shape)
   checkpoint_dir = os.path.join(workdir, "checkpoints")
   if not epath.Path(checkpoint_dir).is_dir():
     raise ValueError(f"The stage-1 workdir {workdir!r} has no checkpoints/ directory; "
@@ -218,9 +222,9 @@ def load_autoencoder(workdir: str, config: ml_collections.ConfigDict,
     tree, _, step = checkpointer.restore(None)
   finally:
     checkpointer.close()
-  use_ema = bool(flat.get("sampling.use_ema", True))
+  use_ema = bool(flat["sampling.use_ema"])
   params = tree["ema_params"] if use_ema else tree["params"]
-  codebook = (tree["model_state"]["codebook"] if vq_config.codebook_update == "ema"
+  codebook = (tree["model_state"]["codebook"] if stage1_vq.codebook_update == "ema"
               else params["codebook"])
   bundle = jax.tree.map(np.asarray, dict(network=params["network"], codebook=codebook))
   expected = dict(network=jax.eval_shape(autoencoder.init_network, jax.random.PRNGKey(0)),
@@ -262,7 +266,8 @@ class VQVAE(contract.Family):
       self.prior = self._prior_network(config.model, num_classes)
 
   @staticmethod
-  def _check_quantizer(v: ml_collections.ConfigDict) -> None:
+  def _check_quantizer(vq_config: ml_collections.ConfigDict) -> None:
+    v = vq_config
     if v.codebook_update not in CODEBOOK_UPDATES:
       raise ValueError(f"config.vq.codebook_update={v.codebook_update!r}; choose one of "
                        f"{CODEBOOK_UPDATES}.")
@@ -274,7 +279,9 @@ class VQVAE(contract.Family):
       raise ValueError("config.vq.ema_epsilon must be > 0 and dead_code_threshold >= 0, "
                        f"got {v.ema_epsilon} and {v.dead_code_threshold}.")
 
-  def _prior_network(self, m: ml_collections.ConfigDict, num_classes: int) -> vq.CodePrior:
+  def _prior_network(self, model: ml_collections.ConfigDict,
+                     num_classes: int) -> vq.CodePrior:
+    m = model
     groups = self.autoencoder.groups
     if m.name not in vq.PRIOR_NETWORKS:
       raise ValueError(f"config.model.name={m.name!r}; the prior is one of "
@@ -294,9 +301,10 @@ class VQVAE(contract.Family):
     if m.num_layers < 1 or m.embed_dim < 1:
       raise ValueError(f"config.model.num_layers and embed_dim must be >= 1, got "
                        f"{m.num_layers} and {m.embed_dim}.")
-    for field in ("kernel_size", "first_kernel_size"):
-      if m[field] < 3 or m[field] % 2 == 0:
-        raise ValueError(f"config.model.{field} must be odd and >= 3, got {m[field]}.")
+    for field, value in (("kernel_size", m.kernel_size),
+                         ("first_kernel_size", m.first_kernel_size)):
+      if value < 3 or value % 2 == 0:
+        raise ValueError(f"config.model.{field} must be odd and >= 3, got {value}.")
     return vq.CodePrior(
         num_codes=self.autoencoder.num_codes, latents_per_position=groups, network=m.name,
         embed_dim=m.embed_dim, ch=m.ch, num_layers=m.num_layers,
