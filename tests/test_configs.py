@@ -121,7 +121,8 @@ def tiny(config, ch=8):
   for depth_field in ("num_layers", "nr_resnet", "num_res_blocks"):
     if depth_field in config.model:
       config.model[depth_field] = 1   # keeps the structure, cuts compile time
-  config.diffusion.num_timesteps = 4
+  if "diffusion" in config:
+    config.diffusion.num_timesteps = 4
   if config.model.family == "ddpm" and config.sampling.num_steps:  # respaced, within T=4
     config.sampling.num_steps = 2
   t = config.training
@@ -133,7 +134,8 @@ def tiny(config, ch=8):
   t.async_checkpointing = False
   config.eval.num_eval_examples = 2
   config.eval.batch_size = 2
-  config.eval.vlb_timestep_chunk = 2
+  if "vlb_timestep_chunk" in config.eval:
+    config.eval.vlb_timestep_chunk = 2
   config.eval.sample_metrics = "none"   # FID needs the Inception weights file
   if "gan" in config:                 # n_critic discriminator chunks per step
     t.batch_size = 2 * config.gan.n_critic
