@@ -18,20 +18,17 @@ with 5000 warm-up steps and clipping at 1, EMA 0.9999, 1.3M steps (deep: 950k).
   python main.py --config=configs/ddpmpp_cifar.py:subvp,deep --workdir=runs/ddpmpp_subvp_deep
   python main.py --config=configs/ddpmpp_cifar.py:vp,deep --workdir=runs/ddpmpp_vp_deep --mode=eval
 
-Args (comma-separated): 'vp' or 'subvp' (required), 'deep', 'runlocal'.
+Args (comma-separated): 'vp' (the default) or 'subvp', 'deep', 'runlocal' (a tiny
+network and a few steps on 16x16 `shapes`).
 """
 
-from configs import score_base
-
-ARGS = ("vp", "subvp", "deep", "runlocal")
+from configs import config_args, score_base
 
 
 def get_config(arg: str | None = None):
-  args = [a for a in (arg or "vp").split(",") if a]
-  if set(args) - set(ARGS) or ("vp" in args) == ("subvp" in args):
-    raise ValueError(f"configs/ddpmpp_cifar.py takes 'vp' or 'subvp', optionally with "
-                     f"'deep' and 'runlocal'; got {arg!r}.")
-  kind = "vp" if "vp" in args else "subvp"
+  args = config_args.parse(arg, "configs/ddpmpp_cifar.py", choices=("vp", "subvp", "deep"),
+                           exclusive=(("vp", "subvp"),))
+  kind = "subvp" if "subvp" in args else "vp"
   deep = "deep" in args
   config = score_base.get_config()
   config.name = f"ddpmpp_{kind}{'_deep' if deep else ''}_cifar"
@@ -53,6 +50,7 @@ def get_config(arg: str | None = None):
   m.num_res_blocks = 8 if deep else 4
   m.attn_resolutions = (16,)
   m.dropout = 0.1
+  m.num_groups = 32
   m.resamp_with_conv, m.fir, m.fir_kernel = True, False, (1, 3, 3, 1)
   m.skip_rescale, m.resblock_type = True, "biggan"
   m.progressive, m.progressive_input, m.progressive_combine = "none", "none", "sum"
@@ -78,16 +76,15 @@ def get_config(arg: str | None = None):
   config.eval.batch_size = 1000
   config.eval.num_samples = 50_000
 
-  if "runlocal" in args:
+  if config_args.RUNLOCAL in args:
+    config_args.runlocal(config, num_train_steps=10, every=5, eval_examples=8)
+    t.sample_every_steps = 5
+    config.eval.num_samples = 4
     m.ch, m.ch_mult, m.num_res_blocks, m.num_groups = 16, (1, 2), 1, 8
     config.data.dataset, config.data.random_flip = "shapes/16", False
     m.attn_resolutions = (8,)
     sde.num_scales = 10
-    t.batch_size, t.num_train_steps, t.steps_per_call = 8, 10, 1
-    t.log_every_steps = t.checkpoint_every_steps = t.sample_every_steps = 5
-    t.num_samples_in_grid = 4
+    t.batch_size, t.steps_per_call = 8, 1
     s.batch_size = 4
-    config.eval.num_samples, config.eval.batch_size = 4, 8
-    config.eval.num_eval_examples = 8
     config.eval.ode_rtol = config.eval.ode_atol = 1e-2
   return config

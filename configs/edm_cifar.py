@@ -24,9 +24,8 @@ CIFAR-10. The EMA has no warm-up ramp (EDM shortens the half-life early in train
 Args (comma-separated): 'cond', 'ncsnpp', 'runlocal'.
 """
 
-from configs import score_base
+from configs import config_args, score_base
 
-ARGS = ("cond", "ncsnpp", "runlocal")
 BATCH_SIZE = 512
 # EDM's CIFAR-10 networks (its train.py --arch) as model fields, written out so that
 # a config imports no model code; tests/test_configs.py checks them against
@@ -44,10 +43,7 @@ NETWORKS = {
 
 
 def get_config(arg: str | None = None):
-  args = [a for a in (arg or "").split(",") if a]
-  if set(args) - set(ARGS):
-    raise ValueError(f"Unknown config argument(s) {sorted(set(args) - set(ARGS))}; "
-                     f"choose from {ARGS}.")
+  args = config_args.parse(arg, "configs/edm_cifar.py", choices=("cond", "ncsnpp"))
   arch = "ncsnpp" if "ncsnpp" in args else "ddpmpp"
   config = score_base.get_config()
   config.name = f"edm_{arch}{'_cond' if 'cond' in args else ''}_cifar"
@@ -66,6 +62,7 @@ def get_config(arg: str | None = None):
   m.name = "songunet"
   m.conditional = "cond" in args
   m.update(NETWORKS[arch])
+  m.num_groups = 32                   # SongUNet's GroupNorm
 
   o = config.optim
   o.optimizer, o.learning_rate = "adam", 1e-3
@@ -87,16 +84,15 @@ def get_config(arg: str | None = None):
   config.eval.batch_size = 1000
   config.eval.num_samples = 50_000
 
-  if "runlocal" in args:
+  if config_args.RUNLOCAL in args:
+    config_args.runlocal(config, num_train_steps=10, every=5, eval_examples=8)
+    t.sample_every_steps = 5
+    config.eval.num_samples = 4
     m.ch, m.ch_mult, m.num_res_blocks, m.num_groups = 16, (1, 2), 1, 8
     m.attn_resolutions = (8,)
     config.data.dataset = "shapes/16"
-    t.batch_size, t.num_train_steps = 8, 10
-    t.log_every_steps = t.checkpoint_every_steps = t.sample_every_steps = 5
-    t.num_samples_in_grid = 4
+    t.batch_size = 8
     o.warmup_steps = 2
     s.num_steps, s.batch_size = 3, 4
-    config.eval.num_samples, config.eval.batch_size = 4, 8
-    config.eval.num_eval_examples = 8
     config.eval.ode_rtol = config.eval.ode_atol = 1e-2
   return config

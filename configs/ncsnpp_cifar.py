@@ -15,19 +15,15 @@ Adam 2e-4 with 5000 warm-up steps and clipping at 1, EMA 0.999, 1.3M steps (deep
   python main.py --config=configs/ncsnpp_cifar.py:deep --workdir=runs/ncsnpp_deep_cifar
   python main.py --config=configs/ncsnpp_cifar.py --workdir=runs/ncsnpp_cifar --mode=eval
 
-Args (comma-separated): 'deep', 'runlocal' (a tiny network and a few steps).
+Args (comma-separated): 'deep', 'runlocal' (a tiny network and a few steps on 16x16
+`shapes`).
 """
 
-from configs import score_base
-
-ARGS = ("deep", "runlocal")
+from configs import config_args, score_base
 
 
 def get_config(arg: str | None = None):
-  args = [a for a in (arg or "").split(",") if a]
-  if set(args) - set(ARGS):
-    raise ValueError(f"Unknown config argument(s) {sorted(set(args) - set(ARGS))}; "
-                     f"choose from {ARGS}.")
+  args = config_args.parse(arg, "configs/ncsnpp_cifar.py", choices=("deep",))
   config = score_base.get_config()
   config.name = "ncsnpp_deep_cifar" if "deep" in args else "ncsnpp_cifar"
   config.data.dataset = "cifar10"
@@ -48,6 +44,7 @@ def get_config(arg: str | None = None):
   m.num_res_blocks = 8 if "deep" in args else 4
   m.attn_resolutions = (16,)
   m.dropout = 0.1
+  m.num_groups = 32
   m.resamp_with_conv, m.fir, m.fir_kernel = True, True, (1, 3, 3, 1)
   m.skip_rescale, m.resblock_type = True, "biggan"
   m.progressive, m.progressive_input, m.progressive_combine = "none", "residual", "sum"
@@ -73,16 +70,15 @@ def get_config(arg: str | None = None):
   config.eval.batch_size = 1000
   config.eval.num_samples = 50_000
 
-  if "runlocal" in args:
+  if config_args.RUNLOCAL in args:
+    config_args.runlocal(config, num_train_steps=10, every=5, eval_examples=8)
+    t.sample_every_steps = 5
+    config.eval.num_samples = 4
     m.ch, m.ch_mult, m.num_res_blocks, m.num_groups = 16, (1, 2), 1, 8
     config.data.dataset, config.data.random_flip = "shapes/16", False
     m.attn_resolutions = (8,)
     sde.num_scales = 10
-    t.batch_size, t.num_train_steps, t.steps_per_call = 8, 10, 1
-    t.log_every_steps = t.checkpoint_every_steps = t.sample_every_steps = 5
-    t.num_samples_in_grid = 4
+    t.batch_size, t.steps_per_call = 8, 1
     s.batch_size = 4
-    config.eval.num_samples, config.eval.batch_size = 4, 8
-    config.eval.num_eval_examples = 8
     config.eval.ode_rtol = config.eval.ode_atol = 1e-2
   return config

@@ -10,25 +10,20 @@ ODE in workdir/eval/. They reproduce no paper number.
   python main.py --config=configs/score_digits.py:subvp --workdir=/tmp/score_subvp
   python main.py --config=configs/score_digits.py:edm --workdir=/tmp/score_edm
 
-Arg: the SDE (ve | vp | subvp | edm), optionally ',runlocal' for a seconds-long smoke
-test. The sampler is the paper's for each (PC reverse-diffusion + Langevin for VE,
-Euler-Maruyama for VP / sub-VP, Heun for EDM); switch with
+Arg: the SDE (ve | vp | subvp | edm; vp if none is given), optionally ',runlocal' for
+a seconds-long smoke test. The sampler is the paper's for each (PC reverse-diffusion +
+Langevin for VE, Euler-Maruyama for VP / sub-VP, Heun for EDM); switch with
 --config.sampling.method=ode|edm_heun|dpm_solver.
 """
 
-from configs import score_base
+from configs import config_args, score_base
 
 SDES = ("ve", "vp", "subvp", "edm")
 
 
 def get_config(arg: str | None = None):
-  args = [a for a in (arg or "vp").split(",") if a]
-  kinds = [a for a in args if a in SDES]
-  unknown = sorted(set(args) - set(SDES) - {"runlocal"})
-  if unknown or len(kinds) != 1:
-    raise ValueError(f"configs/score_digits.py takes one of {SDES} and optionally "
-                     f"'runlocal', got {arg!r}.")
-  kind = kinds[0]
+  args = config_args.parse(arg, "configs/score_digits.py", choices=SDES, exclusive=(SDES,))
+  kind = next((a for a in args if a in SDES), "vp")
   config = score_base.get_config()
   config.name = f"score_{kind}_digits"
   config.data.dataset = "digits"
@@ -48,7 +43,8 @@ def get_config(arg: str | None = None):
   sde, s = config.sde, config.sampling
   if kind == "ve":          # NCSN++ (score_sde configs/ve): data in [0, 1]
     sde.type = "vesde"
-    sde.sigma_min, sde.sigma_max = 0.01, 10.0   # sigma_max ~ max pairwise distance (Song & Ermon 2020)
+    # sigma_max ~ the largest distance between two training images (Song & Ermon 2020).
+    sde.sigma_min, sde.sigma_max = 0.01, 10.0
     sde.data_centered = False
     sde.reduce_mean = False
     sde.sample_eps = 1e-5
@@ -87,17 +83,10 @@ def get_config(arg: str | None = None):
   config.eval.batch_size = 360        # the whole test split (355) in one padded batch
   config.eval.ode_rtol = config.eval.ode_atol = 1e-4
 
-  if "runlocal" in args:
-    t.num_train_steps = 20
-    t.log_every_steps = 10
-    t.checkpoint_every_steps = 10
-    t.sample_every_steps = 20
-    t.num_samples_in_grid = 4
+  if config_args.RUNLOCAL in args:
+    config_args.runlocal(config, eval_examples=16)
     sde.num_scales = 20
     s.num_steps = 5
     m.ch, m.num_res_blocks = 16, 1
-    config.eval.num_samples = 8
-    config.eval.num_eval_examples = 16
-    config.eval.batch_size = 16
     config.eval.ode_rtol = config.eval.ode_atol = 1e-2
   return config

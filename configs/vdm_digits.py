@@ -11,10 +11,11 @@ paper number.
   python main.py --config=configs/vdm_digits.py:runlocal --workdir=/tmp/vdm_smoke
 """
 
-from configs import vdm_cifar
+from configs import config_args, vdm_cifar
 
 
 def get_config(arg: str | None = None):
+  args = config_args.parse(arg, "configs/vdm_digits.py")
   config = vdm_cifar.get_config()
   config.name = "vdm_digits"
 
@@ -51,21 +52,12 @@ def get_config(arg: str | None = None):
   config.eval.batch_size = 360        # the whole test split (355) in one padded batch
   config.vdm.eval_num_times = 8       # a less noisy bound on the small test split
 
-  if arg == "runlocal":   # a seconds-long smoke test
+  if config_args.RUNLOCAL in args:   # a seconds-long smoke test
+    config_args.runlocal(config)
     model.ch = 16
     model.num_res_blocks = 2
     model.num_groups = 4
     config.vdm.schedule_num_features = 16
-    training.num_train_steps = 20
-    training.log_every_steps = 10
-    training.checkpoint_every_steps = 10
-    training.sample_every_steps = 20
-    training.num_samples_in_grid = 4
     config.sampling.num_steps = 20
-    config.eval.num_samples = 8
-    config.eval.num_eval_examples = 32
-    config.eval.batch_size = 32
     config.vdm.eval_num_times = 2
-  elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}; the only one is 'runlocal'.")
   return config

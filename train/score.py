@@ -21,8 +21,8 @@ of weight config.guidance.weight (Ho & Salimans 2022, eq. 6, applied to the scor
 the EDM denoiser: both are affine in eps with condition-free coefficients); the
 bits/dim stay unguided.
 
-Data are scaled to [-1, 1] (`sde.data_range`); EDM's sigma_data = 0.5 is the std of
-CIFAR-10 in that range.
+Data are scaled to [-1, 1] (`sde.data_centered`; score_sde's VE models see [0, 1]);
+EDM's sigma_data = 0.5 is the std of CIFAR-10 in [-1, 1].
 
 Editing (train/edit_mode.py, sampling/editing.py: inpainting, colourisation, SDEdit, DDIM
 interpolation) reads the SDE as a discrete DDPM process (`edit_diffusion`,
@@ -63,7 +63,9 @@ def scale_images(images_uint8: jax.Array, centered: bool) -> jax.Array:
   return transforms.uint8_to_unit(images_uint8)
 
 
-def _build_network(m: ml_collections.ConfigDict, out_channels: int, num_classes: int):
+def _build_network(model_config: ml_collections.ConfigDict, out_channels: int,
+                   num_classes: int):
+  m = model_config
   dtype = DTYPES[m.dtype]
   if m.name == "ddpm_unet":      # Ho et al.'s U-Net: cheap runs and comparisons
     return unet.UNet(
@@ -71,8 +73,8 @@ def _build_network(m: ml_collections.ConfigDict, out_channels: int, num_classes:
         attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
         resamp_with_conv=m.resamp_with_conv, out_channels=out_channels,
         num_classes=num_classes, num_groups=m.num_groups, dtype=dtype,
-        fused_attention=m.get("fused_attention", False), remat=m.get("remat", False),
-        coordinate_channels=m.get("coordinate_channels", False))
+        fused_attention=m.fused_attention, remat=m.remat,
+        coordinate_channels=m.coordinate_channels)
   common = dict(attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
                 embedding_type=m.embedding_type, fourier_scale=m.fourier_scale,
                 num_classes=num_classes, num_groups=m.num_groups,
@@ -92,8 +94,9 @@ def _build_network(m: ml_collections.ConfigDict, out_channels: int, num_classes:
       init_scale=m.init_scale, **common)
 
 
-def _build_sde(s: ml_collections.ConfigDict):
+def _build_sde(sde_config: ml_collections.ConfigDict):
   """The forward SDE. EDM's is the VE SDE between its sigma_min and sigma_max."""
+  s = sde_config
   if s.type in ("vesde", "edm"):
     return sde_lib.VESDE(sigma_min=s.sigma_min, sigma_max=s.sigma_max,
                          num_scales=s.num_scales)
@@ -112,42 +115,44 @@ def _build_sde(s: ml_collections.ConfigDict):
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def edit_level_times(sde, num_levels: int, sample_eps: float) -> np.ndarray:
+def edit_level_times(forward_sde: sde_lib.SDE, num_levels: int,
+                     sample_eps: float) -> np.ndarray:
   """t_i = sample_eps + (T - sample_eps) i / (N - 1), i = 0..N-1 (float64).
 
   Level 0 (t = sample_eps) is the least noisy, level N - 1 (t = T) the prior.
   """
   if not isinstance(num_levels, (int, np.integer)) or num_levels < 2:
     raise ValueError(f"Editing needs config.sde.num_scales >= 2 levels, got {num_levels!r}.")
-  if not 0.0 <= float(sample_eps) < float(sde.T):
-    raise ValueError(f"config.sde.sample_eps={sample_eps} must be in [0, T={sde.T}).")
+  if not 0.0 <= float(sample_eps) < float(forward_sde.T):
+    raise ValueError(f"config.sde.sample_eps={sample_eps} must be in [0, T={forward_sde.T}).")
   fraction = np.arange(num_levels, dtype=np.float64) / (num_levels - 1)
-  return float(sample_eps) + (float(sde.T) - float(sample_eps)) * fraction
+  return float(sample_eps) + (float(forward_sde.T) - float(sample_eps)) * fraction
 
 
-def edit_signal_noise(sde, times: np.ndarray,
+def edit_signal_noise(forward_sde: sde_lib.SDE, times: np.ndarray,
                       data_centered: bool) -> tuple[np.ndarray, np.ndarray]:
   """(m, s') of x' = m x0 + s' z in the edit code's [-1, 1] data space (float64).
 
   m = alpha(t); s' = sigma(t) for centered data, 2 sigma(t) for data in [0, 1].
   """
   times = np.asarray(times, np.float64)
-  m = np.broadcast_to(np.asarray(sde.alpha(times), np.float64), times.shape)
-  s = np.broadcast_to(np.asarray(sde.sigma(times), np.float64), times.shape)
+  m = np.broadcast_to(np.asarray(forward_sde.alpha(times), np.float64), times.shape)
+  s = np.broadcast_to(np.asarray(forward_sde.sigma(times), np.float64), times.shape)
   return m, (s if data_centered else 2.0 * s)
 
 
-def edit_alphas_cumprod(sde, times: np.ndarray, data_centered: bool) -> np.ndarray:
+def edit_alphas_cumprod(forward_sde: sde_lib.SDE, times: np.ndarray,
+                        data_centered: bool) -> np.ndarray:
   """abar_i = m_i^2 / (m_i^2 + s'_i^2) of the levels at `times` (float64)."""
-  m, s = edit_signal_noise(sde, times, data_centered)
+  m, s = edit_signal_noise(forward_sde, times, data_centered)
   return np.square(m) / (np.square(m) + np.square(s))
 
 
-def edit_diffusion(sde, num_levels: int, sample_eps: float,
+def edit_diffusion(forward_sde: sde_lib.SDE, num_levels: int, sample_eps: float,
                    data_centered: bool) -> diffusion_lib.GaussianDiffusion:
-  """The GaussianDiffusion of `num_levels` levels of `sde` (see `edit_level_times`)."""
-  abar = edit_alphas_cumprod(sde, edit_level_times(sde, num_levels, sample_eps),
-                             data_centered)
+  """The GaussianDiffusion of `num_levels` levels of `forward_sde` (see `edit_level_times`)."""
+  times = edit_level_times(forward_sde, num_levels, sample_eps)
+  abar = edit_alphas_cumprod(forward_sde, times, data_centered)
   try:
     betas = diffusion_lib.betas_from_alphas_cumprod(abar)
   except ValueError as error:
@@ -159,8 +164,8 @@ def edit_diffusion(sde, num_levels: int, sample_eps: float,
   return diffusion_lib.GaussianDiffusion.from_betas(betas)
 
 
-def eps_fn_from_score(score_fn: sde_lib.ScoreFn, sde, times: np.ndarray,
-                      data_centered: bool) -> EpsFn:
+def eps_fn_from_score(score_fn: sde_lib.ScoreFn, forward_sde: sde_lib.SDE,
+                      times: np.ndarray, data_centered: bool) -> EpsFn:
   """eps_fn(x_vp, level i) = E[z | x] = -sigma(t_i) score(x, t_i) of the VP-read SDE.
 
   x_vp is in the DDPM convention of the levels (`edit_alphas_cumprod`): the model's
@@ -168,7 +173,7 @@ def eps_fn_from_score(score_fn: sde_lib.ScoreFn, sde, times: np.ndarray,
   r_i = sqrt(m_i^2 + s'_i^2). i: an integer scalar or [B].
   """
   times = np.asarray(times, np.float64)
-  m, s_edit = edit_signal_noise(sde, times, data_centered)
+  m, s_edit = edit_signal_noise(forward_sde, times, data_centered)
   s_model = s_edit if data_centered else 0.5 * s_edit
   table = {k: jnp.asarray(v, jnp.float32) for k, v in dict(
       t=times, m=m, s=s_model, r=np.sqrt(np.square(m) + np.square(s_edit))).items()}
@@ -208,14 +213,14 @@ class ScoreSDE(contract.Family):
     if s.importance_sampling and not s.likelihood_weighting:
       raise ValueError("config.sde.importance_sampling=True needs "
                        "config.sde.likelihood_weighting=True.")
-    g = config.get("guidance") or {}
+    g = config.guidance
     self.image_shape = tuple(image_shape)
     self.num_classes = num_classes if m.conditional else 0
     # The null label of guidance is the extra label row num_classes.
     self.conditioning = guidance_lib.Conditioning(
         kind="class" if self.num_classes else "none", num_classes=self.num_classes,
-        null_value=self.num_classes, p_uncond=float(g.get("p_uncond", 0.0)),
-        guidance_weight=float(g.get("weight", 0.0)))
+        null_value=self.num_classes, p_uncond=float(g.p_uncond),
+        guidance_weight=float(g.weight))
     self.network = _build_network(m, image_shape[-1], self.num_classes)
     self.sde = _build_sde(s)
     if not s.continuous and s.type == "vpsde":
