@@ -121,7 +121,8 @@ def tiny(config, ch=8):
   for depth_field in ("num_layers", "nr_resnet", "num_res_blocks"):
     if depth_field in config.model:
       config.model[depth_field] = 1   # keeps the structure, cuts compile time
-  config.diffusion.num_timesteps = 4
+  if "diffusion" in config:
+    config.diffusion.num_timesteps = 4
   if config.model.family == "ddpm" and config.sampling.num_steps:  # respaced, within T=4
     config.sampling.num_steps = 2
   t = config.training
