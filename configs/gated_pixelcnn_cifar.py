@@ -18,11 +18,13 @@ paper does not state is marked below with what was chosen instead.
 on a laptop CPU (tiny network, a few steps); it reproduces nothing.
 """
 
-from configs import default
+from configs import autoregressive_base
+from configs import config_args
 
 
 def get_config(arg: str | None = None):
-  config = default.get_config()
+  args = config_args.parse(arg, "configs/gated_pixelcnn_cifar.py")
+  config = autoregressive_base.get_config()
   config.name = "gated_pixelcnn_cifar"
 
   config.data.dataset = "cifar10"
@@ -30,7 +32,6 @@ def get_config(arg: str | None = None):
   config.data.random_flip = False     # the paper mentions no data augmentation
 
   model = config.model
-  model.family = "autoregressive"
   model.name = "gated_pixelcnn"
   model.likelihood = "categorical"    # 256-way softmax per sub-pixel
   model.conditional = False           # Table 1 is unconditional (True: class biases, eq. 4)
@@ -43,7 +44,6 @@ def get_config(arg: str | None = None):
   model.first_kernel_size = 7
   model.head_features = 1024
   model.dropout = 0.0                 # none in the paper
-  model.num_groups = 32               # unused by this family
 
   # The paper states neither optimizer nor learning rate (section 3.1 gives only the
   # network size, the number of updates and the batch): Adam at 1e-3 with a 1000-step
@@ -74,19 +74,14 @@ def get_config(arg: str | None = None):
   config.eval.num_samples = 50_000
   config.eval.batch_size = 100        # logits are [B, 32, 32, 3, 256]: keep B small
 
-  if arg == "runlocal":
+  if "runlocal" in args:
+    config_args.runlocal(config, eval_examples=16)
+    # A CIFAR-10 sample is 3072 network evaluations: no grid, 2 samples.
+    training.sample_every_steps = 0
+    config.eval.num_samples = 2
+    training.batch_size = 8
     model.ch = 6
     model.num_layers = 2
     model.kernel_size = 3
     model.head_features = 12
-    training.batch_size = 8
-    training.num_train_steps = 20
-    training.log_every_steps = 5
-    training.checkpoint_every_steps = 10
-    training.sample_every_steps = 0
-    config.eval.num_samples = 2
-    config.eval.num_eval_examples = 16
-    config.eval.batch_size = 16
-  elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}; the only one is 'runlocal'.")
   return config

@@ -29,17 +29,8 @@ Args (comma-separated): 'dynamic' (tfds 'mnist', dynamic binarization), 'runloca
 
 import ml_collections
 
-from configs import default
-
-ARGS = ("dynamic", "runlocal")
-
-
-def parse_args(arg: str | None, allowed: tuple[str, ...]) -> list[str]:
-  args = [a for a in (arg or "").split(",") if a]
-  unknown = sorted(set(args) - set(allowed))
-  if unknown:
-    raise ValueError(f"Unknown config argument(s) {unknown}; choose from {allowed}.")
-  return args
+from configs import autoregressive_base
+from configs import config_args
 
 
 def set_binarized_mnist(config: ml_collections.ConfigDict, dynamic: bool) -> None:
@@ -52,7 +43,6 @@ def set_binarized_mnist(config: ml_collections.ConfigDict, dynamic: bool) -> Non
   data.random_flip = False
 
   model = config.model
-  model.family = "autoregressive"
   model.likelihood = "bernoulli"      # one sigmoid logit per pixel (table 1)
   # 'binary': stored as 0/1; 'dynamic': x ~ Bernoulli(pixel / 255) at every step.
   model.binarization = "dynamic" if dynamic else "binary"
@@ -61,7 +51,6 @@ def set_binarized_mnist(config: ml_collections.ConfigDict, dynamic: bool) -> Non
   model.first_kernel_size = 7         # table 1
   model.kernel_size = 3
   model.dropout = 0.0
-  model.num_groups = 8                # unused by this family
 
   optim = config.optim
   optim.optimizer = "rmsprop"         # section 5.2
@@ -91,24 +80,17 @@ def set_binarized_mnist(config: ml_collections.ConfigDict, dynamic: bool) -> Non
 
 
 def shrink_for_runlocal(config: ml_collections.ConfigDict) -> None:
+  """The runlocal smoke test of the binarized MNIST configs."""
+  config_args.runlocal(config, num_train_steps=10, eval_examples=16)
+  config.training.batch_size = 8
   config.model.ch = 4
   config.model.num_layers = 1
   config.model.head_features = 8
-  t = config.training
-  t.batch_size = 8
-  t.num_train_steps = 10
-  t.log_every_steps = 5
-  t.checkpoint_every_steps = 10
-  t.sample_every_steps = 10
-  t.num_samples_in_grid = 4
-  config.eval.num_samples = 4
-  config.eval.num_eval_examples = 16
-  config.eval.batch_size = 16
 
 
 def get_config(arg: str | None = None):
-  args = parse_args(arg, ARGS)
-  config = default.get_config()
+  args = config_args.parse(arg, "configs/pixelcnn_binarized_mnist.py", choices=("dynamic",))
+  config = autoregressive_base.get_config()
   config.name = "pixelcnn_binarized_mnist"
   set_binarized_mnist(config, dynamic="dynamic" in args)
   model = config.model

@@ -17,11 +17,13 @@ steps are not stated and are marked below with what was chosen instead.
 laptop CPU (tiny network, a few steps); it reproduces nothing.
 """
 
-from configs import default
+from configs import autoregressive_base
+from configs import config_args
 
 
 def get_config(arg: str | None = None):
-  config = default.get_config()
+  args = config_args.parse(arg, "configs/pixelcnn_cifar.py")
+  config = autoregressive_base.get_config()
   config.name = "pixelcnn_cifar"
 
   config.data.dataset = "cifar10"
@@ -29,7 +31,6 @@ def get_config(arg: str | None = None):
   config.data.random_flip = False     # the paper mentions no data augmentation
 
   model = config.model
-  model.family = "autoregressive"
   model.name = "pixelcnn"
   model.likelihood = "categorical"    # 256-way softmax per sub-pixel (section 2.2)
   model.conditional = False
@@ -41,7 +42,6 @@ def get_config(arg: str | None = None):
   model.first_kernel_size = 7         # table 1: 7x7 mask-A convolution
   model.head_features = 1024          # table 1 / section 4: 1024 maps for CIFAR-10
   model.dropout = 0.0                 # none in the paper
-  model.num_groups = 32               # unused by this family
 
   # Section 5.2: "RMSProp gives best convergence performance and is used for all
   # experiments"; the learning-rate schedules were set by hand per dataset and are not
@@ -76,18 +76,13 @@ def get_config(arg: str | None = None):
   config.eval.num_samples = 50_000
   config.eval.batch_size = 100        # logits are [B, 32, 32, 3, 256]: keep B small
 
-  if arg == "runlocal":
+  if "runlocal" in args:
+    config_args.runlocal(config, eval_examples=16)
+    # A CIFAR-10 sample is 3072 network evaluations: no grid, 2 samples.
+    training.sample_every_steps = 0
+    config.eval.num_samples = 2
+    training.batch_size = 8
     model.ch = 8
     model.num_layers = 2
     model.head_features = 16
-    training.batch_size = 8
-    training.num_train_steps = 20
-    training.log_every_steps = 5
-    training.checkpoint_every_steps = 10
-    training.sample_every_steps = 0
-    config.eval.num_samples = 2
-    config.eval.num_eval_examples = 16
-    config.eval.batch_size = 16
-  elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}; the only one is 'runlocal'.")
   return config

@@ -31,11 +31,13 @@ test NLL and samples. 53.66M parameters. Differences from the reference:
 a laptop CPU (tiny network, a few steps); it reproduces nothing.
 """
 
-from configs import default
+from configs import autoregressive_base
+from configs import config_args
 
 
 def get_config(arg: str | None = None):
-  config = default.get_config()
+  args = config_args.parse(arg, "configs/pixelcnnpp_cifar.py")
+  config = autoregressive_base.get_config()
   config.name = "pixelcnnpp_cifar"
 
   config.data.dataset = "cifar10"
@@ -43,7 +45,6 @@ def get_config(arg: str | None = None):
   config.data.random_flip = False     # the reference trains without augmentation
 
   model = config.model
-  model.family = "autoregressive"
   model.name = "pixelcnnpp"
   model.likelihood = "logistic_mixture"   # whole pixels, RGB coupled (paper eqs. 2-3)
   model.conditional = False           # the 2.92 model is unconditional
@@ -54,7 +55,6 @@ def get_config(arg: str | None = None):
   model.nr_resnet = 5                 # gated ResNet blocks per level
   model.nr_logistic_mix = 10          # mixture components per pixel
   model.dropout = 0.5                 # on each block's inner activations, training only
-  model.num_groups = 32               # unused by this network (no GroupNorm)
 
   optim = config.optim
   optim.optimizer = "adam"
@@ -81,24 +81,19 @@ def get_config(arg: str | None = None):
   training.keep_checkpoints = 3
   training.keep_checkpoint_every_steps = 100_000
 
-  config.sampling.method = "naive_autoregressive"   # the family's only sampler
+  config.sampling.method = "naive"    # the fast sampler covers the PixelCNNs only
   config.sampling.use_ema = True      # the reference evaluates and samples with the EMA
   config.sampling.batch_size = 256
   config.eval.num_samples = 50_000    # 1024 evaluations of the network per batch
   config.eval.batch_size = 500
 
-  if arg == "runlocal":
+  if "runlocal" in args:
+    config_args.runlocal(config, eval_examples=16)
+    # A CIFAR-10 sample is 1024 network evaluations: no grid, 2 samples.
+    training.sample_every_steps = 0
+    config.eval.num_samples = 2
+    training.batch_size = 8
     model.ch = 8
     model.nr_resnet = 1
     model.nr_logistic_mix = 2
-    training.batch_size = 8
-    training.num_train_steps = 20
-    training.log_every_steps = 5
-    training.checkpoint_every_steps = 10
-    training.sample_every_steps = 0
-    config.eval.num_samples = 2
-    config.eval.num_eval_examples = 16
-    config.eval.batch_size = 16
-  elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}; the only one is 'runlocal'.")
   return config

@@ -14,19 +14,16 @@ an estimated 10 minutes on 2 otherwise idle cores). It reproduces no paper numbe
   tensorboard --logdir=/tmp/pixelcnnpp_digits/tensorboard
 """
 
-from configs import default
+from configs import autoregressive_base
+from configs import config_args
 
 
 def get_config(arg: str | None = None):
-  config = default.get_config()
+  args = config_args.parse(arg, "configs/pixelcnnpp_digits.py")
+  config = autoregressive_base.get_config()
   config.name = "pixelcnnpp_digits"
 
-  config.data.dataset = "digits"
-  config.data.image_size = None       # native 8x8
-  config.data.random_flip = False     # digits are not mirror-symmetric
-
   model = config.model
-  model.family = "autoregressive"
   model.name = "pixelcnnpp"
   model.likelihood = "logistic_mixture"
   model.conditional = False
@@ -37,7 +34,6 @@ def get_config(arg: str | None = None):
   model.nr_resnet = 1                 # gated ResNet blocks per level (paper: 5)
   model.nr_logistic_mix = 5           # (paper: 10)
   model.dropout = 0.5                 # as in the paper: 1.4k training images overfit
-  model.num_groups = 8                # unused by this network (no GroupNorm)
 
   optim = config.optim
   optim.optimizer = "adam"
@@ -52,32 +48,14 @@ def get_config(arg: str | None = None):
   optim.grad_clip_norm = 0.0
   optim.ema_decay = 0.999
 
+  # Batches of 64 digits, naive sampling and evaluation: the base's.
   training = config.training
-  training.batch_size = 64
   training.num_train_steps = 3000
-  training.log_every_steps = 100
   training.checkpoint_every_steps = 1000
   training.sample_every_steps = 1500
-  training.num_samples_in_grid = 64
 
-  config.sampling.method = "naive_autoregressive"   # the family's only sampler
-  config.sampling.use_ema = True
-  config.sampling.batch_size = 256
-  config.eval.num_samples = 1024
-  config.eval.batch_size = 360        # the whole test split (355) in one padded batch
-
-  if arg == "runlocal":   # a seconds-long smoke test
+  if "runlocal" in args:
+    config_args.runlocal(config)
     model.ch = 8
-    model.nr_resnet = 1
     model.nr_logistic_mix = 2
-    training.num_train_steps = 20
-    training.log_every_steps = 10
-    training.checkpoint_every_steps = 10
-    training.sample_every_steps = 20
-    training.num_samples_in_grid = 4
-    config.eval.num_samples = 8
-    config.eval.num_eval_examples = 32
-    config.eval.batch_size = 32
-  elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}; the only one is 'runlocal'.")
   return config

@@ -20,19 +20,17 @@ Args (comma-separated): 'diagonal_bilstm' (the default) or 'row_lstm'; 'dynamic'
 (tfds 'mnist', dynamic binarization: not comparable with Table 4); 'runlocal'.
 """
 
-from configs import default
-from configs.pixelcnn_binarized_mnist import (parse_args, set_binarized_mnist,
-                                              shrink_for_runlocal)
+from configs import autoregressive_base
+from configs import config_args
+from configs.pixelcnn_binarized_mnist import set_binarized_mnist, shrink_for_runlocal
 from configs.pixelrnn_cifar import LAYER_TYPES
 
 
 def get_config(arg: str | None = None):
-  args = parse_args(arg, LAYER_TYPES + ("dynamic", "runlocal"))
-  layer_types = [a for a in args if a in LAYER_TYPES]
-  if len(layer_types) > 1:
-    raise ValueError(f"Choose one of {LAYER_TYPES}, got {args}.")
-  layer_type = layer_types[0] if layer_types else "diagonal_bilstm"
-  config = default.get_config()
+  args = config_args.parse(arg, "configs/pixelrnn_binarized_mnist.py",
+                           choices=LAYER_TYPES + ("dynamic",), exclusive=(LAYER_TYPES,))
+  layer_type = next((a for a in args if a in LAYER_TYPES), "diagonal_bilstm")
+  config = autoregressive_base.get_config()
   config.name = f"{layer_type}_binarized_mnist"
   set_binarized_mnist(config, dynamic="dynamic" in args)
   model = config.model

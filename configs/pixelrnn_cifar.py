@@ -32,26 +32,15 @@ Sampling is naive (3072 network evaluations per image): the fast sampler
 
 import ml_collections
 
-from configs import default
+from configs import autoregressive_base
+from configs import config_args
 
 LAYER_TYPES = ("diagonal_bilstm", "row_lstm")
-
-
-def parse_args(arg: str | None, allowed: tuple[str, ...]) -> list[str]:
-  """Comma-separated config args, each one of `allowed`, at most one layer type."""
-  args = [a for a in (arg or "").split(",") if a]
-  unknown = sorted(set(args) - set(allowed))
-  if unknown:
-    raise ValueError(f"Unknown config argument(s) {unknown}; choose from {allowed}.")
-  if len(set(args) & set(LAYER_TYPES)) > 1:
-    raise ValueError(f"Choose one of {LAYER_TYPES}, got {args}.")
-  return args
 
 
 def set_pixelrnn_model(model: ml_collections.ConfigDict, layer_type: str, *, ch: int,
                        num_layers: int, head_features: int) -> None:
   """The PixelRNN fields of config.model (read by train/autoregressive.py)."""
-  model.family = "autoregressive"
   model.name = layer_type             # row_lstm | diagonal_bilstm
   model.likelihood = "categorical"    # 256-way softmax per sub-pixel (section 2.2)
   model.conditional = False           # the PixelRNN is unconditional
@@ -64,13 +53,13 @@ def set_pixelrnn_model(model: ml_collections.ConfigDict, layer_type: str, *, ch:
   model.head_features = head_features   # the two output 1x1 layers (table 1)
   model.skip_connections = True       # layer-to-output skip connections (section 3.3)
   model.dropout = 0.0                 # none in the paper
-  model.num_groups = 8                # unused by this family
 
 
 def get_config(arg: str | None = None):
-  args = parse_args(arg, LAYER_TYPES + ("runlocal",))
+  args = config_args.parse(arg, "configs/pixelrnn_cifar.py", choices=LAYER_TYPES,
+                           exclusive=(LAYER_TYPES,))
   layer_type = next((a for a in args if a in LAYER_TYPES), "diagonal_bilstm")
-  config = default.get_config()
+  config = autoregressive_base.get_config()
   config.name = f"{layer_type}_cifar"
 
   config.data.dataset = "cifar10"
@@ -113,15 +102,12 @@ def get_config(arg: str | None = None):
   config.eval.sample_metrics = "none"
 
   if "runlocal" in args:
+    config_args.runlocal(config, num_train_steps=10, eval_examples=8)
+    # A CIFAR-10 sample is 3072 network evaluations: no grid, 2 samples.
+    training.sample_every_steps = 0
+    config.eval.num_samples = 2
+    training.batch_size = 4
     config.model.ch = 6
     config.model.num_layers = 1
     config.model.head_features = 12
-    training.batch_size = 4
-    training.num_train_steps = 10
-    training.log_every_steps = 5
-    training.checkpoint_every_steps = 10
-    training.sample_every_steps = 0
-    config.eval.num_samples = 2
-    config.eval.num_eval_examples = 8
-    config.eval.batch_size = 8
   return config

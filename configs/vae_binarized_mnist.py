@@ -24,18 +24,15 @@ The learning rate follows the paper's schedule: 1e-3 * 10^(-i/7) for 3^i passes,
 Args (comma-separated): 'iwae' (train L_50), 'static' (binarized_mnist), 'runlocal'.
 """
 
-from configs import default
+from configs import config_args
+from configs import vae_base
 
-ARGS = ("iwae", "static", "runlocal")
 TRAIN_EXAMPLES = 60_000
 
 
 def get_config(arg: str | None = None):
-  args = [a for a in (arg or "").split(",") if a]
-  unknown = sorted(set(args) - set(ARGS))
-  if unknown:
-    raise ValueError(f"Unknown config argument(s) {unknown}; choose from {ARGS}.")
-  config = default.get_config()
+  args = config_args.parse(arg, "configs/vae_binarized_mnist.py", choices=("iwae", "static"))
+  config = vae_base.get_config()
   config.name = "vae_binarized_mnist"
 
   config.data.dataset = "mnist"
@@ -44,18 +41,12 @@ def get_config(arg: str | None = None):
   config.data.random_flip = False
 
   model = config.model
-  model.family = "vae"
   model.architecture = "mlp"
   model.hidden_sizes = (200, 200)     # deterministic tanh layers (Burda et al. sec. 5)
   model.latent_dim = 50               # one stochastic layer of 50 units
-  model.ch = 64                       # conv only (unused here)
-  model.ch_mult = (1, 2)              # conv only (unused here)
-  model.num_groups = 8                # unused by the VAE
+  model.ch = 64                       # conv only (unused by the mlp)
   model.decoder = "bernoulli"
   model.binarization = "dynamic"
-  model.learned_scale = True          # gaussian only
-  model.fixed_scale = 0.1             # gaussian only
-  model.num_mixtures = 5              # logistic_mixture only
   model.beta = 1.0                    # plain ELBO
   model.kl_warmup_steps = 0
   model.free_bits = 0.0
@@ -99,14 +90,7 @@ def get_config(arg: str | None = None):
     config.data.dataset = "binarized_mnist"
     model.binarization = "binary"     # stored as 0/1 already
   if "runlocal" in args:
-    training.num_train_steps = 20
-    training.log_every_steps = 10
-    training.checkpoint_every_steps = 10
-    training.sample_every_steps = 20
-    training.num_samples_in_grid = 4
-    config.eval.num_samples = 8
-    config.eval.num_eval_examples = 20
-    config.eval.batch_size = 20
+    config_args.runlocal(config, eval_examples=20)
     config.eval.iwae_samples = 50
     config.eval.iwae_chunk = 25
   return config

@@ -23,50 +23,32 @@ number of steps on all 50k images and evaluates the final EMA weights.
   python main.py --config=configs/vdvae_cifar.py:runlocal --workdir=/tmp/vdvae_smoke
 """
 
-import ml_collections
-
-from configs import default
-
-
-def hvae_defaults() -> ml_collections.ConfigDict:
-  """The hierarchical VAE's own fields with VDVAE's defaults (hps.py's argparse)."""
-  hvae = ml_collections.ConfigDict()
-  # Block specs (models/hvae.py): 'RxN' N residual blocks at resolution R, 'RdK' a
-  # block then average pooling by K (encoder), 'RmS' a block that first adds the
-  # upsampled state of resolution S (decoder). One latent layer per decoder block.
-  hvae.enc_blocks = "32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3"
-  hvae.dec_blocks = "1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21"
-  hvae.zdim = 16                      # latent channels per position of every layer
-  hvae.bottleneck_multiple = 0.25     # inner width of each block / model.ch
-  hvae.num_mixtures = 10              # discretized logistic mixture components
-  hvae.grad_clip = 200.0              # clip the gradient to this global norm
-  # Skip the whole update when the gradient norm (before clipping) reaches this;
-  # non-finite losses or norms always skip. <= 0 disables the norm test.
-  hvae.skip_threshold = 400.0
-  # Encoder input (x - input_mean) / input_std, x in [0, 255] (the likelihood is
-  # always of x scaled to [-1, 1]).
-  hvae.input_mean = 127.5
-  hvae.input_std = 127.5
-  return hvae
+from configs import config_args
+from configs import hvae_base
 
 
 def get_config(arg: str | None = None):
-  config = default.get_config()
+  args = config_args.parse(arg, "configs/vdvae_cifar.py")
+  config = hvae_base.get_config()
   config.name = "vdvae_cifar"
 
   config.data.dataset = "cifar10"
   config.data.image_size = None       # native 32x32
   config.data.random_flip = False     # VDVAE does not augment
 
-  model = config.model
-  model.family = "hvae"
-  model.ch = 384                      # VDVAE's `width`: channels of the residual stream
-  # Unused by this family (no GroupNorm), kept so that shared overrides apply.
-  model.num_groups = 32
+  config.model.ch = 384               # VDVAE's `width`: channels of the residual stream
 
-  config.hvae = hvae_defaults()
-  config.hvae.input_mean = 120.63838  # CIFAR-10 training-set statistics (data.py)
-  config.hvae.input_std = 64.16736
+  # hps.py's argparse defaults and its cifar10 set.
+  hvae = config.hvae
+  hvae.enc_blocks = "32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3"   # 33 blocks
+  hvae.dec_blocks = "1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21"   # 43 latent layers
+  hvae.zdim = 16
+  hvae.bottleneck_multiple = 0.25
+  hvae.num_mixtures = 10
+  hvae.grad_clip = 200.0
+  hvae.skip_threshold = 400.0
+  hvae.input_mean = 120.63838         # CIFAR-10 training-set statistics (data.py)
+  hvae.input_std = 64.16736
 
   optim = config.optim
   optim.optimizer = "adamw"
@@ -87,9 +69,7 @@ def get_config(arg: str | None = None):
   training.checkpoint_every_steps = 25_000
   training.sample_every_steps = 10_000
   training.num_samples_in_grid = 64
-  # Skipped updates keep NaNs out of the weights; a NaN loss on a skipped step is
-  # counted in the 'skipped' metric rather than stopping the run.
-  training.halt_on_nonfinite = False
+  training.halt_on_nonfinite = False  # skipped updates keep NaNs out of the weights
 
   config.sampling.temperature = 1.0   # scales every prior's standard deviation
   config.sampling.use_ema = True
@@ -100,21 +80,13 @@ def get_config(arg: str | None = None):
   config.eval.iwae_samples = 0        # k > 0 adds bpd_iwae (e.g. 100, chunk 10)
   config.eval.iwae_chunk = 1
 
-  if arg == "runlocal":   # a seconds-long smoke test of the same structure
-    model.ch = 16
-    config.hvae.enc_blocks = "32x1,32d2,16x1,16d2,8x1,8d2,4x1,4d4,1x1"
-    config.hvae.dec_blocks = "1x1,4m1,8m4,16m8,32m16"
-    config.hvae.num_mixtures = 2
-    training.batch_size = 8
-    training.num_train_steps = 4
-    training.log_every_steps = 2
-    training.checkpoint_every_steps = 2
-    training.sample_every_steps = 4
-    training.num_samples_in_grid = 4
-    config.eval.num_samples = 8
-    config.eval.num_eval_examples = 16
+  if "runlocal" in args:   # a seconds-long smoke test of the same structure
+    config_args.runlocal(config, num_train_steps=4, every=2, eval_examples=16)
     config.eval.batch_size = 8
     config.eval.sample_metrics = "none"
-  elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}; the only one is 'runlocal'.")
+    training.batch_size = 8
+    config.model.ch = 16
+    hvae.enc_blocks = "32x1,32d2,16x1,16d2,8x1,8d2,4x1,4d4,1x1"
+    hvae.dec_blocks = "1x1,4m1,8m4,16m8,32m16"
+    hvae.num_mixtures = 2
   return config

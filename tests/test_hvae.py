@@ -95,15 +95,15 @@ def test_block_spec_parser_on_good_strings():
   B = hvae_models.BlockSpec
   assert parse("8x2,8d2,4") == (B(8), B(8), B(8, "down", 2), B(4))
   assert parse("1x1, 4m1,4x2") == (B(1), B(4, "mix", 1), B(4), B(4))
-  enc = parse(vdvae_cifar.hvae_defaults().enc_blocks)
-  dec = parse(vdvae_cifar.hvae_defaults().dec_blocks)
+  enc = parse(vdvae_cifar.get_config().hvae.enc_blocks)
+  dec = parse(vdvae_cifar.get_config().hvae.dec_blocks)
   assert (len(enc), len(dec)) == (33, 43)
   assert hvae_models.encoder_resolutions(enc, 32) == (32, 16, 8, 4, 1)
   hvae_models.check_decoder_spec(dec, 32, (32, 16, 8, 4, 1))
 
 
 def test_cap_repeats_keeps_the_structure():
-  spec = vdvae_cifar.hvae_defaults().enc_blocks
+  spec = vdvae_cifar.get_config().hvae.enc_blocks
   assert hvae_models.cap_repeats(spec, 1) == "32x1,32d2,16x1,16d2,8x1,8d2,4x1,4d4,1x1"
   assert hvae_models.cap_repeats("1x1,4m1,4x2", 5) == "1x1,4m1,4x2"
   with pytest.raises(ValueError, match="Bad token"):

@@ -6,7 +6,8 @@ reported in bits per dimension: -log p(x) / (H W C ln 2).
 
 Networks (`config.model.name`): 'pixelcnn', 'gated_pixelcnn' (models/pixelcnn.py),
 'row_lstm', 'diagonal_bilstm' (PixelRNN, models/pixelrnn.py), 'pixelcnnpp'
-(models/pixelcnnpp.py). Likelihoods (`config.model.likelihood`):
+(models/pixelcnnpp.py). Likelihoods (`config.model.likelihood`; None = the network's
+own, the first of its NETWORK_LIKELIHOODS below):
 - 'categorical': a 256-way softmax per sub-pixel, in raster order and R -> G -> B
   within a pixel (van den Oord et al. 2016a, 2016b);
 - 'bernoulli': binary data, one logit per sub-pixel (the sigmoid output of the
@@ -175,15 +176,17 @@ class Autoregressive(contract.Family):
     if name not in NETWORK_LIKELIHOODS:
       raise ValueError(f"config.model.name={name!r}; choose one of "
                        f"{tuple(NETWORK_LIKELIHOODS)}.")
-    self.likelihood = m.get("likelihood", NETWORK_LIKELIHOODS[name][0])
+    # None: the network's own likelihood, the first of its NETWORK_LIKELIHOODS.
+    self.likelihood = (NETWORK_LIKELIHOODS[name][0] if m.likelihood is None
+                       else m.likelihood)
     _check_likelihood(name, self.likelihood)
     self.binarization = None
     if self.likelihood == "bernoulli":
-      self.binarization = m.get("binarization", None)
+      self.binarization = m.binarization
       if self.binarization not in transforms.BINARIZATIONS:
         raise ValueError(f"config.model.binarization={self.binarization!r}; the "
                          f"Bernoulli likelihood needs one of {transforms.BINARIZATIONS}.")
-    conditional = bool(m.get("conditional", False))
+    conditional = bool(m.conditional)
     if conditional and num_classes <= 0:
       raise ValueError(f"config.model.conditional=True but {config.data.dataset!r} has "
                        "no class labels.")
@@ -192,7 +195,7 @@ class Autoregressive(contract.Family):
       raise ValueError(f"{network} is unconditional: set model.conditional=False or "
                        "model.name='gated_pixelcnn' for class-conditional models.")
     self.num_classes = num_classes if conditional else 0
-    self.dropout = float(m.get("dropout", 0.0))
+    self.dropout = float(m.dropout)
     self.sampler = self._sampler_name(name)
     if self.likelihood == "logistic_mixture":
       self.model = pixelcnnpp.PixelCNNPP(
@@ -200,7 +203,7 @@ class Autoregressive(contract.Family):
           nr_logistic_mix=m.nr_logistic_mix, dropout=self.dropout,
           num_classes=self.num_classes)
     else:
-      self.model = self._subpixel_network(name, m)
+      self.model = self._subpixel_network(name)
     self.tx = optim_lib.make_optimizer(config.optim)
 
   def _sampler_name(self, name: str) -> str:
@@ -215,8 +218,9 @@ class Autoregressive(contract.Family):
                        "sampling.method='naive'.")
     return sampler
 
-  def _subpixel_network(self, name: str, m: ml_collections.ConfigDict):
+  def _subpixel_network(self, name: str):
     """The categorical/Bernoulli network: 256 or 1 outputs per sub-pixel."""
+    m = self.config.model
     num_channels = self.image_shape[-1]
     if self.dropout:
       raise ValueError(f"The {name} network has no dropout; set model.dropout=0, got "
@@ -227,9 +231,10 @@ class Autoregressive(contract.Family):
     if m.num_layers < 1 or m.head_features < num_channels:
       raise ValueError(f"config.model.num_layers must be >= 1 and head_features >= "
                        f"{num_channels}, got {m.num_layers} and {m.head_features}.")
-    for field in ("kernel_size", "first_kernel_size"):
-      if m[field] < 3 or m[field] % 2 == 0:
-        raise ValueError(f"config.model.{field} must be odd and >= 3, got {m[field]}.")
+    for field, size in (("kernel_size", m.kernel_size),
+                        ("first_kernel_size", m.first_kernel_size)):
+      if size < 3 or size % 2 == 0:
+        raise ValueError(f"config.model.{field} must be odd and >= 3, got {size}.")
     num_levels = 1 if self.likelihood == "bernoulli" else NUM_LEVELS
     common = dict(num_channels=num_channels, ch=m.ch, num_layers=m.num_layers,
                   kernel_size=m.kernel_size, first_kernel_size=m.first_kernel_size,
@@ -239,7 +244,7 @@ class Autoregressive(contract.Family):
     if name == "gated_pixelcnn":
       return pixelcnn_models.GatedPixelCNN(**common, num_classes=self.num_classes)
     return pixelrnn_models.PixelRNN(**common, layer_type=name,
-                                    skip_connections=bool(m.get("skip_connections", True)))
+                                    skip_connections=bool(m.skip_connections))
 
   # ------------------------------------------------------------------ network
   def _labels(self, batch: dict[str, Any]) -> jax.Array | None:

@@ -100,9 +100,9 @@ class HierarchicalVAE(contract.Family):
     if config.sampling.temperature <= 0:
       raise ValueError("config.sampling.temperature must be > 0, got "
                        f"{config.sampling.temperature}.")
-    self.iwae_samples = config.eval.get("iwae_samples", 0)
+    self.iwae_samples = config.eval.iwae_samples
     if self.iwae_samples:
-      iwae_lib.check_num_samples(self.iwae_samples, config.eval.get("iwae_chunk", 1))
+      iwae_lib.check_num_samples(self.iwae_samples, config.eval.iwae_chunk)
     self.network = hvae_models.HierarchicalVAENetwork(
         image_shape=self.image_shape, enc_blocks=enc, dec_blocks=dec,
         width=config.model.ch, zdim=h.zdim, bottleneck_multiple=h.bottleneck_multiple,
@@ -209,7 +209,7 @@ class HierarchicalVAE(contract.Family):
       bounds = iwae_lib.chunked_log_mean_weight(
           lambda key, n: self.log_importance_weights(params, batch["image"], key, n),
           iwae_rng, num_samples=self.iwae_samples,
-          chunk_size=self.config.eval.get("iwae_chunk", 1))
+          chunk_size=self.config.eval.iwae_chunk)
       out["bpd_iwae"] = -bounds["iwae"] * to_bpd
     return out
 
