@@ -86,6 +86,20 @@ def test_ideal_network_samples_the_data_distribution(kind, method):
     assert 0 < int(nfe) < 4096
 
 
+@pytest.mark.parametrize("kind, refused", [("ve", True), ("vp", True), ("edm", False)])
+def test_edm_heun_churn_stays_in_the_score_networks_range(kind, refused):
+  """An SDE's score network knows sigma up to the SDE's sigma_max, so churn there is
+  refused; EDM's preconditioned network takes any sigma."""
+  family = _family(kind, "edm_heun", s_churn=10.0)
+  params = {"unused": jnp.zeros((1,))}
+  if refused:
+    with pytest.raises(ValueError, match="above its range"):
+      family.sample_with_nfe(params, jax.random.PRNGKey(0), 2)
+    family.config.sampling.s_max = family.config.sde.sigma_max / 2 if kind == "ve" else 1.0
+  images, _ = family.sample_with_nfe(params, jax.random.PRNGKey(0), 2)
+  assert images.shape == (2, 8, 8, 1)
+
+
 @pytest.mark.slow   # the discrete losses' values are checked in tests/test_score_losses.py
 def test_smld_and_ddpm_discrete_losses_train(fast_compile):
   for kind in ("ve", "vp"):

@@ -403,7 +403,10 @@ class ScoreSDE(contract.Family):
       out = sde_sampling.edm_sample(
           denoiser_fn, rng, shape, num_steps=smp.num_steps,
           sigma_min=sigma_min, sigma_max=sigma_max, rho=smp.rho, s_churn=smp.s_churn,
-          s_min=smp.s_min, s_max=smp.s_max, s_noise=smp.s_noise)
+          s_min=smp.s_min, s_max=smp.s_max, s_noise=smp.s_noise,
+          # EDM's preconditioned network takes any sigma; an SDE's score network
+          # only those of t in [sample_eps, T].
+          sigma_limit=None if s.type == "edm" else sigma_max)
     elif s.type in ("vesde", "edm"):   # dpm_solver in sigma space (alpha = 1)
       sigma_min, sigma_max = self._sigma_range()
       out = sde_sampling.dpm_solver_pp_edm_sample(
