@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import ddpm_digits
+from configs import ddpm_base, ddpm_digits
 from evaluation import sample_metrics
 from train import ddpm as ddpm_family
 from train import families, loop, modes, workdir_guard
@@ -233,18 +233,19 @@ def test_resuming_with_a_different_config_is_refused_unless_allowed(tmp_path,
 
 
 def test_fields_added_after_a_run_started_resume_at_their_defaults(tmp_path):
-  """A config.json written before a field existed: the field at its default changes
-  nothing; set to another value, it is a change."""
-  config = tiny_config(2)
-  workdir_guard.check_workdir_config(config, str(tmp_path))
+  """A config.json written before a field existed: the field at its default (the
+  family's base, as main.py passes it) changes nothing; set to another value, it is a
+  change."""
+  config, defaults = tiny_config(2), ddpm_base.get_config()
+  workdir_guard.check_workdir_config(config, str(tmp_path), defaults)
   path = tmp_path / "config.json"
   saved = json.loads(path.read_text())
   del saved["guidance.p_uncond"], saved["diffusion.loss"]   # an older run's config.json
   path.write_text(json.dumps(saved))
-  workdir_guard.check_workdir_config(config, str(tmp_path))
+  workdir_guard.check_workdir_config(config, str(tmp_path), defaults)
   config.diffusion.loss = "hybrid"
   with pytest.raises(ValueError, match=r"diffusion.loss: None -> 'hybrid'"):
-    workdir_guard.check_workdir_config(config, str(tmp_path))
+    workdir_guard.check_workdir_config(config, str(tmp_path), defaults)
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
