@@ -14,10 +14,12 @@ w to trade diversity for class fidelity (see the class_coverage metric of --mode
       --workdir=/tmp/guided_ddpm_digits --mode=eval --config.guidance.weight=1
 """
 
+from configs import config_args
 from configs import ddpm_digits
 
 
 def get_config(arg: str | None = None):
+  config_args.parse(arg, "configs/guided_ddpm_digits.py")
   config = ddpm_digits.get_config(arg)
   config.name = "guided_ddpm_digits"
   config.model.conditional = True       # label embedding, plus the null row

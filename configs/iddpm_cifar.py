@@ -26,52 +26,43 @@ with K respaced steps (sec. 4, Fig. 8); the default samples with all 4000.
 """
 
 import ml_collections
-from ml_collections.config_dict import placeholder
 
-from configs import default
-
-ARGS = ("vlb", "runlocal")
+from configs import config_args
+from configs import ddpm_base
 
 
 def improved_diffusion(config: ml_collections.ConfigDict, *, loss: str = "hybrid"):
-  """Sets the Improved-DDPM fields of config.diffusion and config.sampling.
+  """Sets the Improved-DDPM fields of config.diffusion (configs/ddpm_base.py
+  documents them).
 
   loss='hybrid': L_hybrid with uniform timesteps; loss='vlb': L_vlb with
   importance-sampled timesteps (the paper's two objectives).
   """
   d = config.diffusion
   d.num_timesteps = 4000
-  d.beta_schedule = "cosine"          # eq. 17; beta_start / beta_end are unused
+  d.beta_schedule = "cosine"          # eq. 17
+  # Unused by the cosine schedule; Ho et al.'s range, as in earlier runs' config.json
+  # (which the workdir guard compares on resume).
+  d.beta_start, d.beta_end = 1e-4, 0.02
   d.var_type = "learned_range"        # eq. 15: the U-Net outputs [eps, v]
-  d.loss = loss                       # simple | hybrid (eq. 16) | vlb
+  d.loss = loss                       # hybrid (eq. 16) | vlb
   d.vlb_weight = 0.001                # lambda of L_hybrid (sec. 3.1)
-  # uniform | loss_second_moment: t ~ sqrt(E[L_t^2]) (eq. 18), uniform until every
-  # t has loss_history_size recent losses.
-  d.timestep_sampler = "loss_second_moment" if loss == "vlb" else "uniform"
+  d.timestep_sampler = "loss_second_moment" if loss == "vlb" else "uniform"   # eq. 18
   d.loss_history_size = 10            # recent losses kept per timestep (sec. 3.3)
   d.uniform_prob = 0.001              # uniform mixed into eq. 18, as the paper's code
   d.rescale_timesteps = True          # the network sees t * 1000 / T (paper's code)
-  s = config.sampling
-  s.num_steps = placeholder(int)      # K respaced sampling steps; None = all T
-  s.respacing = "uniform"             # uniform | section counts such as "10,10,5"
   return config
 
 
 def get_config(arg: str | None = None):
-  args = tuple(a for a in (arg or "").split(",") if a)
-  unknown = [a for a in args if a not in ARGS]
-  if unknown:
-    raise ValueError(f"Unknown config argument(s) {unknown}; choose from {ARGS} "
-                     "(comma-separated).")
-  config = default.get_config()
+  args = config_args.parse(arg, "configs/iddpm_cifar.py", choices=("vlb",))
+  config = ddpm_base.get_config()
   config.name = "iddpm_cifar_vlb" if "vlb" in args else "iddpm_cifar"
 
-  config.data.dataset = "cifar10"
-  config.data.image_size = None       # native 32x32
+  config.data.dataset = "cifar10"     # native 32x32
   config.data.random_flip = False     # the paper's code uses no augmentation
 
   model = config.model
-  model.family = "ddpm"
   model.ch = 128
   model.ch_mult = (1, 2, 2, 2)
   model.num_res_blocks = 3
@@ -79,7 +70,6 @@ def get_config(arg: str | None = None):
   model.dropout = 0.3
   model.num_heads = 4                 # the released U-Net's attention heads
   model.scale_shift_norm = True       # timestep embedding scales and shifts the norm
-  model.resamp_with_conv = True
   model.num_groups = 32
 
   improved_diffusion(config, loss="vlb" if "vlb" in args else "hybrid")
@@ -104,20 +94,17 @@ def get_config(arg: str | None = None):
   config.eval.batch_size = 500
   config.eval.vlb_timestep_chunk = 50  # 80 chunks over the 4000 bound terms
 
-  if "runlocal" in args:
+  if config_args.RUNLOCAL in args:
+    config_args.runlocal(config, eval_examples=16)
+    training.log_every_steps = 5
+    training.sample_every_steps = 0
+    config.eval.num_samples = 16
     model.ch = 32
     model.ch_mult = (1, 2)
     model.num_res_blocks = 1
     model.attn_resolutions = (16,)
     training.batch_size = 8
-    training.num_train_steps = 20
-    training.log_every_steps = 5
-    training.checkpoint_every_steps = 10
-    training.sample_every_steps = 0
     config.diffusion.num_timesteps = 100
     config.sampling.num_steps = 10
-    config.eval.num_samples = 16
-    config.eval.num_eval_examples = 16
-    config.eval.batch_size = 16
     config.eval.vlb_timestep_chunk = 25
   return config

@@ -22,65 +22,25 @@ Arguments (comma-separated): 'vlb' trains with L_vlb and importance-sampled
 timesteps instead; 'runlocal' is a seconds-long smoke test.
 """
 
-from configs import default
+from configs import config_args
+from configs import ddpm_base
 from configs import iddpm_cifar
-
-ARGS = ("vlb", "runlocal")
 
 
 def get_config(arg: str | None = None):
-  args = tuple(a for a in (arg or "").split(",") if a)
-  unknown = [a for a in args if a not in ARGS]
-  if unknown:
-    raise ValueError(f"Unknown config argument(s) {unknown}; choose from {ARGS} "
-                     "(comma-separated).")
-  config = default.get_config()
+  args = config_args.parse(arg, "configs/iddpm_digits.py", choices=("vlb",))
+  # The base's digits data, U-Net, optimiser and training length (ddpm_digits.py's).
+  config = ddpm_base.get_config()
   config.name = "iddpm_digits_vlb" if "vlb" in args else "iddpm_digits"
-
-  config.data.dataset = "digits"
-  config.data.image_size = None       # native 8x8
-  config.data.random_flip = False     # digits are not mirror-symmetric
-
-  model = config.model
-  model.family = "ddpm"
-  model.ch = 32
-  model.ch_mult = (1, 2)
-  model.num_res_blocks = 2
-  model.attn_resolutions = (4,)
-  model.dropout = 0.0
-  model.num_groups = 8
 
   iddpm_cifar.improved_diffusion(config, loss="vlb" if "vlb" in args else "hybrid")
   config.diffusion.num_timesteps = 500
   config.sampling.num_steps = 50      # respaced sampling: 50 of the 500 steps
-
-  config.optim.learning_rate = 1e-3
-  config.optim.warmup_steps = 200
-  config.optim.ema_decay = 0.999
-
-  training = config.training
-  training.batch_size = 64
-  training.num_train_steps = 2500
-  training.log_every_steps = 100
-  training.checkpoint_every_steps = 500
-  training.sample_every_steps = 1250
-  training.num_samples_in_grid = 64
-
-  config.sampling.batch_size = 256
-  config.eval.num_samples = 1024
-  config.eval.batch_size = 360        # the whole test split (355) in one padded batch
   config.eval.vlb_timestep_chunk = 50
 
-  if "runlocal" in args:              # a seconds-long smoke test
-    training.num_train_steps = 20
-    training.log_every_steps = 10
-    training.checkpoint_every_steps = 10
-    training.sample_every_steps = 20
-    training.num_samples_in_grid = 4
+  if config_args.RUNLOCAL in args:
+    config_args.runlocal(config)
     config.diffusion.num_timesteps = 40
     config.sampling.num_steps = 10
-    config.eval.num_samples = 8
-    config.eval.num_eval_examples = 32
-    config.eval.batch_size = 32
     config.eval.vlb_timestep_chunk = 10
   return config

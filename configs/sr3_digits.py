@@ -15,10 +15,12 @@ It has no unconditional samples: the training grid and --mode=eval's sample metr
 are off, and super-resolution runs through --edit=superres.
 """
 
+from configs import config_args
 from configs import ddpm_digits
 
 
 def get_config(arg: str | None = None):
+  config_args.parse(arg, "configs/sr3_digits.py")
   config = ddpm_digits.get_config(arg)
   config.name = "sr3_digits"
   config.superres.factor = 2              # 4x4 -> 8x8

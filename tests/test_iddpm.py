@@ -419,7 +419,7 @@ def test_bad_improved_ddpm_settings_raise_before_compiling():
   config.sampling.respacing = '3,x'
   with pytest.raises(ValueError, match='respacing'):
     ddpm_family.DDPM(config, (8, 8, 1), 10)
-  with pytest.raises(ValueError, match='Unknown config argument'):
+  with pytest.raises(ValueError, match="has no argument 'vlbb'"):
     iddpm_cifar.get_config('vlbb')
 
 

@@ -9,7 +9,7 @@ Variances (config.diffusion.var_type): fixed ('fixedlarge', 'fixedsmall') or
 'learned_range' (eq. 15, the U-Net outputs 2C channels [eps, v]). Sampling
 (ancestral or DDIM) can use a respaced subsequence of K timesteps (sec. 4).
 
-Conditioning (configs/default.py: config.guidance, config.text, config.superres):
+Conditioning (configs/ddpm_base.py: config.guidance, config.text, config.superres):
   class labels (model.conditional) or `shapes` captions (text.enabled, a text
   encoder trained jointly, models/text_encoder.py, over datasets/captions.py's
   tokens), with label dropout at rate guidance.p_uncond and classifier-free
@@ -45,27 +45,6 @@ SAMPLERS = ("ancestral", "ddim")
 LOSSES = ("simple", "hybrid", "vlb")
 TIMESTEP_SAMPLERS = ("uniform", "loss_second_moment")
 PREDICTIONS = ("eps", "v")
-
-# Defaults of the Improved-DDPM fields for configs that predate them (the values
-# of a plain DDPM: L_simple, uniform t, no respacing).
-_DIFFUSION_DEFAULTS = dict(loss="simple", vlb_weight=0.001, timestep_sampler="uniform",
-                           loss_history_size=10, uniform_prob=0.001,
-                           rescale_timesteps=False, prediction="eps")
-_SAMPLING_DEFAULTS = dict(num_steps=None, respacing="uniform")
-# ... and of the conditioning sections (configs/default.py documents them).
-_GUIDANCE_DEFAULTS = dict(p_uncond=0.0, weight=0.0)
-_TEXT_DEFAULTS = dict(enabled=False, width=64, num_layers=2, num_heads=4,
-                      cross_attention=False)
-_SUPERRES_DEFAULTS = dict(factor=0, upsample_method="bicubic")
-
-
-def _section(config: ml_collections.ConfigDict, name: str,
-             defaults: dict[str, Any]) -> ml_collections.ConfigDict:
-  """config.<name> completed with `defaults` (configs may predate the section)."""
-  section = config.get(name) or {}
-  return ml_collections.ConfigDict({k: section.get(k, v) for k, v in defaults.items()})
-
-
 
 
 # ------------------------------------------------ importance sampling of t (eq. 18)
@@ -125,24 +104,25 @@ def update_loss_history(loss_history: jax.Array, loss_counts: jax.Array, t: jax.
 
 # ------------------------------------------------------------------- losses
 def eps_from_v(output: jax.Array, x: jax.Array, t: jax.Array,
-               diffusion: diffusion_lib.GaussianDiffusion, channels: int) -> jax.Array:
+               process: diffusion_lib.GaussianDiffusion, channels: int) -> jax.Array:
   """eps = sqrt(abar) v + sqrt(1 - abar) x_t for v = sqrt(abar) eps - sqrt(1 - abar) x0
   (Salimans & Ho 2022, sec. 4). The first `channels` of output are v; learned-variance
   channels pass through. x may carry SR3's condition channels after x_t's."""
-  a, b = diffusion.signal_noise_scales(t, x.ndim)
+  a, b = process.signal_noise_scales(t, x.ndim)
   eps = a * output[..., :channels] + b * x[..., :channels]
   if output.shape[-1] > channels:
     return jnp.concatenate([eps, output[..., channels:]], axis=-1)
   return eps
 
 
-def loss_terms(raw: jax.Array, diffusion: diffusion_lib.GaussianDiffusion, x0: jax.Array,
+def loss_terms(raw: jax.Array, process: diffusion_lib.GaussianDiffusion, x0: jax.Array,
                t: jax.Array, noise: jax.Array, *, var_type: str, loss: str = "simple",
                prediction: str = "eps", vlb_weight: float = 0.001) -> dict[str, jax.Array]:
   """Per-example [B] loss terms of a network output `raw` at x_t = q_sample(x0, t, noise).
 
   A pure function of (model output, targets, noise), callable without a config:
-  raw is eps (or v for prediction='v'), with [.., v] channels appended for
+  process is the forward process (models/diffusion.py's GaussianDiffusion); raw is eps
+  (or v for prediction='v'), with [.., v] channels appended for
   var_type='learned_range'.
   'mse': ||eps - eps_theta||^2 averaged over dimensions (L_simple, Ho et al. eq. 14),
     or ||v - v_theta||^2 for prediction='v'.
@@ -153,15 +133,15 @@ def loss_terms(raw: jax.Array, diffusion: diffusion_lib.GaussianDiffusion, x0: j
     sum_t L_t = L_vlb (up to the constant L_T), so vlb_weight = 0.001 is the paper's
     lambda.
   """
-  x_t = diffusion.q_sample(x0, t, noise)
+  x_t = process.q_sample(x0, t, noise)
   dims = tuple(range(1, x0.ndim))
   v_prediction = prediction == "v"
-  output = eps_from_v(raw, x_t, t, diffusion, x0.shape[-1]) if v_prediction else raw
+  output = eps_from_v(raw, x_t, t, process, x0.shape[-1]) if v_prediction else raw
   eps, v = diffusion_lib.split_model_output(output, x_t, var_type)
   if v_prediction:
     # L_simple on v (Salimans & Ho 2022): ||v - v_theta||^2 = ||eps - eps_theta||^2
     # / abar_t, which weights the low-SNR steps, where a caption's layout is set.
-    a, b = diffusion.signal_noise_scales(t, x0.ndim)
+    a, b = process.signal_noise_scales(t, x0.ndim)
     mse = jnp.mean(jnp.square(raw[..., :x0.shape[-1]] - (a * noise - b * x0)), axis=dims)
   else:
     mse = jnp.mean(jnp.square(eps - noise), axis=dims)
@@ -174,8 +154,8 @@ def loss_terms(raw: jax.Array, diffusion: diffusion_lib.GaussianDiffusion, x0: j
     frozen = jax.lax.stop_gradient(eps)
     output = frozen if v is None else jnp.concatenate([frozen, v], axis=-1)
   terms["vb"] = diffusion_lib.vb_terms_bpd(
-      output, diffusion, x0, x_t, t, var_type=var_type, clip_denoised=False)
-  scaled_vb = diffusion.num_timesteps * terms["vb"]
+      output, process, x0, x_t, t, var_type=var_type, clip_denoised=False)
+  scaled_vb = process.num_timesteps * terms["vb"]
   terms["loss"] = mse + vlb_weight * scaled_vb if loss == "hybrid" else scaled_vb
   return terms
 
@@ -187,28 +167,23 @@ class DDPM(contract.Family):
                num_classes: int):
     self.config = config
     d, m, s = config.diffusion, config.model, config.sampling
-    self.options = ml_collections.ConfigDict(
-        {k: d.get(k, v) for k, v in _DIFFUSION_DEFAULTS.items()})
-    self.sampling_options = ml_collections.ConfigDict(
-        {k: s.get(k, v) for k, v in _SAMPLING_DEFAULTS.items()})
-    opts = self.options
     if d.var_type not in VAR_TYPES:
       raise ValueError(f"config.diffusion.var_type={d.var_type!r}; choose {VAR_TYPES}.")
-    if opts.loss not in LOSSES:
-      raise ValueError(f"config.diffusion.loss={opts.loss!r}; choose {LOSSES}.")
-    if opts.prediction not in PREDICTIONS:
-      raise ValueError(f"config.diffusion.prediction={opts.prediction!r}; choose "
+    if d.loss not in LOSSES:
+      raise ValueError(f"config.diffusion.loss={d.loss!r}; choose {LOSSES}.")
+    if d.prediction not in PREDICTIONS:
+      raise ValueError(f"config.diffusion.prediction={d.prediction!r}; choose "
                        f"{PREDICTIONS}.")
-    if opts.timestep_sampler not in TIMESTEP_SAMPLERS:
-      raise ValueError(f"config.diffusion.timestep_sampler={opts.timestep_sampler!r}; "
+    if d.timestep_sampler not in TIMESTEP_SAMPLERS:
+      raise ValueError(f"config.diffusion.timestep_sampler={d.timestep_sampler!r}; "
                        f"choose {TIMESTEP_SAMPLERS}.")
-    if not opts.vlb_weight >= 0.0:
-      raise ValueError(f"config.diffusion.vlb_weight={opts.vlb_weight} must be >= 0.")
-    if not (isinstance(opts.loss_history_size, int) and opts.loss_history_size >= 1):
+    if not d.vlb_weight >= 0.0:
+      raise ValueError(f"config.diffusion.vlb_weight={d.vlb_weight} must be >= 0.")
+    if not (isinstance(d.loss_history_size, int) and d.loss_history_size >= 1):
       raise ValueError("config.diffusion.loss_history_size must be a positive integer, "
-                       f"got {opts.loss_history_size!r}.")
-    if not 0.0 <= opts.uniform_prob <= 1.0:
-      raise ValueError(f"config.diffusion.uniform_prob={opts.uniform_prob} must be in "
+                       f"got {d.loss_history_size!r}.")
+    if not 0.0 <= d.uniform_prob <= 1.0:
+      raise ValueError(f"config.diffusion.uniform_prob={d.uniform_prob} must be in "
                        "[0, 1].")
     if s.method not in SAMPLERS:
       raise ValueError(f"config.sampling.method={s.method!r}; choose {SAMPLERS}.")
@@ -217,12 +192,10 @@ class DDPM(contract.Family):
     if m.conditional and num_classes <= 0:
       raise ValueError(f"config.model.conditional=True but {config.data.dataset!r} has "
                        "no class labels.")
-    guidance = _section(config, "guidance", _GUIDANCE_DEFAULTS)
-    self.text = _section(config, "text", _TEXT_DEFAULTS)
-    self.superres = _section(config, "superres", _SUPERRES_DEFAULTS)
+    guidance = config.guidance
+    self.text, self.superres = config.text, config.superres
     self._check_conditioning(config, image_shape)
-    self.respaced = (self.sampling_options.num_steps is not None
-                     or self.sampling_options.respacing != "uniform")
+    self.respaced = s.num_steps is not None or s.respacing != "uniform"
     if (s.method == "ddim" and not self.respaced
         and not 1 <= s.ddim_steps <= d.num_timesteps):
       raise ValueError(f"config.sampling.ddim_steps={s.ddim_steps} must be in "
@@ -247,10 +220,9 @@ class DDPM(contract.Family):
         # SR3 takes 2C input channels but predicts the C of eps all the same.
         out_channels=2 * channels if self.learned_variance else channels,
         num_classes=self.num_classes, num_groups=m.num_groups,
-        num_heads=m.get("num_heads", 1), scale_shift_norm=m.get("scale_shift_norm", False),
-        dtype=DTYPES[m.dtype], fused_attention=m.get("fused_attention", False),
-        remat=m.get("remat", False),
-        coordinate_channels=m.get("coordinate_channels", False),
+        num_heads=m.num_heads, scale_shift_norm=m.scale_shift_norm,
+        dtype=DTYPES[m.dtype], fused_attention=m.fused_attention, remat=m.remat,
+        coordinate_channels=m.coordinate_channels,
         cross_attention=self.text_conditioned and bool(self.text.cross_attention))
     if self.text_conditioned:
       # The caption vector joins the time embedding, as a class embedding does;
@@ -270,8 +242,7 @@ class DDPM(contract.Family):
     # The process the samplers walk: all T steps, or K respaced ones (sec. 4).
     if self.respaced:
       self.sampling_timesteps = diffusion_lib.respaced_timesteps(
-          d.num_timesteps, self.sampling_options.num_steps,
-          self.sampling_options.respacing)
+          d.num_timesteps, s.num_steps, s.respacing)
       if self.sampling_timesteps.shape[0] < 2:
         raise ValueError("Respaced sampling needs at least 2 steps; raise "
                          "config.sampling.num_steps.")
@@ -360,9 +331,9 @@ class DDPM(contract.Family):
       y = None if y is None else y[:1]
     params = self.model.init({"params": rng}, x, t, y, train=False)["params"]
     model_state = {}
-    if self.options.timestep_sampler == "loss_second_moment":
-      model_state = init_loss_history(self.diffusion.num_timesteps,
-                                      self.options.loss_history_size)
+    d = self.config.diffusion
+    if d.timestep_sampler == "loss_second_moment":
+      model_state = init_loss_history(self.diffusion.num_timesteps, d.loss_history_size)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                       opt_state=self.tx.init(params), rng=jax.random.fold_in(rng, 1),
                       model_state=model_state, tx=self.tx)
@@ -381,14 +352,15 @@ class DDPM(contract.Family):
     sampler, guidance and the likelihood see eps.
     """
     network = self._network_fn(params, y, train=train, rng=rng)
-    if self.options.prediction == "eps":
+    if self.config.diffusion.prediction == "eps":
       return network
     return lambda x, t: self.eps_from_v(network(x, t), x, t)  # noqa: E731
 
   def _network_fn(self, params, y=None, *, train=False, rng=None):
     """The raw network output at (x_t, t): eps or v (config.diffusion.prediction)."""
     rngs = {"dropout": rng} if train else {}
-    scale = 1000.0 / self.diffusion.num_timesteps if self.options.rescale_timesteps else None
+    rescale = self.config.diffusion.rescale_timesteps
+    scale = 1000.0 / self.diffusion.num_timesteps if rescale else None
 
     def fn(x, t):
       t_in = t if scale is None else t.astype(jnp.float32) * scale
@@ -411,10 +383,9 @@ class DDPM(contract.Family):
     x_t = self.diffusion.q_sample(x0, t, noise)
     raw = self._network_fn(params, y, train=train, rng=dropout_rng)(
         self._network_input(x_t, condition_image), t).astype(jnp.float32)
-    o = self.options
-    return loss_terms(raw, self.diffusion, x0, t, noise,
-                      var_type=self.config.diffusion.var_type, loss=o.loss,
-                      prediction=o.prediction, vlb_weight=o.vlb_weight)
+    d = self.config.diffusion
+    return loss_terms(raw, self.diffusion, x0, t, noise, var_type=d.var_type, loss=d.loss,
+                      prediction=d.prediction, vlb_weight=d.vlb_weight)
 
   def _loss_and_aux(self, params, batch, rng, model_state):
     condition_image = None
@@ -430,11 +401,12 @@ class DDPM(contract.Family):
     y = self.conditioning.drop(y, jax.random.fold_in(rng, 3))
     b = x0.shape[0]
     num_timesteps = self.diffusion.num_timesteps
-    if self.options.timestep_sampler == "loss_second_moment":
+    d = self.config.diffusion
+    if d.timestep_sampler == "loss_second_moment":
       if not model_state:  # no history given: the sampler's uniform start
-        model_state = init_loss_history(num_timesteps, self.options.loss_history_size)
+        model_state = init_loss_history(num_timesteps, d.loss_history_size)
       probs = timestep_probabilities(model_state["loss_history"],
-                                     model_state["loss_counts"], self.options.uniform_prob)
+                                     model_state["loss_counts"], d.uniform_prob)
       t, weights = sample_timesteps(t_rng, probs, b)
     else:
       t = jax.random.randint(t_rng, (b,), 0, num_timesteps)
@@ -456,16 +428,17 @@ class DDPM(contract.Family):
                                                    loss=loss)
     terms = aux["terms"]
     model_state = state.model_state
-    if self.options.loss != "simple":
+    d = self.config.diffusion
+    if d.loss != "simple":
       metrics.update(mse=jnp.mean(terms["mse"]), vb_bpd=jnp.mean(terms["vb"]))
-    if self.options.timestep_sampler == "loss_second_moment":
+    if d.timestep_sampler == "loss_second_moment":
       # The unweighted per-example losses, as in the paper's code.
       history, counts = update_loss_history(
           model_state["loss_history"], model_state["loss_counts"], aux["t"],
           jax.lax.stop_gradient(terms["loss"]))
       model_state = dict(loss_history=history, loss_counts=counts)
       metrics["timestep_sampler_warm"] = jnp.all(
-          counts >= self.options.loss_history_size).astype(jnp.float32)
+          counts >= d.loss_history_size).astype(jnp.float32)
     return new_state.replace(model_state=model_state), metrics
 
   # ---------------------------------------------------------------- evaluation
@@ -547,8 +520,7 @@ class DDPM(contract.Family):
                       upsample_method=self.superres.upsample_method)
     if self.respaced:
       num_steps = int(self.sampling_timesteps.shape[0])
-      settings.update(respacing=str(self.sampling_options.respacing),
-                      num_steps=num_steps, nfe=num_steps)
+      settings.update(respacing=str(s.respacing), num_steps=num_steps, nfe=num_steps)
       if s.method == "ancestral":
         settings.update(var_type=d.var_type)
       else:
