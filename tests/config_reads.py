@@ -6,9 +6,10 @@ Used by tests/test_config_fields.py. A read is an attribute chain on a config va
   m = config.model; m.ch     d, s = config.diffusion, config.sampling; d.loss
   self.v = config.vdm; ...   self.v.gamma_min
   def f(optim_config): optim_config.learning_rate     (a `<section>_config` parameter)
+  def f(optim: ml_collections.ConfigDict): optim.learning_rate
 
-Config values are `config`, `self.config`, `<section>_config` parameters and names
-assigned from them. Reads that cannot be resolved statically are reported as
+Config values are `config`, `self.config`, `<section>_config` parameters, parameters
+named after a section and annotated ConfigDict, and names assigned from them. Reads that cannot be resolved statically are reported as
 `unresolved` (a default through `.get`, a subscript, `getattr`, iteration), so that
 the code stays readable by this parser: a field is read by name or not at all.
 """
@@ -91,11 +92,15 @@ class _Scanner(ast.NodeVisitor):
     args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
     for arg in args:
       section = arg.arg[:-len("_config")] if arg.arg.endswith("_config") else arg.arg
+      annotated_config = (arg.annotation is not None
+                          and "ConfigDict" in ast.unparse(arg.annotation))
       if arg.arg == "config":
         scope["config"] = ()
-      elif section in self.sections:
+      elif arg.arg.endswith("_config") and section in self.sections:
         scope[arg.arg] = (section,)
-      elif arg.annotation is not None and "ConfigDict" in ast.unparse(arg.annotation):
+      elif annotated_config and section in self.sections:   # def f(optim: ConfigDict)
+        scope[arg.arg] = (section,)
+      elif annotated_config:
         scope[arg.arg] = (_UNNAMED + arg.arg,)   # a config of unknown section
     for default in node.args.defaults + node.args.kw_defaults:
       if default is not None:

@@ -151,8 +151,8 @@ class F:
   def probes(self):
     return self.config.model.get("dropout", 0.0), self.config.model["k"], \\
         getattr(self.config.model, "x")
-def make(optim_config, unrelated):
-  return optim_config.learning_rate, unrelated.ch
+def make(optim_config, unrelated, model):
+  return optim_config.learning_rate, unrelated.ch, model.dropout
 def unnamed(cfg: ml_collections.ConfigDict):
   return cfg.model
 '''
