@@ -16,7 +16,8 @@ from train import loop
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_NAMES = sorted(os.path.basename(p)[:-3]
                       for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
-                      if not p.endswith("__init__.py"))
+                      if os.path.basename(p) not in ("__init__.py", "bases.py",
+                                                     "config_args.py"))
 # Shared bases that experiment configs build on; they name no experiment.
 BASES = {n for n in CONFIG_NAMES if n == "default" or n.endswith("_base")}
 EXPERIMENTS = [n for n in CONFIG_NAMES if n not in BASES]
