@@ -1,4 +1,5 @@
-"""What every sampler shares: where its initial sample x_T comes from."""
+"""What every sampler shares: where its initial sample x_T comes from, and the labels
+of class-conditional samples."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -22,3 +23,11 @@ def initial_sample(x_init: jax.Array | None, shape: Sequence[int],
     raise ValueError(f'x_init has shape {x_init.shape}; the samples have shape '
                      f'{tuple(shape)}.')
   return x_init
+
+
+def cycled_labels(num_samples: int, num_classes: int) -> jax.Array | None:
+  """Class labels 0, 1, ..., num_classes - 1, 0, 1, ... for num_samples samples, so that
+  every class is drawn equally often; None for an unconditional model (num_classes 0)."""
+  if num_classes <= 0:
+    return None
+  return jnp.arange(num_samples, dtype=jnp.int32) % num_classes

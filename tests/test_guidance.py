@@ -6,6 +6,7 @@ import pytest
 
 from models.diffusion import GaussianDiffusion, get_beta_schedule
 from models.unet import UNet
+from sampling.common import cycled_labels
 from sampling.ddpm import ancestral_sample, ddim_sample
 from sampling.guidance import (
     Conditioning, classifier_free_guidance, combine_guidance, drop_labels,
@@ -218,3 +219,9 @@ def test_conditioning_guide_is_eq_6():
   with pytest.raises(ValueError, match='unconditional'):
     Conditioning().guide(model_fn, y)
   assert c.guided and not Conditioning('class', num_classes=3, null_value=3).guided
+
+
+def test_cycled_labels_draw_every_class_equally_often():
+  assert cycled_labels(5, 0) is None
+  np.testing.assert_array_equal(cycled_labels(7, 3), [0, 1, 2, 0, 1, 2, 0])
+  assert cycled_labels(7, 3).dtype == jnp.int32

@@ -46,6 +46,7 @@ from models import logistic_mixture
 from models import pixelcnn as pixelcnn_models
 from models import pixelcnnpp
 from models import pixelrnn as pixelrnn_models
+from sampling import common as sampling_common
 from sampling import fast_autoregressive
 from train import contract
 from train import optim as optim_lib
@@ -317,8 +318,7 @@ class Autoregressive(contract.Family):
   # ----------------------------------------------------------------- sampling
   def sample(self, params, rng: jax.Array, num_samples: int) -> jax.Array:
     """uint8 NHWC samples; conditional models cycle the classes; binary data 0 / 255."""
-    y = (jnp.arange(num_samples, dtype=jnp.int32) % self.num_classes
-         if self.num_classes else None)
+    y = sampling_common.cycled_labels(num_samples, self.num_classes)
     shape = (num_samples, *self.image_shape)
     if self.likelihood == "logistic_mixture":
       num_mixtures = self.config.model.nr_logistic_mix

@@ -33,6 +33,7 @@ from evaluation import ddpm_likelihood
 from models import diffusion as diffusion_lib
 from models import text_encoder
 from models import unet
+from sampling import common as sampling_common
 from sampling import ddpm as ddpm_sampling
 from sampling import editing
 from sampling import guidance as guidance_lib
@@ -306,9 +307,7 @@ class DDPM(contract.Family):
     if self.text_conditioned:
       f = shapes.cycling_caption_factors(num_samples)
       return captions.tokens_from_factors(f["shape"], f["colour"], f["position"])
-    if self.num_classes:
-      return jnp.arange(num_samples, dtype=jnp.int32) % self.num_classes
-    return None
+    return sampling_common.cycled_labels(num_samples, self.num_classes)
 
   def _network_input(self, x_t: jax.Array, condition_image: jax.Array | None):
     """x_t, or SR3's [x_t, upsampled low-res] along channels."""

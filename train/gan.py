@@ -48,6 +48,7 @@ import optax
 from datasets import transforms
 from models import gan as gan_models
 from models import stylegan2
+from sampling import common as sampling_common
 from train import contract, diffaugment, gan_losses
 from train import optim as optim_lib
 from train.state import TrainState, ema_update
@@ -424,8 +425,7 @@ class GAN(contract.Family):
     s = self.config.sampling
     z_rng, noise_rng = jax.random.split(rng)
     z = self.sample_latents(z_rng, num_samples, s.truncation)
-    labels = (jnp.arange(num_samples, dtype=jnp.int32) % self.num_classes
-              if self.num_classes else None)
+    labels = sampling_common.cycled_labels(num_samples, self.num_classes)
     kwargs = {}
     if self.is_stylegan:
       kwargs = dict(truncation_psi=float(s.truncation_psi))

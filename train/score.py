@@ -44,6 +44,7 @@ from datasets import transforms
 from evaluation import ode_likelihood
 from models import diffusion as diffusion_lib
 from models import ncsnpp, sde as sde_lib, unet
+from sampling import common as sampling_common
 from sampling import guidance as guidance_lib
 from sampling import sde_samplers as sde_sampling
 from train import contract
@@ -384,8 +385,7 @@ class ScoreSDE(contract.Family):
     if condition is not None:
       y = jnp.asarray(condition, jnp.int32)
     else:
-      y = (jnp.arange(num_samples, dtype=jnp.int32) % self.num_classes
-           if self.num_classes else None)
+      y = sampling_common.cycled_labels(num_samples, self.num_classes)
     shape = (num_samples, *self.image_shape)
     score_fn, denoiser_fn = self.guided_fns(params, y)
     if smp.method == "pc":

@@ -38,6 +38,8 @@ import ml_collections
 
 from models import distributions
 from models import vdm as vdm_models
+from sampling import common as sampling_common
+from sampling import guidance as guidance_lib
 from train import contract
 from train import optim as optim_lib
 from train.state import DTYPES, TrainState
@@ -218,6 +220,11 @@ class VDM(contract.Family):
     self.image_shape = tuple(image_shape)
     self.num_dims = math.prod(self.image_shape)
     self.num_classes = num_classes if m.conditional else 0
+    # Class labels as the DDPM and score families hold them; VDM trains no null
+    # condition (no classifier-free guidance), so the null label is never drawn.
+    self.conditioning = guidance_lib.Conditioning(
+        kind="class" if self.num_classes else "none", num_classes=self.num_classes,
+        null_value=self.num_classes)
     self.score_model = vdm_models.ScoreUNet(
         ch=m.ch, num_res_blocks=m.num_res_blocks, dropout=m.dropout,
         num_groups=m.num_groups, fourier_exponents=tuple(m.fourier_exponents),
@@ -246,7 +253,7 @@ class VDM(contract.Family):
                       tx=self.tx)
 
   def _labels(self, batch):
-    return batch["label"].astype(jnp.int32) if self.num_classes else None
+    return batch["label"].astype(jnp.int32) if self.conditioning.is_conditional else None
 
   def gamma_fn(self, schedule_params) -> GammaFn:
     """t -> gamma(t) = -log SNR(t), for t of any shape."""
@@ -257,7 +264,8 @@ class VDM(contract.Family):
                                                jnp.asarray(t, jnp.float32))
 
   def eps_fn(self, score_params, y=None, *, train=False, rng=None) -> EpsFn:
-    """eps_hat(z_t, gamma_t); gamma_t is a scalar or [B]."""
+    """eps_hat(z_t, gamma_t); gamma_t is a scalar or [B]; y: labels of a conditional model."""
+    self.conditioning.check(y)
     rngs = {"dropout": rng} if train else {}
     return lambda z, gamma: self.score_model.apply(
         {"params": score_params}, z, gamma, y, train=train, rngs=rngs)
@@ -370,8 +378,7 @@ class VDM(contract.Family):
   def sample(self, params, rng: jax.Array, num_samples: int) -> jax.Array:
     """uint8 NHWC samples by ancestral sampling; conditional models cycle the classes."""
     s = self.config.sampling
-    y = (jnp.arange(num_samples, dtype=jnp.int32) % self.num_classes
-         if self.num_classes else None)
+    y = sampling_common.cycled_labels(num_samples, self.conditioning.num_classes)
     gamma = self.gamma_fn(params["schedule"])
     z_rng, x_rng = jax.random.split(rng)
     z_0 = ancestral_sample(self.eps_fn(params["score"], y), gamma, z_rng,

@@ -41,6 +41,7 @@ from etils import epath
 from datasets import transforms
 from models import distributions
 from models import vqvae as vq
+from sampling import common as sampling_common
 from train import contract
 from train import optim as optim_lib
 from train.checkpoint import Checkpointer
@@ -470,8 +471,7 @@ class VQVAE(contract.Family):
     """Codes [N, h, w, G] from the prior, one latent at a time (raster order, then the
     G latents of a position) in one lax.fori_loop; key of latent t: fold_in(rng, t)."""
     h, w, g = self.autoencoder.latent_shape
-    y = (jnp.arange(num_samples, dtype=jnp.int32) % self.num_classes
-         if self.num_classes else None)
+    y = sampling_common.cycled_labels(num_samples, self.num_classes)
 
     def body(t, canvas):
       i, rest = jnp.divmod(t, w * g)
