@@ -6,7 +6,7 @@ checkpoint, sample and eval (the family's config then shrinks its network too).
 Other arguments are the config's own variants (a paper's ablation, a loss):
 
   def get_config(arg: str | None = None):
-    args = config_args.parse(arg, "configs/iddpm_cifar.py", choices=("cosine",))
+    args = config_args.parse(arg, "configs/iddpm_cifar.py", choices=("vlb",))
     ...
     if "runlocal" in args:
       config_args.runlocal(config)
