@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import default
 from models import distributions
-from tests.test_train_loop import tiny_config
 from train import contract, families, loop, modes, optim
 from train.state import TrainState
 
@@ -131,10 +131,19 @@ def test_the_smallest_family_runs_through_the_loop(tmp_path, monkeypatch, fast_c
   and samples through the loop: before training its bound is exactly 8 bits/dim (a
   uniform categorical), after a few steps it is lower."""
   monkeypatch.setitem(families.FAMILIES, "pixel_marginals", PixelMarginals)
-  config = tiny_config(num_train_steps=0)
+  # configs/default.py is all such a family needs: it reads no field of its own.
+  config = default.get_config()
   config.model.family = "pixel_marginals"
+  config.data.data_dir = os.environ.get("TFDS_DATA_DIR")
   config.optim.learning_rate, config.optim.warmup_steps = 0.05, 0
   config.sampling.use_ema = False
+  t = config.training
+  t.batch_size, t.num_train_steps, t.async_checkpointing = 8, 0, False
+  t.log_every_steps = t.checkpoint_every_steps = 2
+  t.sample_every_steps = 0
+  config.eval.num_eval_examples, config.eval.batch_size, config.eval.num_samples = 16, 8, 6
+  config.eval.sample_metrics = "none"
+  config.sampling.batch_size = 4
   loop.train_and_evaluate(config, str(tmp_path / "untrained"))
   report = json.loads((tmp_path / "untrained" / "eval" / "step_00000000.json").read_text())
   assert report["bpd"] == pytest.approx(8.0, abs=1e-5)
