@@ -25,6 +25,33 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+# CI sets TESTS_FORBID_SKIPS=1 after installing the test extras (requirements-test.txt):
+# there, a skipped test (a missing reference such as torch or diffusers) is a failure,
+# so that the parity tests against outside code cannot silently stop running.
+FORBID_SKIPS = os.environ.get("TESTS_FORBID_SKIPS") == "1"
+
+
+def _forbid(report) -> None:
+  if FORBID_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+    reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+    report.outcome = "failed"
+    report.longrepr = f"skipped, and TESTS_FORBID_SKIPS=1 forbids skips: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  del item, call
+  outcome = yield
+  _forbid(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+  del collector
+  outcome = yield
+  _forbid(outcome.get_result())   # a module-level importorskip
+
+
 @pytest.fixture
 def fast_compile():
   """Turns off most XLA optimisations: tests whose cost is compile time run faster.
