@@ -19,6 +19,8 @@ Dtype = Any
 # The reference asks for scale 0 on the last layer of each residual branch and
 # replaces it by 1e-10, since variance scaling needs a positive scale.
 ZERO_INIT_SCALE = 1e-10
+# tf.contrib.layers.group_norm's epsilon, which the reference used.
+GROUP_NORM_EPSILON = 1e-6
 
 
 def default_init(scale: float = 1.0) -> nn.initializers.Initializer:
@@ -66,10 +68,11 @@ def group_norm(channels: int, num_groups: int, dtype: Dtype,
                name: str | None = None) -> nn.GroupNorm:
   """GroupNorm with num_norm_groups(channels, num_groups) groups.
 
-  Epsilon 1e-6 as in tf.contrib.layers.group_norm used by the reference.
+  Epsilon GROUP_NORM_EPSILON (1e-6) as in tf.contrib.layers.group_norm used by the
+  reference.
   """
   return nn.GroupNorm(num_groups=num_norm_groups(channels, num_groups),
-                      epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
+                      epsilon=GROUP_NORM_EPSILON, dtype=dtype, param_dtype=jnp.float32,
                       name=name)
 
 

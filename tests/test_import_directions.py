@@ -8,10 +8,11 @@ Layers, bottom to top; a package imports only what its row names:
   sampling/, evaluation/   datasets/, models/, sampling/, evaluation/
   train/        the above and train/
   main.py       the above and configs/
+  convert/      the above and convert/ (published checkpoints -> workdirs; not main)
   benchmarks/   the above, main and benchmarks/
 
 So configs/ and datasets/ are the two bottom packages and do not import each
-other; only main.py and benchmarks/ import configs/ (library code receives a
+other; only main.py, convert/ and benchmarks/ import configs/ (library code receives a
 ConfigDict; it never reads a config module). Further:
   - no family module (a value of train/families.py's FAMILIES, found by parsing
     that file) imports another family module: code two families share lives
@@ -34,7 +35,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("configs", "datasets", "models", "sampling", "evaluation", "train",
-            "benchmarks")
+            "convert", "benchmarks")
 _LIBRARY = ("datasets", "models", "sampling", "evaluation")
 ALLOWED = {
     "configs": ("configs",),
@@ -44,6 +45,7 @@ ALLOWED = {
     "evaluation": _LIBRARY,
     "train": _LIBRARY + ("train",),
     "main": _LIBRARY + ("train", "configs"),
+    "convert": _LIBRARY + ("train", "configs", "convert"),
     "benchmarks": _LIBRARY + ("train", "configs", "main", "benchmarks"),
 }
 # Top-level names that are project code outside these rows: never imported.
@@ -359,6 +361,8 @@ def lazy():
   assert _rules("from train import loop\nimport sampling.ddpm\n"
                 "from configs import default\n",
                 "benchmarks/b.py") == []
+  assert _rules("from configs import bases\nfrom train import run\n", "convert/c.py") == []
+  assert _rules("import main\n", "convert/c.py") == [(1, "layer", "main")]
 
 
 def test_checker_reads_families_from_the_dict():
