@@ -67,7 +67,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.nr_resnet = 1                 # gated ResNet blocks per level and stream (paper: 5)
   model.nr_logistic_mix = 5           # discretized logistics per pixel (paper: 10)
 
-  config.optim.optimizer = "adam"
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 100
   config.optim.grad_clip_norm = 1.0
@@ -79,18 +78,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ~70 epochs of the 1,442 training digits: test bits/dim stop improving around here
   # (the model starts to overfit; 3000 steps gave a worse test bpd).
   training.num_train_steps = 1500
-  training.log_every_steps = 100
   training.checkpoint_every_steps = 500
   training.sample_every_steps = 750
-  training.num_samples_in_grid = 64
 
   # naive: one network evaluation on the whole canvas per sub-pixel (per pixel for
   # the mixture), any network | fast: the same draws from cached activations, one
   # pixel's worth of network per sub-pixel (pixelcnn, gated_pixelcnn;
   # sampling/fast_autoregressive.py). 'naive_autoregressive' is an older name of naive.
   config.sampling.method = "naive"
-  config.sampling.use_ema = True
-  config.sampling.batch_size = 256
   config.eval.num_samples = 1024
   config.eval.batch_size = 360        # the whole test split (355) in one padded batch
 

@@ -100,7 +100,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   training = config.training
   training.batch_size = 64
   training.num_train_steps = 2500
-  training.log_every_steps = 100
   training.checkpoint_every_steps = 500
   training.sample_every_steps = 1250
 

@@ -62,17 +62,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   training = config.training
   training.batch_size = 64
   training.num_train_steps = 4000
-  training.log_every_steps = 100
   training.checkpoint_every_steps = 1000
   training.sample_every_steps = 2000
-  training.num_samples_in_grid = 64
   # Skipped updates keep NaNs out of the weights; a NaN loss on a skipped step is
   # counted in the 'skipped' metric rather than stopping the run.
   training.halt_on_nonfinite = False
 
   config.sampling.temperature = 1.0   # scales every prior's standard deviation (> 0)
-  config.sampling.use_ema = True
-  config.sampling.batch_size = 256
   config.eval.num_samples = 1024
   config.eval.batch_size = 360        # the whole test split (355) in one padded batch
   # k of the importance-weighted bound 'bpd_iwae' (0: the ELBO only), and draws per

@@ -61,16 +61,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   training = config.training
   training.batch_size = 64
   training.num_train_steps = 3000
-  training.log_every_steps = 100
   training.checkpoint_every_steps = 1000
   training.sample_every_steps = 1500
-  training.num_samples_in_grid = 64
 
   # mean | sample: sample and reconstruction images show the decoder's mean (Bernoulli:
   # the probabilities as grey levels) or a draw from p(x|z). Mixtures are always drawn.
   config.sampling.decoder_output = "mean"
-  config.sampling.use_ema = True
-  config.sampling.batch_size = 256
   config.eval.num_samples = 1024
   config.eval.batch_size = 360        # the whole test split (355) in one padded batch
   config.eval.iwae_samples = 1000     # k of the importance-weighted bound

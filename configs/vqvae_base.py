@@ -86,7 +86,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   training = config.training
   training.batch_size = 64
   training.num_train_steps = 2000
-  training.log_every_steps = 100
   training.checkpoint_every_steps = 1000
   training.sample_every_steps = 1000
   config.eval.num_samples = 1024
