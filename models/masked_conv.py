@@ -40,6 +40,14 @@ def channel_groups(num_features: int, num_groups: int, num_parts: int = 1) -> np
   return (np.arange(num_features) % per_part) * num_groups // per_part
 
 
+def check_kernel_sizes(kernel_size: int, first_kernel_size: int) -> None:
+  """Masked convolutions centre their kernel on the output pixel: odd sizes >= 3 only
+  (config.model.kernel_size, config.model.first_kernel_size)."""
+  for field, size in (("kernel_size", kernel_size), ("first_kernel_size", first_kernel_size)):
+    if size < 3 or size % 2 == 0:
+      raise ValueError(f"config.model.{field} must be odd and >= 3, got {size}.")
+
+
 def causal_mask(kernel_size: tuple[int, int], in_features: int, out_features: int, *,
                 mask_type: str, num_groups: int, center: tuple[int, int] | None = None,
                 out_parts: int = 1) -> np.ndarray:

@@ -42,6 +42,7 @@ import ml_collections
 
 from datasets import transforms
 from models import distributions
+from models import masked_conv
 from models import logistic_mixture
 from models import pixelcnn as pixelcnn_models
 from models import pixelcnnpp
@@ -232,10 +233,7 @@ class Autoregressive(contract.Family):
     if m.num_layers < 1 or m.head_features < num_channels:
       raise ValueError(f"config.model.num_layers must be >= 1 and head_features >= "
                        f"{num_channels}, got {m.num_layers} and {m.head_features}.")
-    for field, size in (("kernel_size", m.kernel_size),
-                        ("first_kernel_size", m.first_kernel_size)):
-      if size < 3 or size % 2 == 0:
-        raise ValueError(f"config.model.{field} must be odd and >= 3, got {size}.")
+    masked_conv.check_kernel_sizes(m.kernel_size, m.first_kernel_size)
     num_levels = 1 if self.likelihood == "bernoulli" else NUM_LEVELS
     common = dict(num_channels=num_channels, ch=m.ch, num_layers=m.num_layers,
                   kernel_size=m.kernel_size, first_kernel_size=m.first_kernel_size,

@@ -40,6 +40,7 @@ from etils import epath
 
 from datasets import transforms
 from models import distributions
+from models import masked_conv
 from models import vqvae as vq
 from sampling import common as sampling_common
 from train import contract
@@ -302,10 +303,7 @@ class VQVAE(contract.Family):
     if m.num_layers < 1 or m.embed_dim < 1:
       raise ValueError(f"config.model.num_layers and embed_dim must be >= 1, got "
                        f"{m.num_layers} and {m.embed_dim}.")
-    for field, value in (("kernel_size", m.kernel_size),
-                         ("first_kernel_size", m.first_kernel_size)):
-      if value < 3 or value % 2 == 0:
-        raise ValueError(f"config.model.{field} must be odd and >= 3, got {value}.")
+    masked_conv.check_kernel_sizes(m.kernel_size, m.first_kernel_size)
     return vq.CodePrior(
         num_codes=self.autoencoder.num_codes, latents_per_position=groups, network=m.name,
         embed_dim=m.embed_dim, ch=m.ch, num_layers=m.num_layers,
