@@ -13,7 +13,7 @@ import pytest
 import datasets
 from configs import vqvae_cifar, vqvae_digits
 from models import vqvae as vq
-from train import families, loop
+from train import loop
 from train import run as run_lib
 from train import vqvae as vqvae_family
 
@@ -181,7 +181,6 @@ def _digits_config(stage_arg, data_dir):
 def stage1(tmp_path_factory):
   """A 150-step stage-1 run on digits: K=16 codes of D=8 on a 4x4 map."""
   jax.config.update("jax_disable_most_optimizations", True)
-  families.FAMILIES["vqvae"] = vqvae_family.VQVAE
   try:
     config = _digits_config(None, os.environ.get("TFDS_DATA_DIR"))
     config.vq.num_codes = K_TEST
@@ -193,7 +192,6 @@ def stage1(tmp_path_factory):
     state = loop.train_and_evaluate(config, workdir)
     yield config, workdir, state
   finally:
-    families.FAMILIES.pop("vqvae", None)
     jax.config.update("jax_disable_most_optimizations", False)
 
 
