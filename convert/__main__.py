@@ -29,11 +29,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
       "config", None, "The experiment config the weights belong to, e.g. "
       "configs/ddpm_cifar.py (its --config.<field> overrides work).", lock_config=True,
       flag_values=flag_values, sys_argv=argv)
-  flags.DEFINE_enum("from", None, list(workdir_lib.FORMATS), "The source's format.",
+  flags.DEFINE_enum("from", None, sorted(workdir_lib.FORMATS), "The source's format: " +
+                    "; ".join(f"{name}: {form.description}"
+                              for name, form in sorted(workdir_lib.FORMATS.items())) + ".",
                     flag_values=flag_values)
-  flags.DEFINE_string("source", None, "The downloaded folder (diffusers: config.json "
-                      "and diffusion_pytorch_model.safetensors or .bin, possibly in "
-                      "unet/).", flag_values=flag_values)
+  flags.DEFINE_string("source", None, "The downloaded file or folder, as --from names.",
+                      flag_values=flag_values)
   flags.DEFINE_string("workdir", None, "A new workdir for the checkpoint.",
                       flag_values=flag_values)
   flags.DEFINE_integer("step", 0, "The step the checkpoint is saved at.",

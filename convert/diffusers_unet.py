@@ -24,11 +24,8 @@ Conv weights OIHW -> HWIO, linear (out, in) -> (in, out), GroupNorm weight -> sc
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
-import json
+import functools
 import os
-import pickle
 import re
 from typing import Any
 
@@ -36,6 +33,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from convert import common
 from models import layers
 
 CONFIG_FILE = "config.json"
@@ -76,21 +74,7 @@ _DEPRECATED_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v",
 _MODULE = re.compile(r"(down|up)_(\d+)_(block|attn)_(\d+)|(down|up)_(\d+)_(down|up)sample")
 
 
-@dataclasses.dataclass
-class Converted:
-  """The project's parameters and where they came from."""
-  params: dict[str, Any]        # models/unet.py's tree of float32 numpy arrays
-  files: dict[str, str]         # every file read (absolute path) -> its SHA-256
-  unet_config: dict[str, Any]   # config.json as read
-  scheduler_config: dict[str, Any] | None
-  num_tensors: int
-
-
 # ----------------------------------------------------------------------- reading
-def sha256_bytes(data: bytes) -> str:
-  return hashlib.sha256(data).hexdigest()
-
-
 def unet_folder(source: str) -> str:
   """The folder holding the U-Net's config.json: `source` or `source`/unet."""
   for folder in (os.path.join(source, "unet"), source):
@@ -98,68 +82,6 @@ def unet_folder(source: str) -> str:
       return folder
   raise ValueError(f"No {CONFIG_FILE} in {source} or {os.path.join(source, 'unet')}: "
                    "--source must be a diffusers UNet2DModel (or pipeline) folder.")
-
-
-def _read_json(path: str, files: dict[str, str]) -> dict[str, Any]:
-  with open(path, "rb") as f:
-    data = f.read()
-  files[os.path.abspath(path)] = sha256_bytes(data)
-  try:
-    value = json.loads(data)
-  except ValueError as error:
-    raise ValueError(f"{path} is not valid JSON ({error}).") from None
-  if not isinstance(value, dict):
-    raise ValueError(f"{path} holds {type(value).__name__}, not a JSON object.")
-  return value
-
-
-def read_safetensors(data: bytes, path: str) -> dict[str, np.ndarray]:
-  """The tensors of a .safetensors file's bytes (no torch, no unpickling)."""
-  import safetensors
-  import safetensors.numpy
-  try:
-    return safetensors.numpy.load(data)
-  except (safetensors.SafetensorError, KeyError, ValueError, TypeError) as error:
-    raise ValueError(f"{path} is not a readable safetensors file "
-                     f"({type(error).__name__}: {error}).") from None
-
-
-def _first_line(error: Exception, marker: str) -> str:
-  """The line of a long error message that holds `marker` (any case), else its first."""
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  return next((line for line in lines if marker.lower() in line.lower()),
-              lines[0] if lines else "")
-
-
-def read_torch_bin(data: bytes, path: str) -> dict[str, np.ndarray]:
-  """A PyTorch state dict's tensors via torch.load(weights_only=True) only."""
-  try:
-    import torch
-  except ImportError:
-    raise ValueError(f"{path} is a PyTorch pickle: reading it needs torch (pip install "
-                     "torch), or convert the folder's .safetensors file instead.") from None
-  try:
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as error:
-    raise ValueError(
-        f"{path} holds more than tensors and is refused (torch.load(weights_only=True): "
-        f"{_first_line(error, 'global')}); no code from a checkpoint is "
-        "ever run.") from None
-  except (RuntimeError, EOFError, OSError, ValueError) as error:
-    raise ValueError(f"{path} is not a readable PyTorch checkpoint "
-                     f"({type(error).__name__}: {_first_line(error, 'error')}).") from None
-  if not isinstance(state, dict):
-    raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of "
-                     "tensors.")
-  tensors = {}
-  for name, value in state.items():
-    if not isinstance(name, str) or not isinstance(value, torch.Tensor):
-      raise ValueError(f"{path}: entry {name!r} is a {type(value).__name__}, not a "
-                       "tensor.")
-    # numpy has no bfloat16: floats go through float32, which holds them exactly.
-    value = value.detach().cpu()
-    tensors[name] = (value.float() if value.is_floating_point() else value).numpy()
-  return tensors
 
 
 @dataclasses.dataclass
@@ -179,13 +101,13 @@ def read_folder(source: str) -> Folder:
   folder = unet_folder(source)
   files: dict[str, str] = {}
   config_path = os.path.join(folder, CONFIG_FILE)
-  config = _read_json(config_path, files)
+  config = common.read_json(config_path, files)
   scheduler = scheduler_path = None
   # A pipeline's scheduler/ beside unet/, or the lone U-Net's scheduler_config.json.
   for path in (os.path.join(source, "scheduler", SCHEDULER_FILE),
                os.path.join(folder, SCHEDULER_FILE)):
     if os.path.isfile(path):
-      scheduler, scheduler_path = _read_json(path, files), path
+      scheduler, scheduler_path = common.read_json(path, files), path
       break
   weights = next((os.path.join(folder, name) for name in WEIGHT_FILES
                   if os.path.isfile(os.path.join(folder, name))), None)
@@ -193,10 +115,9 @@ def read_folder(source: str) -> Folder:
     present = sorted(os.listdir(folder))
     raise ValueError(f"No {' or '.join(WEIGHT_FILES)} in {folder} (it holds {present}); "
                      "sharded or other checkpoint files are not supported.")
-  with open(weights, "rb") as f:
-    data = f.read()
-  files[os.path.abspath(weights)] = sha256_bytes(data)
-  read = read_safetensors if weights.endswith(".safetensors") else read_torch_bin
+  data = common.read_bytes(weights, files)
+  read = (common.read_safetensors if weights.endswith(".safetensors")
+          else common.read_torch_state_dict)
   return Folder(tensors=read(data, weights), config=config, config_path=config_path,
                 weights_path=weights, scheduler=scheduler, scheduler_path=scheduler_path,
                 files=files)
@@ -413,48 +334,21 @@ def renamed_deprecated(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def convert_tensors(tensors: dict[str, np.ndarray], abstract_params: Any,
                     path: str) -> dict[str, Any]:
-  """The project's parameter tree from diffusers tensors, every name and shape checked.
-
-  Raises a one-line ValueError naming the first tensor with no place in the project's
-  U-Net, the first one missing, or the first of a wrong shape or type.
-  """
+  """The project's parameter tree from diffusers tensors, every name and shape checked
+  (common.assemble: one-line errors naming the first unmapped, missing or mis-shaped
+  tensor)."""
   flat = traverse_util.flatten_dict(abstract_params)
   num_levels = 1 + max(int(m.group(2)) for key in flat
                        if (m := _MODULE.fullmatch(key[0])) and m.group(1) == "down")
-  tensors = renamed_deprecated(tensors)
-  wanted = {}
-  for key, leaf in flat.items():
-    try:
-      name, layout = diffusers_name(key, num_levels)
-    except KeyError:
-      raise ValueError(f"The project's parameter {'/'.join(key)} has no counterpart in "
-                       "a diffusers UNet2DModel (check config.model and config.text / "
-                       "config.superres).") from None
-    wanted[name] = (key, layout, tuple(leaf.shape))
-  unmapped = [name for name in tensors if name not in wanted]
-  if unmapped:
-    raise ValueError(f"{path}: tensor {unmapped[0]!r} has no place in the project's "
-                     f"U-Net ({len(unmapped)} such tensor(s)).")
-  missing = [name for name in wanted if name not in tensors]
-  if missing:
-    raise ValueError(f"{path}: tensor {missing[0]!r} (the project's "
-                     f"{'/'.join(wanted[missing[0]][0])}) is missing ({len(missing)} "
-                     "missing).")
-  params = {}
-  for name, (key, layout, shape) in wanted.items():
-    array = tensors[name]
-    if tuple(array.shape) != torch_shape(shape, layout):
-      raise ValueError(f"{path}: tensor {name!r} has shape {tuple(array.shape)}, but the "
-                       f"project's {'/'.join(key)} needs {torch_shape(shape, layout)}.")
-    if not np.issubdtype(array.dtype, np.floating):
-      raise ValueError(f"{path}: tensor {name!r} is {array.dtype}, not floating point.")
-    params[key] = np.ascontiguousarray(to_project(array, layout), dtype=np.float32)
-  return traverse_util.unflatten_dict(params)
+  return common.assemble(
+      renamed_deprecated(tensors), abstract_params,
+      functools.partial(diffusers_name, num_levels=num_levels), torch_shape, to_project,
+      path, "a diffusers UNet2DModel")
 
 
 def convert(source: str, model: ml_collections.ConfigDict,
             diffusion: ml_collections.ConfigDict, image_shape: tuple[int, ...],
-            abstract_params: Any) -> Converted:
+            abstract_params: Any) -> common.Converted:
   """Reads `source` and returns the project's parameters; every check passes first.
 
   `abstract_params`: the family's parameter tree (shapes suffice, jax.eval_shape).
@@ -465,5 +359,20 @@ def convert(source: str, model: ml_collections.ConfigDict,
   if folder.scheduler is not None:
     check_scheduler_config(folder.scheduler, diffusion, folder.scheduler_path)
   params = convert_tensors(folder.tensors, abstract_params, folder.weights_path)
-  return Converted(params=params, files=folder.files, unet_config=folder.config,
-                   scheduler_config=folder.scheduler, num_tensors=len(folder.tensors))
+  return common.Converted(
+      params=params, files=folder.files, num_tensors=len(folder.tensors),
+      details=dict(unet_config=folder.config, scheduler_config=folder.scheduler))
+
+
+def convert_for_config(source: str, config: ml_collections.ConfigDict,
+                       image_shape: tuple[int, ...], abstract_params: Any
+                       ) -> common.Converted:
+  return convert(source, config.model, config.diffusion, image_shape, abstract_params)
+
+
+FORMAT = common.Format(
+    families=("ddpm",), source="folder",
+    description="a diffusers UNet2DModel folder (config.json and "
+    "diffusion_pytorch_model.safetensors or .bin, possibly in unet/), e.g. "
+    "google/ddpm-cifar10-32",
+    convert=convert_for_config)

@@ -20,13 +20,14 @@ from absl import logging
 from etils import epath
 
 import datasets
-from convert import diffusers_unet
+from convert import common, diffusers_unet
 from train import families
 from train.checkpoint import absolute_path
 from train.run import INIT, Run, validate_config
 from train.workdir_guard import check_workdir_config
 
-FORMATS = ("diffusers",)
+# --from= choices, each a module's common.Format.
+FORMATS: dict[str, common.Format] = {"diffusers": diffusers_unet.FORMAT}
 
 
 def check_empty(workdir: str) -> None:
@@ -46,14 +47,17 @@ def convert_to_workdir(config: ml_collections.ConfigDict, workdir: str, source: 
   Raises ValueError (one line, naming the first problem) before writing anything.
   """
   if source_format not in FORMATS:
-    raise ValueError(f"--from={source_format!r}; choose {FORMATS}.")
-  if config.model.family != "ddpm":
-    raise ValueError(f"A diffusers UNet2DModel converts to config.model.family='ddpm' "
-                     f"(models/unet.py), not {config.model.family!r}.")
+    raise ValueError(f"--from={source_format!r}; choose from {sorted(FORMATS)}.")
+  form = FORMATS[source_format]
+  if config.model.family not in form.families:
+    raise ValueError(f"--from={source_format} converts to config.model.family in "
+                     f"{form.families}, not {config.model.family!r}.")
   if not isinstance(step, int) or step < 0:
     raise ValueError(f"--step must be an integer >= 0, got {step!r}.")
-  if not os.path.isdir(source):
-    raise ValueError(f"--source={source!r} is not a folder.")
+  is_right_kind = os.path.isdir if form.source == "folder" else os.path.isfile
+  if not is_right_kind(source):
+    raise ValueError(f"--source={source!r} is not a {form.source}: --from="
+                     f"{source_format} reads {form.description}.")
   validate_config(config)
   check_empty(workdir)
   # The same family and parameter tree Run restores into (shapes only: nothing runs).
@@ -61,8 +65,7 @@ def convert_to_workdir(config: ml_collections.ConfigDict, workdir: str, source: 
   family, _ = families.build_family(config, info.image_shape, info.num_classes)
   init_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), INIT)
   abstract = jax.eval_shape(family.init, init_rng, info.example_batch())
-  converted = diffusers_unet.convert(source, config.model, config.diffusion,
-                                     info.image_shape, abstract.params)
+  converted = form.convert(source, config, tuple(info.image_shape), abstract.params)
 
   # Everything is checked: from here on the workdir is written.
   check_workdir_config(config, workdir, defaults)
@@ -79,8 +82,7 @@ def convert_to_workdir(config: ml_collections.ConfigDict, workdir: str, source: 
         converted_from=dict(
             format=source_format, source=absolute_path(source),
             files={absolute_path(p): sha for p, sha in sorted(converted.files.items())},
-            num_tensors=converted.num_tensors, unet_config=converted.unet_config,
-            scheduler_config=converted.scheduler_config,
+            num_tensors=converted.num_tensors, **converted.details,
             created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat()))
     run.checkpointer.save(step, state.checkpoint_tree(), metadata)
     run.checkpointer.wait()

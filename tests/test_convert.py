@@ -258,7 +258,7 @@ def _malformed(tmp_path, folder, case) -> str:
 
 @pytest.mark.parametrize("case,match", [
     ("missing", r"tensor 'conv_out.bias' \(the project's conv_out/bias\) is missing"),
-    ("extra", r"tensor 'extra.weight' has no place in the project's U-Net"),
+    ("extra", r"tensor 'extra.weight' has no place in the project's network"),
     ("shape", r"tensor 'conv_in.weight' has shape \(32, 3, 2, 3\), but the project's "
               r"conv_in/kernel needs \(32, 3, 3, 3\)"),
     ("truncated", r"is not a readable safetensors file"),
@@ -318,6 +318,6 @@ def test_scheduler_must_match_the_forward_process():
 
 def test_only_the_ddpm_family_converts(small, tmp_path):
   config = bases.base_config("vae")
-  with pytest.raises(ValueError, match="family='ddpm'"):
+  with pytest.raises(ValueError, match=r"family in \('ddpm',\), not 'vae'"):
     workdir_lib.convert_to_workdir(config, str(tmp_path / "w"), small[1])
   assert not (tmp_path / "w").exists()
