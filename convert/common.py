@@ -29,13 +29,18 @@ class Converted:
   files: dict[str, str]         # every file read (absolute path) -> its SHA-256
   num_tensors: int
   details: dict[str, Any] = dataclasses.field(default_factory=dict)  # -> metadata
+  # The EMA weights where the source holds them apart from the raw ones (then params
+  # are the raw weights); None: params are what both params and ema_params get.
+  ema_params: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Format:
   """One --from= choice: which families it converts into and how it reads."""
   families: tuple[str, ...]
-  source: str     # "folder" or "file": what --source must be
+  # What --source must be: "folder", "file" or "tf_checkpoint" (a TensorFlow checkpoint
+  # prefix P, with P.index beside P.data-*).
+  source: str
   description: str
   # (source, config, image_shape, abstract_params) -> Converted; raises ValueError.
   convert: Callable[[str, ml_collections.ConfigDict, tuple[int, ...], Any], Converted]

@@ -2,8 +2,9 @@
 
 The family is built and initialised as `train.run.Run` does; params AND ema_params are
 replaced by the converted weights (published DDPM weights are the EMA weights, and
-`--mode=eval` samples from ema_params by default); the optimizer state is a fresh one
-for them; the checkpoint and workdir/config.json are written by the training loop's
+`--mode=eval` samples from ema_params by default; a source that holds raw and EMA
+weights apart gives the raw ones to params); the optimizer state is a fresh one
+for params; the checkpoint and workdir/config.json are written by the training loop's
 own Checkpointer and workdir guard. Every check runs before anything is written.
 """
 
@@ -20,14 +21,23 @@ from absl import logging
 from etils import epath
 
 import datasets
-from convert import common, diffusers_unet
+from convert import common, ddpm_tf, diffusers_unet
 from train import families
 from train.checkpoint import absolute_path
 from train.run import INIT, Run, validate_config
 from train.workdir_guard import check_workdir_config
 
 # --from= choices, each a module's common.Format.
-FORMATS: dict[str, common.Format] = {"diffusers": diffusers_unet.FORMAT}
+FORMATS: dict[str, common.Format] = {
+    "diffusers": diffusers_unet.FORMAT,
+    "ddpm_tf": ddpm_tf.FORMAT,
+}
+# What each Format.source kind accepts as --source.
+SOURCE_KINDS = {
+    "folder": os.path.isdir,
+    "file": os.path.isfile,
+    "tf_checkpoint": lambda prefix: os.path.isfile(ddpm_tf.index_path(prefix)),
+}
 
 
 def check_empty(workdir: str) -> None:
@@ -54,9 +64,9 @@ def convert_to_workdir(config: ml_collections.ConfigDict, workdir: str, source: 
                      f"{form.families}, not {config.model.family!r}.")
   if not isinstance(step, int) or step < 0:
     raise ValueError(f"--step must be an integer >= 0, got {step!r}.")
-  is_right_kind = os.path.isdir if form.source == "folder" else os.path.isfile
-  if not is_right_kind(source):
-    raise ValueError(f"--source={source!r} is not a {form.source}: --from="
+  if not SOURCE_KINDS[form.source](source):
+    kind = form.source.replace("_", " ")
+    raise ValueError(f"--source={source!r} is not a {kind}: --from="
                      f"{source_format} reads {form.description}.")
   validate_config(config)
   check_empty(workdir)
@@ -73,8 +83,10 @@ def convert_to_workdir(config: ml_collections.ConfigDict, workdir: str, source: 
   try:
     state = run.init_or_restore()
     params = jax.device_put(converted.params, run.replicated)
+    ema_params = params if converted.ema_params is None else jax.device_put(
+        converted.ema_params, run.replicated)
     state = state.replace(step=jax.device_put(jnp.asarray(step, jnp.int32), run.replicated),
-                          params=params, ema_params=params,
+                          params=params, ema_params=ema_params,
                           opt_state=jax.jit(state.tx.init,
                                             out_shardings=run.replicated)(params))
     metadata = dict(

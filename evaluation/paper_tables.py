@@ -58,6 +58,8 @@ class PublishedResult:
   bounds: Mapping[str, str] = dataclasses.field(default_factory=dict)
   display: Mapping[str, str] = dataclasses.field(default_factory=dict)
   notes: str = ""
+  # How the paper computed its FID/IS, where not PROTOCOL's (CIFAR-10) way.
+  protocol: str = ""
 
   def cell(self, metric: str) -> str:
     """The published value as a table cell ('' when the paper gave none)."""
@@ -123,6 +125,9 @@ STYLEGAN2_ADA = Paper("Karras et al. 2020",
                       "2006.06676")
 
 _LE = {"nll_bpd": "<="}
+# DDPM's appendix B: "On LSUN, we calculated FID scores on 50000 samples using code from
+# the StyleGAN2 repository."
+_LSUN_FID = "FID: 50k samples, StyleGAN2's FID code, against the LSUN training images."
 _LE_NATS = {"nll_nats": "<="}
 R = PublishedResult
 
@@ -257,6 +262,22 @@ PUBLISHED: dict[str, tuple[PublishedResult, ...]] = {
           source="Table 1 (quoted in configs/vae_binarized_mnist.py)"),
         R("VAE, 2 stochastic layers, k=5000 estimate", IWAE, "mnist",
           {"nll_nats": "85.33"}, notes="needs the two-layer model"),
+    ),
+    # LSUN 256x256 (DDPM Table 3).
+    "ddpm_church256": (
+        R("DDPM, L_simple", DDPM, "lsun/church_outdoor", {"fid": "7.89"},
+          source="Table 3", notes="114M U-Net", protocol=_LSUN_FID),
+    ),
+    "ddpm_bedroom256": (
+        R("DDPM, L_simple", DDPM, "lsun/bedroom", {"fid": "6.36"}, source="Table 3",
+          notes="114M U-Net", protocol=_LSUN_FID),
+        R("DDPM, L_simple, large", DDPM, "lsun/bedroom", {"fid": "4.90"},
+          source="Table 3", notes="needs the 256M-parameter variant",
+          protocol=_LSUN_FID),
+    ),
+    "ddpm_cat256": (
+        R("DDPM, L_simple", DDPM, "lsun/cat", {"fid": "19.75"}, source="Table 3",
+          notes="114M U-Net", protocol=_LSUN_FID),
     ),
     "iwae_binarized_mnist": (
         R("IWAE, k=50, 1 stochastic layer", IWAE, "mnist", {"nll_nats": "84.78"},

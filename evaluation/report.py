@@ -168,9 +168,10 @@ def markdown_report(results: Sequence[Mapping[str, Any]],
                    config_name, f"{result['step']}, {where}", cells, f"[{len(notes)}]"))
     for row in published.get(config_name, ()):
       sample_metric = any(m in row.values or m in row.display for m in ("fid", "is"))
+      protocol = row.protocol or paper_tables.PROTOCOL
       notes.append(f"{row.model}: {row.citation()}."
                    f"{' ' + row.notes + '.' if row.notes else ''}"
-                   f"{' ' + paper_tables.PROTOCOL if sample_metric else ''}")
+                   f"{' ' + protocol if sample_metric else ''}")
       papers[row.paper.cite()] = row
       rows.append((f"published: {row.model} ({row.paper.authors})", config_name,
                    row.dataset, {c: row.cell(c) for c, _ in COLUMNS},
