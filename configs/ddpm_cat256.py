@@ -14,7 +14,8 @@ centre-cropped and resized to 256x256.
   huggingface-cli download google/ddpm-cat-256 --local-dir ddpm-cat-256
   python -m convert --from=diffusers --source=ddpm-cat-256 \\
       --config=configs/ddpm_cat256.py --workdir=runs/ddpm_cat256_published
-  python -m convert --from=ddpm_tf --source=diffusion_lsun_cat_model/model.ckpt-1761000 \\
+  python -m convert --from=ddpm_tf \\
+      --source=diffusion_lsun_cat_model/model.ckpt-1761000 \\
       --config=configs/ddpm_cat256.py --workdir=runs/ddpm_cat256_tf
   python main.py --config=configs/ddpm_cat256.py --workdir=runs/ddpm_cat256_published \\
       --mode=eval

@@ -1,4 +1,5 @@
-"""DDPM on CelebA-HQ 256x256: Ho et al. 2020, "Denoising Diffusion Probabilistic Models".
+"""DDPM on CelebA-HQ 256x256: Ho et al. 2020, "Denoising Diffusion Probabilistic
+Models".
 
 configs/ddpm_church256.py's network, forward process, optimizer and protocol (Appendix
 B, and the released scripts/run_celebahq.py) on CelebA-HQ, with random flips, for 0.5M

@@ -1,4 +1,5 @@
-"""DDPM on LSUN Church 256x256: Ho et al. 2020, "Denoising Diffusion Probabilistic Models".
+"""DDPM on LSUN Church 256x256: Ho et al. 2020, "Denoising Diffusion Probabilistic
+Models".
 
 The paper's 256x256 network and training (Appendix B, and the authors' released
 scripts/run_lsun.py): T=1000, linear betas 1e-4 to 0.02; U-Net with ch=128,

@@ -51,10 +51,10 @@ PUBLISHED_256 = dict(
 # Its scheduler_config.json.
 PUBLISHED_256_SCHEDULER = dict(
     _class_name="DDPMScheduler", _diffusers_version="0.1.1", beta_end=0.02,
-    beta_schedule="linear", beta_start=0.0001, clip_sample=True, num_train_timesteps=1000,
-    trained_betas=None, variance_type="fixed_small")
-# google/ddpm-cifar10-32's (tests/test_convert.py): the diffusers twin of the TF CIFAR-10
-# network.
+    beta_schedule="linear", beta_start=0.0001, clip_sample=True,
+    num_train_timesteps=1000, trained_betas=None, variance_type="fixed_small")
+# google/ddpm-cifar10-32's (tests/test_convert.py): the diffusers twin of the TF
+# CIFAR-10 network.
 PUBLISHED_32 = dict(
     sample_size=32, block_out_channels=[128, 256, 256, 256], layers_per_block=2,
     down_block_types=["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
@@ -70,7 +70,7 @@ CONFIGS_256 = (ddpm_church256, ddpm_bedroom256, ddpm_cat256, ddpm_celebahq256)
 
 # ------------------------------------------------------------------------ helpers
 def diffusers_config(published: dict, ch: int, groups: int, size: int) -> dict:
-  """`published` without its bookkeeping fields, at base width `ch` and `size` pixels."""
+  """`published` without its bookkeeping fields, at base width `ch`, `size` pixels."""
   config = {k: v for k, v in published.items() if not k.startswith("_")}
   scale = ch / published["block_out_channels"][0]
   config.update(block_out_channels=[int(w * scale) for w in published[
@@ -133,9 +133,9 @@ def test_256_configs_have_the_papers_settings():
     assert (c.model.ch, tuple(c.model.ch_mult), c.model.num_res_blocks,
             tuple(c.model.attn_resolutions), c.model.dropout) == (
                 128, (1, 1, 2, 2, 4, 4), 2, (16,), 0.0)
-    assert (c.diffusion.num_timesteps, c.diffusion.beta_schedule, c.diffusion.beta_start,
-            c.diffusion.beta_end, c.diffusion.var_type) == (1000, "linear", 1e-4, 0.02,
-                                                            "fixedsmall")
+    d = c.diffusion
+    assert (d.num_timesteps, d.beta_schedule, d.beta_start, d.beta_end, d.var_type) == (
+        1000, "linear", 1e-4, 0.02, "fixedsmall")
     assert (c.optim.optimizer, c.optim.learning_rate, c.optim.warmup_steps,
             c.optim.grad_clip_norm, c.optim.ema_decay, c.training.batch_size) == (
                 "adam", 2e-5, 5000, 1.0, 0.9999, 64)
@@ -180,6 +180,7 @@ def test_narrow_256_network_output_equals_diffusers(tmp_path, fast_compile):
   assert converted.num_tensors == 450 == len(unet.state_dict())
   difference = max_difference(family, converted.params, unet, image_shape)
   assert difference < TOLERANCE, f"max |project - diffusers| = {difference:.3g}"
+  print(f"diffusers 256x256 layout: max |project - diffusers| = {difference:.3g}")
 
 
 # ------------------------------------------------------------ TF checkpoints
@@ -193,7 +194,8 @@ def narrow(shapes: dict, factor: int) -> dict:
 def write_tf_checkpoint(prefix: str, tensors: dict) -> None:
   """A TF2 checkpoint (.index + .data) holding exactly `tensors` under their names."""
   names = sorted(tensors)
-  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
+                    shape_and_slices=[""] * len(names),
                     tensors=[tensors[n] for n in names])
 
 
@@ -328,8 +330,9 @@ def test_tf_checkpoint_output_equals_diffusers(name, tmp_path, fast_compile):
     np.testing.assert_array_equal(flat_ema[key], tensors[tf_name + ddpm_tf.EMA_SUFFIX])
   num_network = len(flat_params)
   assert converted.num_tensors == 2 * num_network
-  assert converted.details == dict(num_variables=len(tensors), num_ignored=2 * num_network
-                                   + 3, ema=True, global_step=790_000)
+  assert converted.details == dict(num_variables=len(tensors),
+                                   num_ignored=2 * num_network + 3, ema=True,
+                                   global_step=790_000)
   assert sorted(os.path.basename(p) for p in converted.files) == [
       "model.ckpt-790000.data-00000-of-00001", "model.ckpt-790000.index"]
   case = CASES[name]
@@ -414,12 +417,15 @@ def _malformed(tmp_path, case: str) -> str:
   _, _, prefix, tensors = tf_case("cifar10", tmp_path / "good")
   source = str(tmp_path / "bad" / "model.ckpt-790000")
   os.makedirs(os.path.dirname(source))
-  if case in ("truncated_data", "truncated_index"):
+  if case in ("truncated_data", "truncated_index", "corrupted_data"):
     for suffix in (".index", ".data-00000-of-00001"):
       with open(prefix + suffix, "rb") as f:
-        data = f.read()
+        data = bytearray(f.read())
       if case == f"truncated_{'index' if suffix == '.index' else 'data'}":
         data = data[:len(data) // 2]
+      if case == "corrupted_data" and suffix != ".index":
+        for i in range(0, len(data), 997):    # every tensor's checksum fails
+          data[i] ^= 0xFF
       with open(source + suffix, "wb") as f:
         f.write(data)
     return source
@@ -443,7 +449,8 @@ def _malformed(tmp_path, case: str) -> str:
 
 
 @pytest.mark.parametrize("case,match", [
-    ("missing", r"tensor 'model/conv_out/b' \(the project's conv_out/bias\) is missing"),
+    ("missing", r"tensor 'model/conv_out/b' \(the project's conv_out/bias\) is "
+                r"missing"),
     ("missing_ema", r"tensor 'model/conv_out/b/ExponentialMovingAverage' \(the "
                     r"project's conv_out/bias\) is missing"),
     ("extra", r"tensor 'model/extra/W' has no place in the project's network"),
@@ -453,6 +460,8 @@ def _malformed(tmp_path, case: str) -> str:
     ("integer", r"tensor 'model/conv_in/b' is int32, not floating point"),
     ("truncated_data", r"is not a readable TensorFlow checkpoint"),
     ("truncated_index", r"is not a readable TensorFlow checkpoint"),
+    ("corrupted_data", r"is not a readable TensorFlow checkpoint .*Checksum does not "
+                       r"match"),
     ("directory", r"is not a tf checkpoint: --from=ddpm_tf reads"),
 ])
 def test_malformed_checkpoints_fail_before_writing(tmp_path, monkeypatch, case, match):
@@ -512,7 +521,8 @@ def test_manifest_files_are_sorted_as_a_checkpoint_lists_them():
   for manifest in ("ddpm_tf_cifar10", "ddpm_tf_256"):
     names = list(manifests.read(manifest))
     assert names == sorted(names)
-    assert all(re.fullmatch(r"model/[\w/]+|beta[12]_power|global_step", n) for n in names)
+    assert all(re.fullmatch(r"model/[\w/]+|beta[12]_power|global_step", n)
+               for n in names)
 
 
 def test_the_meta_graph_is_never_read(tmp_path):
