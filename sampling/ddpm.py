@@ -6,7 +6,8 @@ change the loop's structure (shape, var_type, num_steps, eta, spacing, clipping)
 are Python values, checked before tracing.
 
 Randomness: x_T is drawn from `split(rng)[0]` (or given as `x_init`); the noise of
-loop iteration i from `fold_in(split(rng)[1], i)`.
+loop iteration i from `fold_in(split(rng)[1], i)` (or given as `noise[i]`, to replay
+another implementation's draws: tests/test_scheduler_parity.py).
 
 Respacing (Nichol & Dhariwal 2021, sec. 4): pass the respaced process
 (`models.diffusion.respaced_diffusion(betas, kept)`) as `diffusion` and the
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.diffusion import GaussianDiffusion, VAR_TYPES
-from sampling.common import initial_sample
+from sampling.common import initial_sample, step_noise, step_noises
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 DDIM_SPACINGS = ('uniform', 'quadratic')
@@ -78,18 +79,22 @@ def ancestral_sample(
     clip_denoised: bool = True,
     timestep_map: Sequence[int] | None = None,
     x_init: jax.Array | None = None,
+    noise: jax.Array | None = None,
 ) -> SampleOutput:
   """Algorithm 2 of Ho et al.: x_{t-1} = mu(x_t, t) + sigma_t z, z = 0 at t = 0.
 
   One eps_fn call per step of `diffusion`, so nfe = its num_timesteps (K on a
   respaced process, see the module docstring). With clip_denoised the last
   step returns the clipped x_0 prediction (the posterior mean at t = 0 is x_0).
+  noise: [num_timesteps, *shape], z of loop iteration i (t = T - 1 - i) in row i
+  instead of the rng's; the last row (t = 0) is multiplied by 0.
   """
   shape = _check_shape(shape)
   if var_type not in VAR_TYPES:
     raise ValueError(f'Unknown var_type {var_type!r}; choose one of {VAR_TYPES}.')
   eps_fn = _network_fn(eps_fn, _model_timesteps(diffusion, timestep_map))
   num_timesteps = diffusion.num_timesteps
+  noise = step_noises(noise, (num_timesteps, *shape))
   init_rng, loop_rng = jax.random.split(rng)
   x_init = initial_sample(x_init, shape,
                           lambda: jax.random.normal(init_rng, shape, jnp.float32))
@@ -100,10 +105,11 @@ def ancestral_sample(
     eps = eps_fn(x_t, t_batch)
     mean, _, log_variance, _ = diffusion.p_mean_variance(
         eps, x_t, t_batch, var_type=var_type, clip_denoised=clip_denoised)
-    noise = jax.random.normal(jax.random.fold_in(loop_rng, i), shape, jnp.float32)
+    z = step_noise(noise, i, lambda: jax.random.normal(
+        jax.random.fold_in(loop_rng, i), shape, jnp.float32))
     # No noise on the last step (t = 0): the sample is the decoder's mean.
     noise_scale = jnp.where(t > 0, jnp.exp(0.5 * log_variance), 0.0)
-    return mean + noise_scale * noise
+    return mean + noise_scale * z
 
   images = jax.lax.fori_loop(0, num_timesteps, step, x_init)
   return SampleOutput(images=images, nfe=num_timesteps)
@@ -143,6 +149,7 @@ def ddim_sample(
     clip_denoised: bool = True,
     timestep_map: Sequence[int] | None = None,
     x_init: jax.Array | None = None,
+    noise: jax.Array | None = None,
 ) -> SampleOutput:
   """DDIM, Song et al. 2021 eq. 12, over the subsequence `ddim_timesteps`.
 
@@ -157,6 +164,8 @@ def ddim_sample(
   On a respaced process (`timestep_map`, see the module docstring) the
   subsequence is taken from its K steps: num_steps=K visits all of them.
   A learned-variance eps_fn may return [eps, v]; DDIM uses only eps.
+  noise: [num_steps, *shape], z of loop iteration i (the i-th step taken) in row i
+  instead of the rng's; read only when eta > 0.
   """
   shape = _check_shape(shape)
   eps_fn = _network_fn(eps_fn, _model_timesteps(diffusion, timestep_map))
@@ -165,6 +174,7 @@ def ddim_sample(
   eta = float(eta)
   if not eta >= 0.0:
     raise ValueError(f'eta must be >= 0, got {eta}.')
+  noise = step_noises(noise, (num_steps, *shape))
   prev_timesteps = np.append(-1, timesteps[:-1])
   timesteps = jnp.asarray(timesteps, dtype=jnp.int32)
   prev_timesteps = jnp.asarray(prev_timesteps, dtype=jnp.int32)
@@ -189,9 +199,9 @@ def ddim_sample(
     if eta > 0.0:
       variance = (eta**2 * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
                   * (1.0 - alpha_bar / alpha_bar_prev))
-      noise = jax.random.normal(
-          jax.random.fold_in(loop_rng, i), shape, jnp.float32)
-      x_prev = x_prev + jnp.sqrt(variance) * noise
+      z = step_noise(noise, i, lambda: jax.random.normal(
+          jax.random.fold_in(loop_rng, i), shape, jnp.float32))
+      x_prev = x_prev + jnp.sqrt(variance) * z
     else:
       variance = 0.0
     # eta > 1 can make sigma^2 exceed 1 - abar_prev; eq. 12 then drops eps.

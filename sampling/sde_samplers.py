@@ -16,7 +16,9 @@ models/sde.py turns a score into the other two (`data_prediction_from_score`,
 NFE is the number of model evaluations: a Python int for the fixed-step samplers
 and an int32 scalar for the adaptive ODE sampler. Randomness: the initial noise
 comes from `split(rng)[0]` (or is given as `x_init`, x_T at the first level, to
-compare samplers on one draw), the noise of step i from `fold_in(split(rng)[1], i)`.
+compare samplers on one draw), the noise of step i from `fold_in(split(rng)[1], i)`
+(pc_sample also takes the draws as `noise`, to replay another implementation's:
+tests/test_scheduler_parity.py).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.sde import SDE, VESDE, VPSDE, broadcast_to_rank, edm_sigma_schedule
-from sampling.common import initial_sample
+from sampling.common import initial_sample, step_noise, step_noises
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 DenoiserFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -77,37 +79,44 @@ def _batch_time(t: jax.Array, batch_size: int) -> jax.Array:
 # noise-free mean.
 
 
+def _normal(rng: jax.Array, x: jax.Array, noise: jax.Array | None) -> jax.Array:
+  """A predictor's z: `noise` when given (pc_sample's replay), else drawn from rng."""
+  return jax.random.normal(rng, x.shape, jnp.float32) if noise is None else noise
+
+
 def euler_maruyama_predictor(
     score_fn: ScoreFn, sde: SDE, rng: jax.Array, x: jax.Array, t: jax.Array,
     probability_flow: bool = False, index: jax.Array | None = None,
+    noise: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """x <- x - f_rev dt + g sqrt(dt) z with dt = T / N (score_sde's step size)."""
   del index  # Continuous time only.
   dt = sde.T / sde.num_scales
   drift, diffusion = sde.reverse_sde(score_fn, x, t, probability_flow)
   x_mean = x - drift * dt
-  noise = jax.random.normal(rng, x.shape, jnp.float32)
-  return x_mean + diffusion * math.sqrt(dt) * noise, x_mean
+  return x_mean + diffusion * math.sqrt(dt) * _normal(rng, x, noise), x_mean
 
 
 def reverse_diffusion_predictor(
     score_fn: ScoreFn, sde: SDE, rng: jax.Array, x: jax.Array, t: jax.Array,
     probability_flow: bool = False, index: jax.Array | None = None,
+    noise: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """The reverse of the discretized forward chain (eq. 46): x <- x - f_i + G_i z."""
   f, g = sde.reverse_discretize(score_fn, x, t, probability_flow, index)
   x_mean = x - f
-  return x_mean + g * jax.random.normal(rng, x.shape, jnp.float32), x_mean
+  return x_mean + g * _normal(rng, x, noise), x_mean
 
 
 def ancestral_sampling_predictor(
     score_fn: ScoreFn, sde: SDE, rng: jax.Array, x: jax.Array, t: jax.Array,
     probability_flow: bool = False, index: jax.Array | None = None,
+    noise: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Ancestral sampling of the SMLD (eq. 47) or DDPM (eq. 45) chain."""
   del probability_flow  # Rejected before tracing.
   index = sde.discrete_index(t) if index is None else index
-  noise = jax.random.normal(rng, x.shape, jnp.float32)
+  noise = _normal(rng, x, noise)
   score = score_fn(x, t)
   if isinstance(sde, VESDE):
     sigmas = jnp.asarray(sde.discrete_sigmas, jnp.float32)
@@ -134,11 +143,13 @@ _PREDICTOR_FNS = {
 def langevin_corrector(
     score_fn: ScoreFn, sde: SDE, rng: jax.Array, x: jax.Array, t: jax.Array,
     snr: float, n_steps: int, index: jax.Array | None = None,
+    noise: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """n_steps of Langevin MCMC with the step set by a target SNR (Algorithm 4/5).
 
   step = 2 alpha (snr ||z|| / ||s||)^2 with the norms averaged over the batch, as
-  score_sde does; alpha = 1 - beta_i for VP / sub-VP and 1 for VE.
+  score_sde does; alpha = 1 - beta_i for VP / sub-VP and 1 for VE. noise:
+  [n_steps, *x.shape], the z of step k in row k instead of fold_in(rng, k)'s.
   """
   if isinstance(sde, VESDE):
     alpha = jnp.ones((), jnp.float32)
@@ -151,12 +162,13 @@ def langevin_corrector(
   def step(k, carry):
     x, _ = carry
     grad = score_fn(x, t)
-    noise = jax.random.normal(jax.random.fold_in(rng, k), x.shape, jnp.float32)
+    z = step_noise(noise, k, lambda: jax.random.normal(
+        jax.random.fold_in(rng, k), x.shape, jnp.float32))
     grad_norm = jnp.mean(jnp.linalg.norm(grad.reshape(batch_size, -1), axis=-1))
-    noise_norm = jnp.mean(jnp.linalg.norm(noise.reshape(batch_size, -1), axis=-1))
+    noise_norm = jnp.mean(jnp.linalg.norm(z.reshape(batch_size, -1), axis=-1))
     step_size = 2 * alpha * jnp.square(snr * noise_norm / grad_norm)
     x_mean = x + step_size * grad
-    return x_mean + jnp.sqrt(2 * step_size) * noise, x_mean
+    return x_mean + jnp.sqrt(2 * step_size) * z, x_mean
 
   return jax.lax.fori_loop(0, n_steps, step, (x, x))
 
@@ -175,6 +187,7 @@ def pc_sample(
     denoise: bool = True,
     eps: float | None = None,
     x_init: jax.Array | None = None,
+    noise: jax.Array | None = None,
 ) -> SampleOutput:
   """The predictor-corrector sampler of Song et al. 2021 (Algorithm 1).
 
@@ -182,6 +195,9 @@ def pc_sample(
   (Langevin, n_steps) then the predictor. `denoise` returns the last predictor's
   noise-free mean (score_sde's noise removal). NFE = N (p + c) where p = 1 for a
   predictor (0 for 'none') and c = n_steps for Langevin (0 for 'none').
+  noise: [N, c + 1, *shape], the draws of step i in row i instead of the rng's, in
+  the order they are used: the corrector's c, then the predictor's (unused for
+  predictor 'none').
   """
   shape = _check_shape(shape)
   if predictor not in PREDICTORS:
@@ -202,6 +218,8 @@ def pc_sample(
       raise ValueError(f'snr must be > 0, got {snr}.')
   eps = _check_eps(sde, eps)
   num_steps = sde.num_scales
+  corrector_draws = n_steps if corrector == 'langevin' else 0
+  noise = step_noises(noise, (num_steps, corrector_draws + 1, *shape))
   timesteps = jnp.asarray(np.linspace(sde.T, eps, num_steps), jnp.float32)
   init_rng, loop_rng = jax.random.split(rng)
   x_init = initial_sample(x_init, shape, lambda: sde.prior_sampling(init_rng, shape))
@@ -212,12 +230,15 @@ def pc_sample(
     # Step i of the sampler is step N - 1 - i of the discrete chain.
     index = jnp.full((shape[0],), num_steps - 1 - i, jnp.int32)
     corrector_rng, predictor_rng = jax.random.split(jax.random.fold_in(loop_rng, i))
+    draws = None if noise is None else noise[i]
     if corrector == 'langevin':
       x, x_mean = langevin_corrector(
-          score_fn, sde, corrector_rng, x, t, snr, n_steps, index)
+          score_fn, sde, corrector_rng, x, t, snr, n_steps, index,
+          noise=None if draws is None else draws[:corrector_draws])
     if predictor != 'none':
       x, x_mean = _PREDICTOR_FNS[predictor](
-          score_fn, sde, predictor_rng, x, t, probability_flow, index)
+          score_fn, sde, predictor_rng, x, t, probability_flow, index,
+          noise=None if draws is None else draws[corrector_draws])
     return x, x_mean
 
   x, x_mean = jax.lax.fori_loop(0, num_steps, step, (x_init, x_init))
