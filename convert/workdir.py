@@ -20,14 +20,18 @@ from absl import logging
 from etils import epath
 
 import datasets
-from convert import common, diffusers_unet
+from convert import common, diffusers_unet, edm, improved_diffusion
 from train import families
 from train.checkpoint import absolute_path
 from train.run import INIT, Run, validate_config
 from train.workdir_guard import check_workdir_config
 
 # --from= choices, each a module's common.Format.
-FORMATS: dict[str, common.Format] = {"diffusers": diffusers_unet.FORMAT}
+FORMATS: dict[str, common.Format] = {
+    "diffusers": diffusers_unet.FORMAT,
+    "improved_diffusion": improved_diffusion.FORMAT,
+    "edm": edm.FORMAT,
+}
 
 
 def check_empty(workdir: str) -> None:
