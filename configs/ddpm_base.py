@@ -63,6 +63,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   unet_fields(model)
   model.num_heads = 1                 # attention heads (Improved DDPM: 4)
   model.scale_shift_norm = False      # timestep scales/shifts the 2nd norm (Improved DDPM)
+  # Where Improved DDPM's released U-Net differs from Ho et al.'s (models/unet.py):
+  model.timestep_embedding = "ddpm"   # ddpm (sin first) | improved_diffusion (cos 1st)
+  model.norm_epsilon = 1e-6           # GroupNorm epsilon (TF's; PyTorch's is 1e-5)
+  model.downsample_padding = "same"   # strided conv: same (TF: (0, 1)) | symmetric
 
   # ----------------------------------------------------------- diffusion
   config.diffusion = diffusion = ml_collections.ConfigDict()

@@ -21,6 +21,14 @@ CIFAR-10. The EMA has no warm-up ramp (EDM shortens the half-life early in train
   python main.py --config=configs/edm_cifar.py:cond --workdir=runs/edm_cifar_cond
   python main.py --config=configs/edm_cifar.py --workdir=runs/edm_cifar --mode=eval
 
+The published networks (NVlabs/edm's edm-cifar10-32x32-{uncond,cond}-{vp,ve}.pkl: 'vp'
+is this config, 've' is 'ncsnpp', 'cond' the conditional ones) convert exactly into it
+from a state dict exported with the authors' code (convert/edm.py; a .pkl is refused
+with the export command, since unpickling it runs code):
+
+  python -m convert --from=edm --source=edm-cifar10-32x32-uncond-vp.pt \
+      --config=configs/edm_cifar.py --workdir=runs/edm_cifar_published
+
 Args (comma-separated): 'cond', 'ncsnpp', 'runlocal'.
 """
 

@@ -13,6 +13,14 @@ Adam, learning rate 1e-4, no warm-up, no gradient clipping, batch 128, EMA 0.999
 
 Parameters: 52,546,438 (models/unet.py with 2C = 6 output channels, 4-head attention
 and scale-shift GroupNorm, as in the released U-Net; its checkpoint is named "50M").
+The network is the released one exactly, down to its PyTorch details (cosine-first
+timestep embedding, GroupNorm epsilon 1e-5, downsampling conv padded (1, 1)), so the
+published checkpoints convert into this config (README, "Published weights"):
+
+  python -m convert --from=improved_diffusion --source=cifar10_uncond_50M_500K.pt \
+      --config=configs/iddpm_cifar.py --workdir=runs/iddpm_cifar_published
+  python -m convert --from=improved_diffusion --source=cifar10_uncond_vlb_50M_500K.pt \
+      --config=configs/iddpm_cifar.py:vlb --workdir=runs/iddpm_cifar_vlb_published
 
   python main.py --config=configs/iddpm_cifar.py --workdir=runs/iddpm_cifar
   python main.py --config=configs/iddpm_cifar.py:vlb --workdir=runs/iddpm_cifar_vlb
@@ -70,6 +78,11 @@ def get_config(arg: str | None = None):
   model.dropout = 0.3
   model.num_heads = 4                 # the released U-Net's attention heads
   model.scale_shift_norm = True       # timestep embedding scales and shifts the norm
+  # The released U-Net's PyTorch details (improved_diffusion/unet.py and nn.py), so that
+  # its checkpoints convert exactly (python -m convert --from=improved_diffusion):
+  model.timestep_embedding = "improved_diffusion"   # cosines first, 10000^(-i/half)
+  model.norm_epsilon = 1e-5           # nn.GroupNorm's default
+  model.downsample_padding = "symmetric"   # Conv2d(stride=2, padding=1)
   model.num_groups = 32
 
   improved_diffusion(config, loss="vlb" if "vlb" in args else "hybrid")

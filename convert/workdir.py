@@ -21,7 +21,7 @@ from absl import logging
 from etils import epath
 
 import datasets
-from convert import common, ddpm_tf, diffusers_unet
+from convert import common, ddpm_tf, diffusers_unet, edm, improved_diffusion
 from train import families
 from train.checkpoint import absolute_path
 from train.run import INIT, Run, validate_config
@@ -31,6 +31,8 @@ from train.workdir_guard import check_workdir_config
 FORMATS: dict[str, common.Format] = {
     "diffusers": diffusers_unet.FORMAT,
     "ddpm_tf": ddpm_tf.FORMAT,
+    "improved_diffusion": improved_diffusion.FORMAT,
+    "edm": edm.FORMAT,
 }
 # What each Format.source kind accepts as --source.
 SOURCE_KINDS = {

@@ -29,24 +29,42 @@ def default_init(scale: float = 1.0) -> nn.initializers.Initializer:
       ZERO_INIT_SCALE if scale == 0 else scale, "fan_avg", "uniform")
 
 
+# Timestep-embedding conventions (`timestep_embedding`'s `convention`).
+TIMESTEP_EMBEDDINGS = ("ddpm", "improved_diffusion")
+# Downsampling-conv paddings (`Downsample`'s `padding`).
+DOWNSAMPLE_PADDINGS = ("same", "symmetric")
+
+
 def timestep_embedding(timesteps: jax.Array, embedding_dim: int,
-                       max_period: float = 10000.0) -> jax.Array:
+                       max_period: float = 10000.0,
+                       convention: str = "ddpm") -> jax.Array:
   """Sinusoidal embedding of (possibly fractional) timesteps, shape [B, dim].
 
-  The tensor2tensor variant used by DDPM: frequencies
-  max_period**(-i / (half - 1)) for i = 0..half-1, sines then cosines, one zero
-  column appended when dim is odd. (Vaswani et al. 2017, Sec. 3.5, interleave
-  them and use max_period**(-i / half).)
+  convention 'ddpm': the tensor2tensor variant used by DDPM, frequencies
+  max_period**(-i / (half - 1)) for i = 0..half-1, sines then cosines.
+  'improved_diffusion': Nichol & Dhariwal's released code (improved_diffusion/nn.py
+  timestep_embedding, also guided-diffusion's), frequencies max_period**(-i / half),
+  cosines then sines. Either way one zero column is appended when dim is odd.
+  (Vaswani et al. 2017, Sec. 3.5, interleave them and use max_period**(-i / half).)
   """
   if timesteps.ndim != 1:
     raise ValueError(f"timesteps must have shape [batch], got {timesteps.shape}.")
+  if convention not in TIMESTEP_EMBEDDINGS:
+    raise ValueError(f"Unknown timestep embedding convention {convention!r}; choose "
+                     f"one of {TIMESTEP_EMBEDDINGS}.")
   half_dim = embedding_dim // 2
   if half_dim < 2:
     raise ValueError(f"embedding_dim must be at least 4, got {embedding_dim}.")
-  exponent = -math.log(max_period) / (half_dim - 1)
-  frequencies = jnp.exp(jnp.arange(half_dim, dtype=jnp.float32) * exponent)
-  angles = timesteps.astype(jnp.float32)[:, None] * frequencies[None, :]
-  embedding = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1)
+  if convention == "ddpm":
+    exponent = -math.log(max_period) / (half_dim - 1)
+    frequencies = jnp.exp(jnp.arange(half_dim, dtype=jnp.float32) * exponent)
+    angles = timesteps.astype(jnp.float32)[:, None] * frequencies[None, :]
+    embedding = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1)
+  else:
+    frequencies = jnp.exp(-math.log(max_period) *
+                          jnp.arange(half_dim, dtype=jnp.float32) / half_dim)
+    angles = timesteps.astype(jnp.float32)[:, None] * frequencies[None, :]
+    embedding = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=1)
   if embedding_dim % 2 == 1:
     embedding = jnp.pad(embedding, ((0, 0), (0, 1)))
   return embedding
@@ -65,22 +83,24 @@ def num_norm_groups(channels: int, num_groups: int) -> int:
 
 
 def group_norm(channels: int, num_groups: int, dtype: Dtype,
-               name: str | None = None) -> nn.GroupNorm:
+               name: str | None = None,
+               epsilon: float = GROUP_NORM_EPSILON) -> nn.GroupNorm:
   """GroupNorm with num_norm_groups(channels, num_groups) groups.
 
   Epsilon GROUP_NORM_EPSILON (1e-6) as in tf.contrib.layers.group_norm used by the
-  reference.
+  reference (PyTorch's nn.GroupNorm, e.g. in Improved DDPM's code, uses 1e-5).
   """
   return nn.GroupNorm(num_groups=num_norm_groups(channels, num_groups),
-                      epsilon=GROUP_NORM_EPSILON, dtype=dtype, param_dtype=jnp.float32,
+                      epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32,
                       name=name)
 
 
 def conv3x3(features: int, stride: int = 1, init_scale: float = 1.0,
-            dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
-  """3x3 'SAME' convolution with the reference initialisation."""
+            dtype: Dtype = jnp.float32, name: str | None = None,
+            padding: Any = "SAME") -> nn.Conv:
+  """3x3 convolution ('SAME' unless told) with the reference initialisation."""
   return nn.Conv(features, kernel_size=(3, 3), strides=(stride, stride),
-                 padding="SAME", kernel_init=default_init(init_scale),
+                 padding=padding, kernel_init=default_init(init_scale),
                  bias_init=nn.initializers.zeros, dtype=dtype,
                  param_dtype=jnp.float32, name=name)
 
@@ -107,15 +127,18 @@ class ResnetBlock(nn.Module):
   num_groups: int = 32
   scale_shift_norm: bool = False
   dtype: Dtype = jnp.float32
+  norm_epsilon: float = GROUP_NORM_EPSILON
 
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array | None,
                train: bool) -> jax.Array:
     in_channels = x.shape[-1]
     out_channels = self.out_channels or in_channels
-    h = nn.silu(group_norm(in_channels, self.num_groups, self.dtype, "norm1")(x))
+    h = nn.silu(group_norm(in_channels, self.num_groups, self.dtype, "norm1",
+                           self.norm_epsilon)(x))
     h = conv3x3(out_channels, dtype=self.dtype, name="conv1")(h)
-    norm2 = group_norm(out_channels, self.num_groups, self.dtype, "norm2")
+    norm2 = group_norm(out_channels, self.num_groups, self.dtype, "norm2",
+                       self.norm_epsilon)
     if temb is not None and self.scale_shift_norm:
       scale, shift = jnp.split(dense(2 * out_channels, dtype=self.dtype, name="temb_proj")(
           nn.silu(temb))[:, None, None, :], 2, axis=-1)
@@ -155,12 +178,13 @@ class AttentionBlock(nn.Module):
   num_heads: int = 1
   dtype: Dtype = jnp.float32
   fused: bool = False
+  norm_epsilon: float = GROUP_NORM_EPSILON
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
                context_mask: jax.Array | None = None) -> jax.Array:
     batch, height, width, channels = x.shape
-    h = group_norm(channels, self.num_groups, self.dtype, "norm")(x)
+    h = group_norm(channels, self.num_groups, self.dtype, "norm", self.norm_epsilon)(x)
     q = dense(channels, dtype=self.dtype, name="q")(h)
     k = dense(channels, dtype=self.dtype, name="k")(h)
     v = dense(channels, dtype=self.dtype, name="v")(h)
@@ -203,15 +227,25 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-  """Halves H and W: 3x3 conv with stride 2, or 2x2 average pooling."""
+  """Halves H and W: 3x3 conv with stride 2, or 2x2 average pooling.
+
+  padding 'same': TF's 'SAME', which with stride 2 pads (0, 1) on even sizes, as in
+  the DDPM reference; 'symmetric': (1, 1), PyTorch's Conv2d(padding=1) in Improved
+  DDPM's code. The two sample the map at offsets one pixel apart.
+  """
   with_conv: bool = True
   dtype: Dtype = jnp.float32
+  padding: str = "same"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    if self.padding not in DOWNSAMPLE_PADDINGS:
+      raise ValueError(f"Unknown downsample padding {self.padding!r}; choose one of "
+                       f"{DOWNSAMPLE_PADDINGS}.")
     if self.with_conv:
-      # 'SAME' with stride 2 pads (0, 1) on even sizes, as TF does in the reference.
-      return conv3x3(x.shape[-1], stride=2, dtype=self.dtype, name="conv")(x)
+      padding = "SAME" if self.padding == "same" else ((1, 1), (1, 1))
+      return conv3x3(x.shape[-1], stride=2, dtype=self.dtype, name="conv",
+                     padding=padding)(x)
     return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
 
 

@@ -67,6 +67,14 @@ class UNet(nn.Module):
   # U-Net, Nichol et al. 2022): per-position conditioning, besides the global
   # caption vector added to the time embedding.
   cross_attention: bool = False
+  # Three details where Improved DDPM's released U-Net (openai/improved-diffusion,
+  # unet.py) differs from the DDPM reference; the defaults are the reference's.
+  # layers.timestep_embedding's convention: 'ddpm' | 'improved_diffusion'.
+  timestep_embedding: str = "ddpm"
+  # Every GroupNorm's epsilon: TF's 1e-6 in the reference, PyTorch's 1e-5.
+  norm_epsilon: float = layers.GROUP_NORM_EPSILON
+  # The strided downsampling conv's padding (layers.Downsample): 'same' | 'symmetric'.
+  downsample_padding: str = "same"
 
   def _check_inputs(self, x: jax.Array, t: jax.Array,
                     y: jax.Array | None) -> None:
@@ -131,13 +139,14 @@ class UNet(nn.Module):
                  else layers.ResnetBlock)
     resnet_block = lambda channels, name: block_cls(  # noqa: E731
         out_channels=channels, dropout=self.dropout, num_groups=self.num_groups,
-        scale_shift_norm=self.scale_shift_norm, dtype=self.dtype, name=name)
+        scale_shift_norm=self.scale_shift_norm, dtype=self.dtype,
+        norm_epsilon=self.norm_epsilon, name=name)
     attention = lambda name: layers.AttentionBlock(  # noqa: E731
         num_groups=self.num_groups, num_heads=self.num_heads, dtype=self.dtype,
-        fused=self.fused_attention, name=name)
+        fused=self.fused_attention, norm_epsilon=self.norm_epsilon, name=name)
 
     # Timestep embedding (Appendix B: Transformer sinusoidal position embedding).
-    temb = layers.timestep_embedding(t, self.ch)
+    temb = layers.timestep_embedding(t, self.ch, convention=self.timestep_embedding)
     temb = layers.dense(4 * self.ch, dtype=self.dtype, name="temb_dense0")(temb)
     temb = layers.dense(4 * self.ch, dtype=self.dtype, name="temb_dense1")(
         nn.silu(temb))
@@ -161,6 +170,7 @@ class UNet(nn.Module):
         skips.append(h)
       if level != num_levels - 1:
         h = layers.Downsample(self.resamp_with_conv, dtype=self.dtype,
+                              padding=self.downsample_padding,
                               name=f"down_{level}_downsample")(h)
         skips.append(h)
 
@@ -183,7 +193,7 @@ class UNet(nn.Module):
     assert not skips, "every skip connection must be consumed"
 
     h = nn.silu(layers.group_norm(h.shape[-1], self.num_groups, self.dtype,
-                                  "norm_out")(h))
+                                  "norm_out", self.norm_epsilon)(h))
     h = layers.conv3x3(out_channels, init_scale=0.0, dtype=self.dtype,
                        name="conv_out")(h)
     return h.astype(jnp.float32)

@@ -222,6 +222,8 @@ class DDPM(contract.Family):
         out_channels=2 * channels if self.learned_variance else channels,
         num_classes=self.num_classes, num_groups=m.num_groups,
         num_heads=m.num_heads, scale_shift_norm=m.scale_shift_norm,
+        timestep_embedding=m.timestep_embedding, norm_epsilon=m.norm_epsilon,
+        downsample_padding=m.downsample_padding,
         dtype=DTYPES[m.dtype], fused_attention=m.fused_attention, remat=m.remat,
         coordinate_channels=m.coordinate_channels,
         cross_attention=self.text_conditioned and bool(self.text.cross_attention))
