@@ -29,13 +29,19 @@ class Converted:
   files: dict[str, str]         # every file read (absolute path) -> its SHA-256
   num_tensors: int
   details: dict[str, Any] = dataclasses.field(default_factory=dict)  # -> metadata
+  # The checkpoint's own averaged weights where it keeps them apart (e.g. an EMA or
+  # Polyak average beside the raw ones); None: ema_params are `params`.
+  ema_params: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Format:
   """One --from= choice: which families it converts into and how it reads."""
   families: tuple[str, ...]
-  source: str     # "folder" or "file": what --source must be
+  # What --source must be: "folder", "file", or "tf_checkpoint" (a TensorFlow
+  # checkpoint's prefix: <prefix>.index beside its data files, or a V1 checkpoint's
+  # single file).
+  source: str
   description: str
   # (source, config, image_shape, abstract_params) -> Converted; raises ValueError.
   convert: Callable[[str, ml_collections.ConfigDict, tuple[int, ...], Any], Converted]

@@ -2,9 +2,11 @@
 
 The family is built and initialised as `train.run.Run` does; params AND ema_params are
 replaced by the converted weights (published DDPM weights are the EMA weights, and
-`--mode=eval` samples from ema_params by default); the optimizer state is a fresh one
-for them; the checkpoint and workdir/config.json are written by the training loop's
-own Checkpointer and workdir guard. Every check runs before anything is written.
+`--mode=eval` samples from ema_params by default), or, where a checkpoint keeps its
+averaged weights apart (Converted.ema_params), params by the raw and ema_params by the
+averaged ones; the optimizer state is a fresh one for params; the checkpoint and
+workdir/config.json are written by the training loop's own Checkpointer and workdir
+guard. Every check runs before anything is written.
 """
 
 from __future__ import annotations
@@ -20,14 +22,27 @@ from absl import logging
 from etils import epath
 
 import datasets
-from convert import common, diffusers_unet
+from convert import common, diffusers_unet, pixelcnnpp_tf
 from train import families
 from train.checkpoint import absolute_path
 from train.run import INIT, Run, validate_config
 from train.workdir_guard import check_workdir_config
 
 # --from= choices, each a module's common.Format.
-FORMATS: dict[str, common.Format] = {"diffusers": diffusers_unet.FORMAT}
+FORMATS: dict[str, common.Format] = {
+    "diffusers": diffusers_unet.FORMAT,
+    "pixelcnnpp_tf": pixelcnnpp_tf.FORMAT,
+}
+
+# common.Format.source -> whether --source is one. A TensorFlow checkpoint is named by
+# its prefix: V2 writes <prefix>.index and <prefix>.data-*; V1 (params_cifar.ckpt, the
+# released PixelCNN++) is the single file <prefix>.
+SOURCE_KINDS = {
+    "folder": os.path.isdir,
+    "file": os.path.isfile,
+    "tf_checkpoint": lambda source: (os.path.isfile(source + ".index")
+                                     or os.path.isfile(source)),
+}
 
 
 def check_empty(workdir: str) -> None:
@@ -54,8 +69,7 @@ def convert_to_workdir(config: ml_collections.ConfigDict, workdir: str, source: 
                      f"{form.families}, not {config.model.family!r}.")
   if not isinstance(step, int) or step < 0:
     raise ValueError(f"--step must be an integer >= 0, got {step!r}.")
-  is_right_kind = os.path.isdir if form.source == "folder" else os.path.isfile
-  if not is_right_kind(source):
+  if not SOURCE_KINDS[form.source](source):
     raise ValueError(f"--source={source!r} is not a {form.source}: --from="
                      f"{source_format} reads {form.description}.")
   validate_config(config)
@@ -73,8 +87,10 @@ def convert_to_workdir(config: ml_collections.ConfigDict, workdir: str, source: 
   try:
     state = run.init_or_restore()
     params = jax.device_put(converted.params, run.replicated)
+    ema_params = (params if converted.ema_params is None
+                  else jax.device_put(converted.ema_params, run.replicated))
     state = state.replace(step=jax.device_put(jnp.asarray(step, jnp.int32), run.replicated),
-                          params=params, ema_params=params,
+                          params=params, ema_params=ema_params,
                           opt_state=jax.jit(state.tx.init,
                                             out_shardings=run.replicated)(params))
     metadata = dict(
