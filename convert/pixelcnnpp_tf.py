@@ -273,23 +273,31 @@ def read_checkpoint(prefix: str, files: dict[str, str]) -> dict[str, np.ndarray]
   version, paths = checkpoint_files(prefix)
   for path in paths:
     files[os.path.abspath(path)] = sha256_file(path)
+  def unreadable(error: Exception) -> ValueError:
+    return ValueError(f"{prefix} is not a readable TensorFlow {version} checkpoint "
+                      f"({type(error).__name__}: {common.first_line(error, 'error')}).")
+
+  # A truncated file fails as an OpError (DataLossError, ...) or, reading past the
+  # end of a data file, as an IndexError.
+  failures = (tf.errors.OpError, RuntimeError, IndexError)
   try:
     reader = tf.train.load_checkpoint(prefix)
     shapes = reader.get_variable_to_shape_map()
     dtypes = reader.get_variable_to_dtype_map()
-    tensors = {}
-    for name in sorted(shapes):
-      if OPTIMIZER_NAME.fullmatch(name):
-        tensors[name] = np.broadcast_to(np.zeros((), np.float32), shapes[name])
-      elif not dtypes[name].is_floating:
-        raise ValueError(f"{prefix}: tensor {name!r} is {dtypes[name].name}, not "
-                         "floating point.")
-      else:
-        tensors[name] = np.asarray(reader.get_tensor(name))
-  except (tf.errors.OpError, RuntimeError) as error:
-    raise ValueError(f"{prefix} is not a readable TensorFlow {version} checkpoint "
-                     f"({type(error).__name__}: "
-                     f"{common.first_line(error, 'error')}).") from None
+  except failures as error:
+    raise unreadable(error) from None
+  tensors = {}
+  for name in sorted(shapes):
+    if OPTIMIZER_NAME.fullmatch(name):
+      tensors[name] = np.broadcast_to(np.zeros((), np.float32), shapes[name])
+      continue
+    if not dtypes[name].is_floating:
+      raise ValueError(f"{prefix}: tensor {name!r} is {dtypes[name].name}, not "
+                       "floating point.")
+    try:
+      tensors[name] = np.asarray(reader.get_tensor(name))
+    except failures as error:
+      raise unreadable(error) from None
   return tensors
 
 
