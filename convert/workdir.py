@@ -22,7 +22,7 @@ from absl import logging
 from etils import epath
 
 import datasets
-from convert import common, diffusers_unet, pixelcnnpp_tf
+from convert import common, diffusers_unet, pixelcnnpp_tf, vdvae
 from train import families
 from train.checkpoint import absolute_path
 from train.run import INIT, Run, validate_config
@@ -32,6 +32,7 @@ from train.workdir_guard import check_workdir_config
 FORMATS: dict[str, common.Format] = {
     "diffusers": diffusers_unet.FORMAT,
     "pixelcnnpp_tf": pixelcnnpp_tf.FORMAT,
+    "vdvae": vdvae.FORMAT,
 }
 
 # common.Format.source -> whether --source is one. A TensorFlow checkpoint is named by
