@@ -27,6 +27,20 @@ test NLL and samples. 53.66M parameters. Differences from the reference:
   python main.py --config=configs/pixelcnnpp_cifar.py --workdir=runs/pixelcnnpp_cifar \
       --mode=sample
 
+The authors' released weights of this network (the README of openai/pixel-cnn links
+pxpp.zip, which holds params_cifar.ckpt, a TensorFlow V1 checkpoint) convert into a
+workdir of this config: the raw variables become params, their Polyak averages
+ema_params, which eval and sampling use (convert/pixelcnnpp_tf.py; the link
+alpha.openai.com/pxpp.zip is down, openai/pixel-cnn issue #35 gives a mirror and the
+file's SHA-1, c0913e0aea902ad33dde81c96b3d8cea8c0687e9):
+
+  unzip pxpp.zip    # -> params_cifar.ckpt
+  python -m convert --from=pixelcnnpp_tf --source=params_cifar.ckpt \
+      --config=configs/pixelcnnpp_cifar.py --workdir=runs/pixelcnnpp_cifar_published
+  python main.py --config=configs/pixelcnnpp_cifar.py \
+      --workdir=runs/pixelcnnpp_cifar_published --mode=eval \
+      --config.eval.sample_metrics=none   # test bits/dim only (paper: 2.92)
+
 `--config=configs/pixelcnnpp_cifar.py:runlocal` shrinks everything for a smoke test on
 a laptop CPU (tiny network, a few steps); it reproduces nothing.
 """

@@ -21,6 +21,16 @@ number of steps on all 50k images and evaluates the final EMA weights.
 
   python main.py --config=configs/vdvae_cifar.py --workdir=/tmp/vdvae_cifar
   python main.py --config=configs/vdvae_cifar.py:runlocal --workdir=/tmp/vdvae_smoke
+
+The authors' published CIFAR-10 weights (README: four seeds' EMA state dicts) convert
+into a workdir of this config (convert/vdvae.py; a raw <run>-model.th beside the EMA
+file, where a run has one, becomes params, the EMA weights ema_params):
+
+  wget https://openaipublic.blob.core.windows.net/very-deep-vaes-assets/vdvae-assets-2/cifar10-seed0-iter-900000-model-ema.th
+  python -m convert --from=vdvae --source=cifar10-seed0-iter-900000-model-ema.th \
+      --config=configs/vdvae_cifar.py --workdir=runs/vdvae_cifar_published
+  python main.py --config=configs/vdvae_cifar.py --workdir=runs/vdvae_cifar_published \
+      --mode=eval --config.eval.sample_metrics=none   # test ELBO (README: 2.879)
 """
 
 from configs import config_args

@@ -29,8 +29,8 @@ class Converted:
   files: dict[str, str]         # every file read (absolute path) -> its SHA-256
   num_tensors: int
   details: dict[str, Any] = dataclasses.field(default_factory=dict)  # -> metadata
-  # The EMA weights where the source holds them apart from the raw ones (then params
-  # are the raw weights); None: params are what both params and ema_params get.
+  # The checkpoint's own averaged weights where it keeps them apart (e.g. an EMA or
+  # Polyak average beside the raw ones); None: ema_params are `params`.
   ema_params: dict[str, Any] | None = None
 
 
@@ -38,8 +38,9 @@ class Converted:
 class Format:
   """One --from= choice: which families it converts into and how it reads."""
   families: tuple[str, ...]
-  # What --source must be: "folder", "file" or "tf_checkpoint" (a TensorFlow checkpoint
-  # prefix P, with P.index beside P.data-*).
+  # What --source must be: "folder", "file", or "tf_checkpoint" (a TensorFlow
+  # checkpoint's prefix: <prefix>.index beside its data files, or a V1 checkpoint's
+  # single file).
   source: str
   description: str
   # (source, config, image_shape, abstract_params) -> Converted; raises ValueError.

@@ -2,10 +2,11 @@
 
 The family is built and initialised as `train.run.Run` does; params AND ema_params are
 replaced by the converted weights (published DDPM weights are the EMA weights, and
-`--mode=eval` samples from ema_params by default; a source that holds raw and EMA
-weights apart gives the raw ones to params); the optimizer state is a fresh one
-for params; the checkpoint and workdir/config.json are written by the training loop's
-own Checkpointer and workdir guard. Every check runs before anything is written.
+`--mode=eval` samples from ema_params by default), or, where a checkpoint keeps its
+averaged weights apart (Converted.ema_params), params by the raw and ema_params by the
+averaged ones; the optimizer state is a fresh one for params; the checkpoint and
+workdir/config.json are written by the training loop's own Checkpointer and workdir
+guard. Every check runs before anything is written.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from absl import logging
 from etils import epath
 
 import datasets
-from convert import common, ddpm_tf, diffusers_unet, edm, improved_diffusion
+from convert import (common, ddpm_tf, diffusers_unet, edm, improved_diffusion,
+                     pixelcnnpp_tf, vdvae)
 from train import families
 from train.checkpoint import absolute_path
 from train.run import INIT, Run, validate_config
@@ -33,12 +35,18 @@ FORMATS: dict[str, common.Format] = {
     "ddpm_tf": ddpm_tf.FORMAT,
     "improved_diffusion": improved_diffusion.FORMAT,
     "edm": edm.FORMAT,
+    "pixelcnnpp_tf": pixelcnnpp_tf.FORMAT,
+    "vdvae": vdvae.FORMAT,
 }
-# What each Format.source kind accepts as --source.
+
+# common.Format.source -> whether --source is one. A TensorFlow checkpoint is named by
+# its prefix: V2 writes <prefix>.index and <prefix>.data-*; V1 (params_cifar.ckpt, the
+# released PixelCNN++) is the single file <prefix>.
 SOURCE_KINDS = {
     "folder": os.path.isdir,
     "file": os.path.isfile,
-    "tf_checkpoint": lambda prefix: os.path.isfile(ddpm_tf.index_path(prefix)),
+    "tf_checkpoint": lambda source: (os.path.isfile(source + ".index")
+                                     or os.path.isfile(source)),
 }
 
 
@@ -67,7 +75,7 @@ def convert_to_workdir(config: ml_collections.ConfigDict, workdir: str, source: 
   if not isinstance(step, int) or step < 0:
     raise ValueError(f"--step must be an integer >= 0, got {step!r}.")
   if not SOURCE_KINDS[form.source](source):
-    kind = form.source.replace("_", " ")
+    kind = {"tf_checkpoint": "TensorFlow checkpoint"}.get(form.source, form.source)
     raise ValueError(f"--source={source!r} is not a {kind}: --from="
                      f"{source_format} reads {form.description}.")
   validate_config(config)
@@ -85,8 +93,8 @@ def convert_to_workdir(config: ml_collections.ConfigDict, workdir: str, source: 
   try:
     state = run.init_or_restore()
     params = jax.device_put(converted.params, run.replicated)
-    ema_params = params if converted.ema_params is None else jax.device_put(
-        converted.ema_params, run.replicated)
+    ema_params = (params if converted.ema_params is None
+                  else jax.device_put(converted.ema_params, run.replicated))
     state = state.replace(step=jax.device_put(jnp.asarray(step, jnp.int32), run.replicated),
                           params=params, ema_params=ema_params,
                           opt_state=jax.jit(state.tx.init,

@@ -462,7 +462,7 @@ def _malformed(tmp_path, case: str) -> str:
     ("truncated_index", r"is not a readable TensorFlow checkpoint"),
     ("corrupted_data", r"is not a readable TensorFlow checkpoint .*Checksum does not "
                        r"match"),
-    ("directory", r"is not a tf checkpoint: --from=ddpm_tf reads"),
+    ("directory", r"is not a TensorFlow checkpoint: --from=ddpm_tf reads"),
 ])
 def test_malformed_checkpoints_fail_before_writing(tmp_path, monkeypatch, case, match):
   narrow_format(monkeypatch)
