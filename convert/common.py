@@ -29,6 +29,9 @@ class Converted:
   files: dict[str, str]         # every file read (absolute path) -> its SHA-256
   num_tensors: int
   details: dict[str, Any] = dataclasses.field(default_factory=dict)  # -> metadata
+  # The EMA weights where the source holds raw and EMA weights apart (then `params`
+  # are the raw ones); None: `params` go into both params and ema_params.
+  ema_params: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 The family is built and initialised as `train.run.Run` does; params AND ema_params are
 replaced by the converted weights (published DDPM weights are the EMA weights, and
-`--mode=eval` samples from ema_params by default); the optimizer state is a fresh one
-for them; the checkpoint and workdir/config.json are written by the training loop's
-own Checkpointer and workdir guard. Every check runs before anything is written.
+`--mode=eval` samples from ema_params by default; a source that holds raw and EMA
+weights apart gives the raw ones to params, the EMA ones to ema_params); the
+optimizer state is a fresh one for params; the checkpoint and workdir/config.json are
+written by the training loop's own Checkpointer and workdir guard. Every check runs
+before anything is written.
 """
 
 from __future__ import annotations
@@ -20,14 +22,19 @@ from absl import logging
 from etils import epath
 
 import datasets
-from convert import common, diffusers_unet
+from convert import common, diffusers_ncsnpp, diffusers_unet, score_sde
 from train import families
 from train.checkpoint import absolute_path
 from train.run import INIT, Run, validate_config
 from train.workdir_guard import check_workdir_config
 
 # --from= choices, each a module's common.Format.
-FORMATS: dict[str, common.Format] = {"diffusers": diffusers_unet.FORMAT}
+FORMATS: dict[str, common.Format] = {
+    "diffusers": diffusers_unet.FORMAT,
+    "diffusers_ncsnpp": diffusers_ncsnpp.FORMAT,
+    "score_sde_pytorch": score_sde.PYTORCH_FORMAT,
+    "score_sde_flax": score_sde.FLAX_FORMAT,
+}
 
 
 def check_empty(workdir: str) -> None:
@@ -73,8 +80,10 @@ def convert_to_workdir(config: ml_collections.ConfigDict, workdir: str, source: 
   try:
     state = run.init_or_restore()
     params = jax.device_put(converted.params, run.replicated)
+    ema_params = params if converted.ema_params is None else jax.device_put(
+        converted.ema_params, run.replicated)
     state = state.replace(step=jax.device_put(jnp.asarray(step, jnp.int32), run.replicated),
-                          params=params, ema_params=params,
+                          params=params, ema_params=ema_params,
                           opt_state=jax.jit(state.tx.init,
                                             out_shardings=run.replicated)(params))
     metadata = dict(
