@@ -12,12 +12,14 @@ Adam 2e-4 with 5000 warm-up steps and clipping at 1, EMA 0.999, 1.3M steps (deep
 950k), random flips; the network maps its [0, 1] input to 2x - 1 first, as
 score_sde's does (model.center_input).
 
-score_sde's released checkpoints convert into this config (convert/score_sde.py):
+score_sde's released checkpoints (ve/cifar10_ncsnpp_continuous/ and
+ve/cifar10_ncsnpp_deep_continuous/ of its Google Drive folders; of two files, the
+smaller N is Table 3's) convert into this config (convert/score_sde.py):
 
-  python -m convert --from=score_sde_pytorch --source=checkpoint_24.pth \
+  python -m convert --from=score_sde_pytorch --source=checkpoint_<N>.pth \
       --config=configs/ncsnpp_cifar.py --workdir=runs/ncsnpp_cifar_published
-  python -m convert --from=score_sde_flax --source=checkpoint_24 \
-      --config=configs/ncsnpp_cifar.py --workdir=runs/ncsnpp_cifar_published
+  python -m convert --from=score_sde_flax --source=checkpoint_<N> \
+      --config=configs/ncsnpp_cifar.py:deep --workdir=runs/ncsnpp_deep_published
 
   python main.py --config=configs/ncsnpp_cifar.py --workdir=runs/ncsnpp_cifar
   python main.py --config=configs/ncsnpp_cifar.py:deep --workdir=runs/ncsnpp_deep_cifar

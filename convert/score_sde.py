@@ -368,7 +368,7 @@ def _ema_tensors(ema: Any, raw: dict[str, np.ndarray] | None, table: list[Tensor
 PYTORCH_FORMAT = common.Format(
     families=("score",), source="file",
     description="a score_sde_pytorch checkpoint_<N>.pth ('model', 'ema', 'optimizer', "
-    "'step'), e.g. ve/cifar10_ncsnpp_continuous/checkpoint_24.pth",
+    "'step'), e.g. ve/cifar10_ncsnpp_continuous/checkpoint_<N>.pth",
     convert=convert_pytorch)
 
 
@@ -438,7 +438,7 @@ FLAX_FORMAT = common.Format(
     families=("score",), source="file",
     description="a score_sde (JAX) checkpoint_<N> (flax.training.checkpoints msgpack: "
     "params_ema, optimizer/target, ...), e.g. ve/cifar10_ncsnpp_continuous/"
-    "checkpoint_24",
+    "checkpoint_<N>",
     convert=convert_flax)
 
 
