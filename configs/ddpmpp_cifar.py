@@ -18,6 +18,15 @@ with 5000 warm-up steps and clipping at 1, EMA 0.9999, 1.3M steps (deep: 950k).
   python main.py --config=configs/ddpmpp_cifar.py:subvp,deep --workdir=runs/ddpmpp_subvp_deep
   python main.py --config=configs/ddpmpp_cifar.py:vp,deep --workdir=runs/ddpmpp_vp_deep --mode=eval
 
+score_sde's released checkpoints (vp/ and subvp/cifar10_ddpmpp[_deep]_continuous/; of
+two files, the smaller N is Table 3's, the larger Table 2's) convert into the config of
+their SDE, which the weights do not record (convert/score_sde.py):
+
+  python -m convert --from=score_sde_pytorch --source=checkpoint_<N>.pth \
+      --config=configs/ddpmpp_cifar.py:subvp,deep --workdir=runs/subvp_deep_published
+  python -m convert --from=score_sde_flax --source=checkpoint_<N> \
+      --config=configs/ddpmpp_cifar.py:vp --workdir=runs/ddpmpp_vp_published
+
 Args (comma-separated): 'vp' (the default) or 'subvp', 'deep', 'runlocal' (a tiny
 network and a few steps on 16x16 `shapes`).
 """

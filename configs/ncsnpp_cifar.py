@@ -9,7 +9,17 @@ snr 0.16, N = 1000 levels, a final denoising step): 2000 network evaluations.
 Settings are score_sde's configs/ve/cifar10_ncsnpp_continuous.py and
 cifar10_ncsnpp_deep_continuous.py: data in [0, 1], sigma in [0.01, 50], batch 128,
 Adam 2e-4 with 5000 warm-up steps and clipping at 1, EMA 0.999, 1.3M steps (deep:
-950k), random flips.
+950k), random flips; the network maps its [0, 1] input to 2x - 1 first, as
+score_sde's does (model.center_input).
+
+score_sde's released checkpoints (ve/cifar10_ncsnpp_continuous/ and
+ve/cifar10_ncsnpp_deep_continuous/ of its Google Drive folders; of two files, the
+smaller N is Table 3's) convert into this config (convert/score_sde.py):
+
+  python -m convert --from=score_sde_pytorch --source=checkpoint_<N>.pth \
+      --config=configs/ncsnpp_cifar.py --workdir=runs/ncsnpp_cifar_published
+  python -m convert --from=score_sde_flax --source=checkpoint_<N> \
+      --config=configs/ncsnpp_cifar.py:deep --workdir=runs/ncsnpp_deep_published
 
   python main.py --config=configs/ncsnpp_cifar.py --workdir=runs/ncsnpp_cifar
   python main.py --config=configs/ncsnpp_cifar.py:deep --workdir=runs/ncsnpp_deep_cifar
@@ -49,6 +59,7 @@ def get_config(arg: str | None = None):
   m.skip_rescale, m.resblock_type = True, "biggan"
   m.progressive, m.progressive_input, m.progressive_combine = "none", "residual", "sum"
   m.embedding_type, m.fourier_scale, m.init_scale = "fourier", 16.0, 0.0
+  m.center_input = True               # score_sde's network maps [0, 1] to 2x - 1
 
   o = config.optim
   o.optimizer, o.learning_rate, o.warmup_steps = "adam", 2e-4, 5000

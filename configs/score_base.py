@@ -86,6 +86,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.embedding_type = "fourier"
   m.fourier_scale = 16.0
   m.init_scale = 0.0
+  # ncsnpp only: the network maps its input x to 2x - 1 first, as score_sde's NCSN++
+  # does for data in [0, 1] (sde.data_centered=False) and diffusers' NCSN++ with
+  # center_input_sample; published VE weights need it.
+  m.center_input = False
   # songunet only (EDM's networks/SongUNet): augmentation-label width (EDM: 9), noise
   # embedding width multiplier (1 DDPM++, 2 NCSN++), encoder standard | skip | residual,
   # decoder standard | skip; its resampling filter is fir_kernel ((1, 1) for DDPM++).

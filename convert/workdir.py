@@ -22,8 +22,8 @@ from absl import logging
 from etils import epath
 
 import datasets
-from convert import (common, ddpm_tf, diffusers_unet, edm, improved_diffusion,
-                     pixelcnnpp_tf, vdvae)
+from convert import (common, ddpm_tf, diffusers_ncsnpp, diffusers_unet, edm,
+                     improved_diffusion, pixelcnnpp_tf, score_sde, vdvae)
 from train import families
 from train.checkpoint import absolute_path
 from train.run import INIT, Run, validate_config
@@ -37,6 +37,9 @@ FORMATS: dict[str, common.Format] = {
     "edm": edm.FORMAT,
     "pixelcnnpp_tf": pixelcnnpp_tf.FORMAT,
     "vdvae": vdvae.FORMAT,
+    "diffusers_ncsnpp": diffusers_ncsnpp.FORMAT,
+    "score_sde_pytorch": score_sde.PYTORCH_FORMAT,
+    "score_sde_flax": score_sde.FLAX_FORMAT,
 }
 
 # common.Format.source -> whether --source is one. A TensorFlow checkpoint is named by

@@ -116,6 +116,11 @@ class NCSNpp(nn.Module):
   num_classes: int = 0
   num_groups: int = 32  # GroupNorm groups, min(num_groups, C / 4)
   out_channels: int = 3
+  # True: the network first maps its input x to 2 x - 1 (the input pyramid too), as
+  # score_sde's NCSNpp does for data in [0, 1] (`if not config.data.centered`) and
+  # diffusers' UNet2DModel does with center_input_sample=True; published VE weights
+  # (score_sde's, google/ncsnpp-*) need it. False: x as given (bit for bit as before).
+  center_input: bool = False
   dtype: Dtype = jnp.float32  # computation dtype; parameters stay float32
 
   def _check(self, x: jax.Array, noise_labels: jax.Array,
@@ -181,6 +186,8 @@ class NCSNpp(nn.Module):
     fir_kernel = tuple(self.fir_kernel)
     temb = self._embed(noise_labels, y)
     x = x.astype(self.dtype)
+    if self.center_input:
+      x = 2 * x - 1
 
     # Downsampling path; `input_pyramid` is the progressively downsampled input.
     input_pyramid = x if self.progressive_input != "none" else None

@@ -81,7 +81,7 @@ def test_edm_cifar_writes_out_the_edm_networks(arg, arch):
 # with `pytest -m slow`. In CI their families' tests build them at full size (parameter
 # counts) and train the same families' digits configs here.
 SLOW_TO_COMPILE = ("ncsnpp_cifar", "ddpmpp_cifar", "edm_cifar", "vdvae_cifar", "iddpm_cifar",
-                   "pixelcnnpp_cifar")
+                   "pixelcnnpp_cifar", "ncsnpp_256")
 # Trained through the loop from these very config files by their family's tests:
 # tests/test_conditioning.py (ddpm_shapes_text, sr3_digits), tests/test_hvae.py
 # (hvae_digits), tests/test_iddpm.py (iddpm_digits), tests/test_train_loop.py's CLI
@@ -91,12 +91,15 @@ COVERED_ELSEWHERE = ("ddpm_shapes_text", "sr3_digits", "hvae_digits", "iddpm_dig
 # ddpm_church256's network and loop on other datasets (configs.ddpm_church256.ddpm_256
 # builds all four; a 256x256 step takes 20 s even at ch=8): ddpm_church256 trains here.
 SAME_AS_DDPM_CHURCH256 = ("ddpm_bedroom256", "ddpm_cat256", "ddpm_celebahq256")
+# FFHQ has no tfds builder (nothing to mock): the 1024x1024 network is built at full size
+# (jax.eval_shape) by tests/test_convert_score.py; its runlocal variant is ncsnpp_256's.
+NEEDS_A_USER_DATASET = ("ncsnpp_ffhq1024",)
 
 
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.slow)
     if n in SLOW_TO_COMPILE + COVERED_ELSEWHERE + SAME_AS_DDPM_CHURCH256 else n
-    for n in EXPERIMENTS])
+    for n in EXPERIMENTS if n not in NEEDS_A_USER_DATASET])
 def test_config_trains_one_step_on_tiny_shapes(name, tmp_path, fast_compile):
   """The config's own structure (levels, attention, schedule) with tiny widths."""
   with tfds.testing.mock_data(num_examples=8):

@@ -68,6 +68,9 @@ def _build_network(model_config: ml_collections.ConfigDict, out_channels: int,
                    num_classes: int):
   m = model_config
   dtype = DTYPES[m.dtype]
+  if m.center_input and m.name != "ncsnpp":
+    raise ValueError(f"config.model.center_input=True is an ncsnpp option (score_sde's "
+                     f"2x - 1 of data in [0, 1]); config.model.name is {m.name!r}.")
   if m.name == "ddpm_unet":      # Ho et al.'s U-Net: cheap runs and comparisons
     return unet.UNet(
         ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
@@ -88,6 +91,7 @@ def _build_network(model_config: ml_collections.ConfigDict, out_channels: int,
         decoder_type=m.decoder_type, **common)
   return ncsnpp.NCSNpp(
       nf=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+      center_input=m.center_input,
       resamp_with_conv=m.resamp_with_conv, fir=m.fir,
       fir_kernel=tuple(m.fir_kernel), skip_rescale=m.skip_rescale,
       resblock_type=m.resblock_type, progressive=m.progressive,
@@ -211,6 +215,9 @@ class ScoreSDE(contract.Family):
     if not s.continuous and s.type not in ("vesde", "vpsde"):
       raise ValueError("config.sde.continuous=False (the discrete SMLD / DDPM losses) "
                        f"needs sde.type 'vesde' or 'vpsde', not {s.type!r}.")
+    if m.center_input and s.data_centered:
+      raise ValueError("config.model.center_input=True maps data in [0, 1] to [-1, 1] "
+                       "inside the network: it needs config.sde.data_centered=False.")
     if s.importance_sampling and not s.likelihood_weighting:
       raise ValueError("config.sde.importance_sampling=True needs "
                        "config.sde.likelihood_weighting=True.")
