@@ -31,8 +31,8 @@ from convert import __main__ as cli  # noqa: E402
 from convert import edm  # noqa: E402
 from tests import manifests  # noqa: E402
 from tests.convert_testing import (  # noqa: E402
-    assert_fails_before_writing, assert_same_params, cli_flags, family_and_abstract_params,
-    restore, save_code_pickle, write_first_half)
+    assert_fails_before_writing, assert_same_params, cli_flags,
+    family_and_abstract_params, restore, save_code_pickle, write_first_half)
 
 IMAGE_SHAPE = (32, 32, 3)
 # train.py's --arch choices for CIFAR-10 (augment_dim 9 with the default --augment).

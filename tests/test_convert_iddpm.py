@@ -31,8 +31,8 @@ from convert import __main__ as cli  # noqa: E402
 from convert import improved_diffusion  # noqa: E402
 from tests import manifests  # noqa: E402
 from tests.convert_testing import (  # noqa: E402
-    assert_fails_before_writing, assert_same_params, cli_flags, family_and_abstract_params,
-    restore, save_code_pickle, write_first_half)
+    assert_fails_before_writing, assert_same_params, cli_flags,
+    family_and_abstract_params, restore, save_code_pickle, write_first_half)
 
 IMAGE_SHAPE = (32, 32, 3)
 MANIFEST = "improved_diffusion_cifar10"
@@ -345,7 +345,8 @@ def test_full_manifest_converts_with_no_tensor_left_over():
 
 def _flags(source, workdir, *overrides) -> flags.FlagValues:
   return cli_flags("improved_diffusion", source, "iddpm_cifar.py", workdir,
-                   "--config.model.ch_mult=(1, 2, 2)", "--config.model.num_res_blocks=1",
+                   "--config.model.ch_mult=(1, 2, 2)",
+                   "--config.model.num_res_blocks=1",
                    "--config.model.attn_resolutions=(16,)", *overrides)
 
 
