@@ -65,6 +65,19 @@ def assert_converting_again_is_refused(flag_values: flags.FlagValues) -> None:
     cli.run(flag_values)
 
 
+class Reading(dict):
+  """A state dict that records which tensors were read (the tests check which ones a
+  reference forward pass used)."""
+
+  def __init__(self, tensors):
+    super().__init__(tensors)
+    self.read = set()
+
+  def __getitem__(self, name):
+    self.read.add(name)
+    return super().__getitem__(name)
+
+
 # ------------------------------------------------------------- malformed sources
 def write_first_half(source, destination=None) -> str:
   """A truncated file: the first half of `source`'s bytes, written to `destination`

@@ -31,7 +31,7 @@ from convert import __main__ as cli  # noqa: E402
 from convert import edm  # noqa: E402
 from tests import manifests  # noqa: E402
 from tests.convert_testing import (  # noqa: E402
-    assert_fails_before_writing, assert_same_params, cli_flags,
+    Reading, assert_fails_before_writing, assert_same_params, cli_flags,
     family_and_abstract_params, restore, save_code_pickle, write_first_half)
 
 IMAGE_SHAPE = (32, 32, 3)
@@ -134,18 +134,6 @@ def song_unet_shapes(model_channels: int, channel_mult: tuple[int, ...],
       norm(f"dec.{res}x{res}_aux_norm", cout)
       conv(f"dec.{res}x{res}_aux_conv", cout, channels, 3)
   return shapes
-
-
-class Reading(dict):
-  """A state dict that records which tensors were read."""
-
-  def __init__(self, tensors):
-    super().__init__(tensors)
-    self.read = set()
-
-  def __getitem__(self, name):
-    self.read.add(name)
-    return super().__getitem__(name)
 
 
 def reference_output(sd: Reading, x: np.ndarray, noise_labels: np.ndarray,
