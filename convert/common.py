@@ -9,13 +9,15 @@ checkpoints through tf.train.load_checkpoint, Flax checkpoints through msgpack.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import glob
 import hashlib
 import io
 import json
 import os
 import pickle
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ml_collections
 import numpy as np
@@ -126,9 +128,104 @@ def torch_tensors(state: Any, path: str) -> dict[str, np.ndarray]:
   return tensors
 
 
+def torch_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+  """A PyTorch tensor's shape for a project parameter of `shape`, by layout: conv
+  (HWIO <- OIHW), linear ((in, out) <- (out, in)), conv1x1 and conv1d (a Dense
+  kernel <- a 1x1 Conv2d's (out, in, 1, 1) or Conv1d's (out, in, 1)); others as is."""
+  if layout == "conv":
+    return (shape[3], shape[2], shape[0], shape[1])
+  if layout == "linear":
+    return (shape[1], shape[0])
+  if layout == "conv1x1":
+    return (shape[1], shape[0], 1, 1)
+  if layout == "conv1d":
+    return (shape[1], shape[0], 1)
+  return tuple(shape)
+
+
+def torch_to_project(array: np.ndarray, layout: str) -> np.ndarray:
+  """A PyTorch tensor in the project's layout (the layouts of `torch_shape`)."""
+  if layout == "conv":
+    return array.transpose(2, 3, 1, 0)
+  if layout == "linear":
+    return array.T
+  if layout == "conv1x1":
+    return array[:, :, 0, 0].T
+  if layout == "conv1d":
+    return array[:, :, 0].T
+  return array
+
+
 def read_torch_state_dict(data: bytes, path: str) -> dict[str, np.ndarray]:
   """A PyTorch state dict file's tensors (torch.load(weights_only=True) only)."""
   return torch_tensors(torch_load(data, path), path)
+
+
+def sha256_file(path: str) -> str:
+  """SHA-256 of a file read in chunks (the DDPM 256-px checkpoints are about 1.8 GB)."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 24), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def tf_checkpoint_files(prefix: str) -> tuple[str, list[str]]:
+  """The files tf.train.load_checkpoint reads for `prefix`: ('V2', [<prefix>.index, its
+  <prefix>.data-*-of-* shards]) where the .index exists, else ('V1', [prefix])."""
+  if os.path.isfile(prefix + ".index"):
+    data = sorted(glob.glob(glob.escape(prefix) + ".data-*-of-*"))
+    return "V2", [prefix + ".index", *data]
+  return "V1", [prefix]
+
+
+class TFCheckpoint(collections.abc.Mapping):
+  """A TensorFlow checkpoint's tensors by name, each read from disk only when looked up.
+
+  tf.train.load_checkpoint is a tensor reader: no graph is imported, nothing from the
+  checkpoint runs. A file it cannot read (truncated, corrupted) fails as one line,
+  "<prefix> is not a readable <what> (...)"; `what` defaults to "TensorFlow V1|V2
+  checkpoint".
+  """
+
+  def __init__(self, prefix: str, what: str | None = None):
+    import tensorflow as tf
+    self.prefix = prefix
+    self.version, self.paths = tf_checkpoint_files(prefix)
+    self.what = what or f"TensorFlow {self.version} checkpoint"
+    # A truncated file fails as an OpError (DataLossError, ...) or, reading past the
+    # end of a data file, as an IndexError.
+    self._errors = (tf.errors.OpError, IndexError, ValueError, RuntimeError)
+    try:
+      self._reader = tf.train.load_checkpoint(prefix)
+      self.shapes = {name: tuple(int(d) for d in shape) for name, shape in
+                     self._reader.get_variable_to_shape_map().items()}
+      self.dtypes = self._reader.get_variable_to_dtype_map()
+    except self._errors as error:
+      raise self.unreadable(error) from None
+
+  def unreadable(self, error: Exception) -> ValueError:
+    return ValueError(f"{self.prefix} is not a readable {self.what} "
+                      f"({type(error).__name__}: {first_line(error, 'error')}).")
+
+  def record_files(self, files: dict[str, str]) -> None:
+    """Every file of the checkpoint (absolute path) -> its SHA-256, into `files`."""
+    for path in self.paths:
+      files[os.path.abspath(path)] = sha256_file(path)
+
+  def __getitem__(self, name: str) -> np.ndarray:
+    if name not in self.shapes:
+      raise KeyError(name)
+    try:
+      return np.asarray(self._reader.get_tensor(name))
+    except self._errors as error:
+      raise self.unreadable(error) from None
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(sorted(self.shapes))
+
+  def __len__(self) -> int:
+    return len(self.shapes)
 
 
 # -------------------------------------------------------------------- assembling

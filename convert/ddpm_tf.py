@@ -38,8 +38,6 @@ the names map one to one (models/unet.py was written after this network):
 from __future__ import annotations
 
 import collections.abc
-import glob
-import hashlib
 import os
 import re
 from typing import Any, Iterator
@@ -81,60 +79,17 @@ def index_path(prefix: str) -> str:
   return prefix + INDEX_SUFFIX
 
 
-def checkpoint_files(prefix: str) -> list[str]:
-  """The files tf.train.load_checkpoint reads for `prefix`: .index and data shards."""
-  return [index_path(prefix)] + sorted(glob.glob(glob.escape(prefix) + ".data-*-of-*"))
-
-
-def sha256_file(path: str) -> str:
-  """SHA-256 of a file read in chunks (the 256-px checkpoints are about 1.8 GB)."""
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 24), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
-def _unreadable(prefix: str, error: Exception) -> ValueError:
-  return ValueError(f"{prefix} is not a readable TensorFlow checkpoint "
-                    f"({type(error).__name__}: {common.first_line(error, 'error')}).")
-
-
-class Checkpoint(collections.abc.Mapping):
-  """A TF checkpoint's tensors by name, each read from disk only when looked up."""
-
-  def __init__(self, prefix: str):
-    import tensorflow as tf
-    if not os.path.isfile(index_path(prefix)):
-      raise ValueError(f"No {index_path(prefix)}: --source must be a TensorFlow "
-                       "checkpoint prefix such as .../model.ckpt-790000 (the path "
-                       "before .index and .data-00000-of-00001).")
-    self.prefix = prefix
-    self._errors = (tf.errors.OpError, IndexError, ValueError, RuntimeError)
-    try:
-      self._reader = tf.train.load_checkpoint(prefix)
-      self.shapes = {name: tuple(int(d) for d in shape) for name, shape in
-                     self._reader.get_variable_to_shape_map().items()}
-    except self._errors as error:
-      raise _unreadable(prefix, error) from None
-
-  def __getitem__(self, name: str) -> np.ndarray:
-    if name not in self.shapes:
-      raise KeyError(name)
-    try:
-      return np.asarray(self._reader.get_tensor(name))
-    except self._errors as error:
-      raise _unreadable(self.prefix, error) from None
-
-  def __iter__(self) -> Iterator[str]:
-    return iter(sorted(self.shapes))
-
-  def __len__(self) -> int:
-    return len(self.shapes)
+def open_checkpoint(prefix: str) -> common.TFCheckpoint:
+  """The V2 checkpoint at `prefix` (its tensors read lazily by name)."""
+  if not os.path.isfile(index_path(prefix)):
+    raise ValueError(f"No {index_path(prefix)}: --source must be a TensorFlow "
+                     "checkpoint prefix such as .../model.ckpt-790000 (the path "
+                     "before .index and .data-00000-of-00001).")
+  return common.TFCheckpoint(prefix, what="TensorFlow checkpoint")
 
 
 class _Subset(collections.abc.Mapping):
-  """Some of a Checkpoint's names, still read lazily."""
+  """Some of a checkpoint's names, still read lazily."""
 
   def __init__(self, checkpoint: collections.abc.Mapping, names: list[str]):
     self._checkpoint, self._names = checkpoint, names
@@ -287,9 +242,10 @@ def convert(source: str, config: ml_collections.ConfigDict,
   """Reads the checkpoint at prefix `source`; every check passes before it returns."""
   del image_shape   # the variable names and shapes fix it (attention at 16x16)
   check_config(config, abstract_params, groups)
-  checkpoint = Checkpoint(source)
+  checkpoint = open_checkpoint(source)
   params, ema_params, details = convert_checkpoint(checkpoint, abstract_params, source)
-  files = {os.path.abspath(p): sha256_file(p) for p in checkpoint_files(source)}
+  files: dict[str, str] = {}
+  checkpoint.record_files(files)
   num_tensors = details["num_variables"] - details["num_ignored"]
   return common.Converted(params=params, ema_params=ema_params, files=files,
                           num_tensors=num_tensors, details=details)

@@ -98,22 +98,14 @@ def edm_name(key: tuple[str, ...]) -> tuple[str, str]:
 
 
 def torch_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
-  if layout in ("conv", "qkv"):    # HWIO <- OIHW
-    return (shape[3], shape[2], shape[0], shape[1])
-  if layout == "linear":           # (in, out) <- (out, in)
-    return (shape[1], shape[0])
-  return tuple(shape)
+  return common.torch_shape(shape, "conv" if layout == "qkv" else layout)
 
 
 def to_project(array: np.ndarray, layout: str) -> np.ndarray:
   if layout in ("qkv", "qkv_bias"):   # output rows c * 3 + j (j: q, k, v) -> j * C + c
     rows = array.shape[0] // 3
     array = array.reshape(rows, 3, *array.shape[1:]).swapaxes(0, 1).reshape(array.shape)
-  if layout in ("conv", "qkv"):
-    return array.transpose(2, 3, 1, 0)
-  if layout == "linear":
-    return array.T
-  return array
+  return common.torch_to_project(array, "conv" if layout == "qkv" else layout)
 
 
 # ------------------------------------------------------------------------ checks

@@ -139,29 +139,9 @@ def source_name(key: tuple[str, ...], table: dict[str, tuple[str, dict[str, str]
   return name, "conv"
 
 
-def torch_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
-  """The checkpoint tensor's shape for a project parameter of `shape`."""
-  if layout == "conv":         # HWIO <- OIHW
-    return (shape[3], shape[2], shape[0], shape[1])
-  if layout == "linear":       # (in, out) <- (out, in)
-    return (shape[1], shape[0])
-  if layout == "conv1x1":
-    return (shape[1], shape[0], 1, 1)
-  if layout == "conv1d":
-    return (shape[1], shape[0], 1)
-  return tuple(shape)
-
-
-def to_project(array: np.ndarray, layout: str) -> np.ndarray:
-  if layout == "conv":
-    return array.transpose(2, 3, 1, 0)
-  if layout == "linear":
-    return array.T
-  if layout == "conv1x1":
-    return array[:, :, 0, 0].T
-  if layout == "conv1d":
-    return array[:, :, 0].T
-  return array
+# The checkpoint's layouts are PyTorch's (common.torch_shape, torch_to_project).
+torch_shape = common.torch_shape
+to_project = common.torch_to_project
 
 
 def split_qkv(array: np.ndarray, num_heads: int, order: str) -> dict[str, np.ndarray]:

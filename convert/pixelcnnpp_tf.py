@@ -43,9 +43,6 @@ forward pass in TF written on the checkpoint's own tensors.
 from __future__ import annotations
 
 import collections
-import glob
-import hashlib
-import os
 import re
 from typing import Any
 
@@ -250,54 +247,20 @@ def convert_tensors(tensors: dict[str, np.ndarray], config: ml_collections.Confi
   return params, ema_params, details
 
 
-def checkpoint_files(prefix: str) -> tuple[str, list[str]]:
-  """('V2', index and data files) or ('V1', [the file])."""
-  if os.path.isfile(prefix + ".index"):
-    data = sorted(glob.glob(glob.escape(prefix) + ".data-?????-of-?????"))
-    return "V2", [prefix + ".index", *data]
-  return "V1", [prefix]
-
-
-def sha256_file(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 24), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def read_checkpoint(prefix: str, files: dict[str, str]) -> dict[str, np.ndarray]:
   """Every tensor of the model (raw and EMA) by name; the optimizer state's shapes only
   (zero-stride arrays: it is checked, never converted)."""
-  import tensorflow as tf
-  version, paths = checkpoint_files(prefix)
-  for path in paths:
-    files[os.path.abspath(path)] = sha256_file(path)
-  def unreadable(error: Exception) -> ValueError:
-    return ValueError(f"{prefix} is not a readable TensorFlow {version} checkpoint "
-                      f"({type(error).__name__}: {common.first_line(error, 'error')}).")
-
-  # A truncated file fails as an OpError (DataLossError, ...) or, reading past the
-  # end of a data file, as an IndexError.
-  failures = (tf.errors.OpError, RuntimeError, IndexError)
-  try:
-    reader = tf.train.load_checkpoint(prefix)
-    shapes = reader.get_variable_to_shape_map()
-    dtypes = reader.get_variable_to_dtype_map()
-  except failures as error:
-    raise unreadable(error) from None
+  checkpoint = common.TFCheckpoint(prefix)
+  checkpoint.record_files(files)
   tensors = {}
-  for name in sorted(shapes):
+  for name in checkpoint:   # sorted by name
     if OPTIMIZER_NAME.fullmatch(name):
-      tensors[name] = np.broadcast_to(np.zeros((), np.float32), shapes[name])
-      continue
-    if not dtypes[name].is_floating:
-      raise ValueError(f"{prefix}: tensor {name!r} is {dtypes[name].name}, not "
-                       "floating point.")
-    try:
-      tensors[name] = np.asarray(reader.get_tensor(name))
-    except failures as error:
-      raise unreadable(error) from None
+      tensors[name] = np.broadcast_to(np.zeros((), np.float32), checkpoint.shapes[name])
+    elif not checkpoint.dtypes[name].is_floating:
+      raise ValueError(f"{prefix}: tensor {name!r} is {checkpoint.dtypes[name].name}, "
+                       "not floating point.")
+    else:
+      tensors[name] = checkpoint[name]
   return tensors
 
 
@@ -309,7 +272,7 @@ def convert(source: str, config: ml_collections.ConfigDict,
   tensors = read_checkpoint(source, files)
   params, ema_params, details = convert_tensors(tensors, config, tuple(image_shape),
                                                 abstract_params, source)
-  details["checkpoint_version"] = checkpoint_files(source)[0]
+  details["checkpoint_version"] = common.tf_checkpoint_files(source)[0]
   return common.Converted(
       params=params, ema_params=ema_params, files=files,
       num_tensors=details["num_params_tensors"] + details["num_ema_tensors"],

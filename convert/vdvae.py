@@ -95,23 +95,19 @@ def torch_name(key: tuple[str, ...], resolutions: list[int]) -> tuple[str, str]:
 
 def torch_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
   """VDVAE's shape of a project parameter of `shape`."""
-  if layout == "conv":      # HWIO <- OIHW
-    return (shape[3], shape[2], shape[0], shape[1])
   if layout == "state":     # [1, r, r, W] <- [1, W, r, r]
     return (shape[0], shape[3], shape[1], shape[2])
   if layout == "channel":   # [W] <- [1, W, 1, 1]
     return (1, shape[0], 1, 1)
-  return tuple(shape)
+  return common.torch_shape(shape, layout)
 
 
 def to_project(array: np.ndarray, layout: str) -> np.ndarray:
-  if layout == "conv":
-    return array.transpose(2, 3, 1, 0)
   if layout == "state":
     return array.transpose(0, 2, 3, 1)
   if layout == "channel":
     return array.reshape(-1)
-  return array
+  return common.torch_to_project(array, layout)
 
 
 # -------------------------------------------------------------------- the checks

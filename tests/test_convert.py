@@ -29,11 +29,12 @@ from configs import bases, ddpm_cifar  # noqa: E402
 from convert import __main__ as cli  # noqa: E402
 from convert import diffusers_unet  # noqa: E402
 from convert import workdir as workdir_lib  # noqa: E402
-from train import families, modes  # noqa: E402
-from train.run import Run  # noqa: E402
+from train import modes  # noqa: E402
 from train.workdir_guard import check_workdir_config  # noqa: E402
+from tests.convert_testing import (  # noqa: E402
+    assert_converting_again_is_refused, assert_fails_before_writing, assert_same_params,
+    cli_flags, family_and_abstract_params, restore, save_code_pickle, write_first_half)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SHAPE = (32, 32, 3)
 # google/ddpm-cifar10-32's config.json.
 PUBLISHED = dict(
@@ -65,10 +66,7 @@ def project_config(ch: int = 32, num_groups: int = 8):
 
 
 def family_and_params(config):
-  family, _ = families.build_family(config, IMAGE_SHAPE, 10)
-  example = dict(image=np.zeros((1, *IMAGE_SHAPE), np.uint8),
-                 label=np.zeros((1,), np.int32))
-  return family, jax.eval_shape(family.init, jax.random.PRNGKey(0), example).params
+  return family_and_abstract_params(config, IMAGE_SHAPE)
 
 
 def max_output_difference(family, params, unet) -> float:
@@ -81,13 +79,6 @@ def max_output_difference(family, params, unet) -> float:
                   torch.from_numpy(t).long()).sample.permute(0, 2, 3, 1).numpy()
   assert np.abs(theirs).max() > 0.1   # a real output, not a zero-initialised one
   return float(np.abs(ours - theirs).max())
-
-
-def assert_same_params(a, b):
-  flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)
-  assert len(flat_a) == len(flat_b)
-  for (path, x), y in zip(flat_a, flat_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
 
 
 @pytest.fixture(scope="module")
@@ -173,15 +164,8 @@ def test_published_widths_output_equals_diffusers(tmp_path):
 
 
 def _flags(source, workdir, *overrides) -> flags.FlagValues:
-  """The command line's flags, parsed apart from main.py's."""
-  argv = ["convert", "--from=diffusers", f"--source={source}",
-          f"--config={os.path.join(REPO, 'configs', 'ddpm_cifar.py')}",
-          f"--workdir={workdir}", "--config.model.ch=32", "--config.model.num_groups=8",
-          *overrides]
-  flag_values = flags.FlagValues()
-  cli.define_flags(flag_values, argv)
-  flag_values(argv)
-  return flag_values
+  return cli_flags("diffusers", source, "ddpm_cifar.py", workdir,
+                   "--config.model.ch=32", "--config.model.num_groups=8", *overrides)
 
 
 def test_converted_pipeline_samples_through_main_modes(small, tmp_path, fast_compile):
@@ -210,11 +194,7 @@ def test_converted_pipeline_samples_through_main_modes(small, tmp_path, fast_com
     assert os.path.isfile(os.path.join(workdir, "config.json"))
     check_workdir_config(config, workdir, bases.base_config("ddpm"))
 
-    run = Run(config, workdir)
-    try:
-      state = run.init_or_restore(must_exist=True)
-    finally:
-      run.close()
+    state = restore(config, workdir)
     assert int(state.step) == 0
     assert_same_params(state.params, converted.params)
     assert_same_params(state.ema_params, converted.params)
@@ -224,8 +204,7 @@ def test_converted_pipeline_samples_through_main_modes(small, tmp_path, fast_com
       assert samples["arr_0"].shape == (4, *IMAGE_SHAPE)
       assert samples["arr_0"].dtype == np.uint8
 
-    with pytest.raises(ValueError, match="already holds checkpoints"):
-      cli.run(_flags(source, workdir))
+    assert_converting_again_is_refused(_flags(source, workdir))
 
 
 def _malformed(tmp_path, folder, case) -> str:
@@ -236,15 +215,10 @@ def _malformed(tmp_path, folder, case) -> str:
   weights = os.path.join(folder, "diffusion_pytorch_model.safetensors")
   tensors = safetensors.numpy.load_file(weights)
   if case == "truncated":
-    with open(weights, "rb") as f:
-      data = f.read()
-    (source / "diffusion_pytorch_model.safetensors").write_bytes(data[:len(data) // 2])
+    write_first_half(weights, source / "diffusion_pytorch_model.safetensors")
     return str(source)
   if case == "code":
-    class Payload:   # unpickling it would create `ran`: the test checks it does not
-      def __reduce__(self):
-        return os.mkdir, (str(tmp_path / "ran"),)
-    torch.save({"conv_in.weight": Payload()}, source / "diffusion_pytorch_model.bin")
+    save_code_pickle(source / "diffusion_pytorch_model.bin", "conv_in.weight", tmp_path)
     return str(source)
   if case == "missing":
     del tensors["conv_out.bias"]
@@ -267,13 +241,7 @@ def _malformed(tmp_path, folder, case) -> str:
 def test_malformed_sources_fail_before_writing(small, tmp_path, case, match):
   _, folder, _ = small
   source = _malformed(tmp_path, folder, case)
-  workdir = tmp_path / "workdir"
-  with tfds.testing.mock_data(num_examples=8):
-    with pytest.raises(ValueError, match=match) as error:
-      workdir_lib.convert_to_workdir(project_config(), str(workdir), source)
-  assert "\n" not in str(error.value)
-  assert not workdir.exists(), "nothing may be written for a malformed source"
-  assert not (tmp_path / "ran").exists(), "code from the checkpoint ran"
+  assert_fails_before_writing(tmp_path, project_config(), source, "diffusers", match)
 
 
 @pytest.mark.parametrize("field,value,match", [

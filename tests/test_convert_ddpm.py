@@ -31,10 +31,10 @@ from convert import __main__ as cli  # noqa: E402
 from convert import ddpm_tf, diffusers_unet  # noqa: E402
 from convert import workdir as workdir_lib  # noqa: E402
 from tests import manifests  # noqa: E402
-from train import families  # noqa: E402
-from train.run import Run  # noqa: E402
+from tests.convert_testing import (  # noqa: E402
+    assert_converting_again_is_refused, assert_fails_before_writing, cli_flags,
+    family_and_abstract_params, restore)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # google/ddpm-cat-256's config.json (diffusers 0.0.4, as uploaded); the church, bedroom
 # and CelebA-HQ uploads hold the same network (the paper's one 256x256 architecture).
 PUBLISHED_256 = dict(
@@ -96,10 +96,7 @@ def project_config(module, ch: int, num_groups: int, attn: int | None = None):
 
 
 def family_and_params(config, image_shape):
-  family, _ = families.build_family(config, image_shape, 0)
-  example = dict(image=np.zeros((1, *image_shape), np.uint8),
-                 label=np.zeros((1,), np.int32))
-  return family, jax.eval_shape(family.init, jax.random.PRNGKey(0), example).params
+  return family_and_abstract_params(config, image_shape, num_classes=0)
 
 
 def max_difference(family, params, unet, image_shape) -> float:
@@ -375,14 +372,8 @@ def narrow_format(monkeypatch):
 
 
 def _flags(source, workdir, *overrides) -> flags.FlagValues:
-  argv = ["convert", "--from=ddpm_tf", f"--source={source}",
-          f"--config={os.path.join(REPO, 'configs', 'ddpm_cifar.py')}",
-          f"--workdir={workdir}", "--config.model.ch=32", "--config.model.num_groups=8",
-          "--step=790000", *overrides]
-  flag_values = flags.FlagValues()
-  cli.define_flags(flag_values, argv)
-  flag_values(argv)
-  return flag_values
+  return cli_flags("ddpm_tf", source, "ddpm_cifar.py", workdir, "--config.model.ch=32",
+                   "--config.model.num_groups=8", "--step=790000", *overrides)
 
 
 def test_tf_checkpoint_through_the_command_line(tmp_path, monkeypatch, fast_compile):
@@ -398,18 +389,13 @@ def test_tf_checkpoint_through_the_command_line(tmp_path, monkeypatch, fast_comp
     assert record["format"] == "ddpm_tf" and record["global_step"] == 790_000
     assert record["source"] == os.path.abspath(prefix) and len(record["files"]) == 2
     assert metadata["step"] == 790_000
-    run = Run(flag_values.config, workdir)
-    try:
-      state = run.init_or_restore(must_exist=True)
-    finally:
-      run.close()
+    state = restore(flag_values.config, workdir)
     assert int(state.step) == 790_000
     for tree, suffix in ((state.params, ""), (state.ema_params, ddpm_tf.EMA_SUFFIX)):
       for key, value in traverse_util.flatten_dict(tree).items():
         np.testing.assert_array_equal(np.asarray(value),
                                       tensors[ddpm_tf.tf_name(key)[0] + suffix])
-    with pytest.raises(ValueError, match="already holds checkpoints"):
-      cli.run(_flags(prefix, workdir))
+    assert_converting_again_is_refused(_flags(prefix, workdir))
 
 
 def _malformed(tmp_path, case: str) -> str:
@@ -467,14 +453,9 @@ def _malformed(tmp_path, case: str) -> str:
 def test_malformed_checkpoints_fail_before_writing(tmp_path, monkeypatch, case, match):
   narrow_format(monkeypatch)
   source = _malformed(tmp_path, case)
-  workdir = tmp_path / "workdir"
   config = project_config(ddpm_cifar, ch=32, num_groups=8)
-  with tfds.testing.mock_data(num_examples=4):
-    with pytest.raises(ValueError, match=match) as error:
-      workdir_lib.convert_to_workdir(config, str(workdir), source,
-                                     source_format="ddpm_tf")
-  assert "\n" not in str(error.value)
-  assert not workdir.exists(), "nothing may be written for a malformed checkpoint"
+  assert_fails_before_writing(tmp_path, config, source, "ddpm_tf", match,
+                              num_examples=4)
 
 
 def test_no_ema_variables_gives_the_raw_weights_to_both(tmp_path):

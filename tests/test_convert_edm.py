@@ -17,13 +17,11 @@ with the export command.
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from absl import flags
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -31,12 +29,11 @@ F = torch.nn.functional
 from configs import edm_cifar  # noqa: E402
 from convert import __main__ as cli  # noqa: E402
 from convert import edm  # noqa: E402
-from convert import workdir as workdir_lib  # noqa: E402
 from tests import manifests  # noqa: E402
-from train import families  # noqa: E402
-from train.run import Run  # noqa: E402
+from tests.convert_testing import (  # noqa: E402
+    Reading, assert_fails_before_writing, assert_same_params, cli_flags,
+    family_and_abstract_params, restore, save_code_pickle, write_first_half)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SHAPE = (32, 32, 3)
 # train.py's --arch choices for CIFAR-10 (augment_dim 9 with the default --augment).
 ARCHS = {
@@ -137,18 +134,6 @@ def song_unet_shapes(model_channels: int, channel_mult: tuple[int, ...],
       norm(f"dec.{res}x{res}_aux_norm", cout)
       conv(f"dec.{res}x{res}_aux_conv", cout, channels, 3)
   return shapes
-
-
-class Reading(dict):
-  """A state dict that records which tensors were read."""
-
-  def __init__(self, tensors):
-    super().__init__(tensors)
-    self.read = set()
-
-  def __getitem__(self, name):
-    self.read.add(name)
-    return super().__getitem__(name)
 
 
 def reference_output(sd: Reading, x: np.ndarray, noise_labels: np.ndarray,
@@ -270,10 +255,7 @@ def project_config(variant: str = "vp", small: bool = True):
 
 
 def family_and_params(config):
-  family, _ = families.build_family(config, IMAGE_SHAPE, 10)
-  example = dict(image=np.zeros((1, *IMAGE_SHAPE), np.uint8),
-                 label=np.zeros((1,), np.int32))
-  return family, jax.eval_shape(family.init, jax.random.PRNGKey(0), example).params
+  return family_and_abstract_params(config, IMAGE_SHAPE)
 
 
 def state_dict(shapes, resample_filter, seed=0) -> dict[str, np.ndarray]:
@@ -394,27 +376,18 @@ def test_full_manifest_converts_with_no_tensor_left_over(arch):
 def test_command_line_writes_the_workdir(sources, tmp_path):
   tensors, path = sources["ve"]
   workdir = str(tmp_path / "workdir")
-  argv = ["convert", "--from=edm", f"--source={path}",
-          f"--config={os.path.join(REPO, 'configs', 'edm_cifar.py')}:ncsnpp",
-          f"--workdir={workdir}", "--config.model.ch=16",
-          "--config.model.ch_mult=(1, 2, 2)", "--config.model.num_res_blocks=1",
-          "--config.model.attn_resolutions=(16,)"]
-  flag_values = flags.FlagValues()
-  cli.define_flags(flag_values, argv)
-  flag_values(argv)
+  flag_values = cli_flags("edm", path, "edm_cifar.py:ncsnpp", workdir,
+                          "--config.model.ch=16", "--config.model.ch_mult=(1, 2, 2)",
+                          "--config.model.num_res_blocks=1",
+                          "--config.model.attn_resolutions=(16,)")
   with tfds.testing.mock_data(num_examples=8):
     record = cli.run(flag_values)["converted_from"]
     assert record["format"] == "edm" and record["num_tensors"] == len(tensors)
-    run = Run(flag_values.config, workdir)
-    try:
-      restored = run.init_or_restore(must_exist=True)
-    finally:
-      run.close()
+    restored = restore(flag_values.config, workdir)
   _, abstract = family_and_params(flag_values.config)
   converted = edm.convert(path, flag_values.config, IMAGE_SHAPE, abstract)
-  for params in (restored.params, restored.ema_params):
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(converted.params)):
-      np.testing.assert_array_equal(np.asarray(a), b)
+  assert_same_params(restored.params, converted.params)
+  assert_same_params(restored.ema_params, converted.params)
 
 
 def _malformed(tmp_path, tensors, case) -> str:
@@ -425,16 +398,9 @@ def _malformed(tmp_path, tensors, case) -> str:
     path.write_bytes(b"not read")
     return str(path)
   if case == "truncated":
-    save(tensors, path)
-    data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
-    return str(path)
+    return write_first_half(save(tensors, path))
   if case == "code":
-    class Payload:   # unpickling it would create `ran`: the test checks it does not
-      def __reduce__(self):
-        return os.mkdir, (str(tmp_path / "ran"),)
-    torch.save({"ema": Payload()}, path)
-    return str(path)
+    return save_code_pickle(path, "ema", tmp_path)
   if case == "missing":
     del tensors["model.dec.32x32_aux_conv.bias"]
   elif case == "shape":
@@ -470,14 +436,7 @@ def _malformed(tmp_path, tensors, case) -> str:
 def test_malformed_files_fail_before_writing(sources, tmp_path, case, match):
   tensors, _ = sources["vp"]
   source = _malformed(tmp_path, tensors, case)
-  workdir = tmp_path / "workdir"
-  with tfds.testing.mock_data(num_examples=8):
-    with pytest.raises(ValueError, match=match) as error:
-      workdir_lib.convert_to_workdir(project_config("vp"), str(workdir), source,
-                                     source_format="edm")
-  assert "\n" not in str(error.value)
-  assert not workdir.exists(), "nothing may be written for a malformed file"
-  assert not (tmp_path / "ran").exists(), "code from the checkpoint ran"
+  assert_fails_before_writing(tmp_path, project_config("vp"), source, "edm", match)
 
 
 @pytest.mark.parametrize("field,value,match", [

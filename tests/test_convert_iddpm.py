@@ -29,12 +29,11 @@ F = torch.nn.functional
 from configs import iddpm_cifar  # noqa: E402
 from convert import __main__ as cli  # noqa: E402
 from convert import improved_diffusion  # noqa: E402
-from convert import workdir as workdir_lib  # noqa: E402
 from tests import manifests  # noqa: E402
-from train import families  # noqa: E402
-from train.run import Run  # noqa: E402
+from tests.convert_testing import (  # noqa: E402
+    Reading, assert_fails_before_writing, assert_same_params, cli_flags,
+    family_and_abstract_params, restore, save_code_pickle, write_first_half)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SHAPE = (32, 32, 3)
 MANIFEST = "improved_diffusion_cifar10"
 # The README's CIFAR-10 flags (--image_size 32 --num_channels 128 --num_res_blocks 3
@@ -119,18 +118,6 @@ def unet_model_shapes(model_channels: int, channel_mult: tuple[int, ...],
   norm("out.0", ch)
   conv("out.2", model_channels, out_channels)
   return shapes
-
-
-class Reading(dict):
-  """A state dict that records which tensors were read."""
-
-  def __init__(self, tensors):
-    super().__init__(tensors)
-    self.read = set()
-
-  def __getitem__(self, name):
-    self.read.add(name)
-    return super().__getitem__(name)
 
 
 def reference_output(sd: Reading, x: np.ndarray, t: np.ndarray, *,
@@ -229,10 +216,7 @@ def project_config(small: bool = True):
 
 
 def family_and_params(config):
-  family, _ = families.build_family(config, IMAGE_SHAPE, 10)
-  example = dict(image=np.zeros((1, *IMAGE_SHAPE), np.uint8),
-                 label=np.zeros((1,), np.int32))
-  return family, jax.eval_shape(family.init, jax.random.PRNGKey(0), example).params
+  return family_and_abstract_params(config, IMAGE_SHAPE)
 
 
 NORM_WEIGHTS = (".in_layers.0.weight", ".out_layers.0.weight", ".norm.weight",
@@ -348,15 +332,10 @@ def test_full_manifest_converts_with_no_tensor_left_over():
 
 
 def _flags(source, workdir, *overrides) -> flags.FlagValues:
-  argv = ["convert", "--from=improved_diffusion", f"--source={source}",
-          f"--config={os.path.join(REPO, 'configs', 'iddpm_cifar.py')}",
-          f"--workdir={workdir}", "--config.model.ch_mult=(1, 2, 2)",
-          "--config.model.num_res_blocks=1", "--config.model.attn_resolutions=(16,)",
-          *overrides]
-  flag_values = flags.FlagValues()
-  cli.define_flags(flag_values, argv)
-  flag_values(argv)
-  return flag_values
+  return cli_flags("improved_diffusion", source, "iddpm_cifar.py", workdir,
+                   "--config.model.ch_mult=(1, 2, 2)",
+                   "--config.model.num_res_blocks=1",
+                   "--config.model.attn_resolutions=(16,)", *overrides)
 
 
 def test_command_line_writes_the_workdir(small, tmp_path):
@@ -369,30 +348,18 @@ def test_command_line_writes_the_workdir(small, tmp_path):
     assert record["format"] == "improved_diffusion"
     assert record["num_tensors"] == len(state) and record["qkv_order"] == "legacy"
     assert list(record["files"]) == [os.path.abspath(path)]
-    run = Run(flag_values.config, workdir)
-    try:
-      restored = run.init_or_restore(must_exist=True)
-    finally:
-      run.close()
-  for params in (restored.params, restored.ema_params):
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(converted.params)):
-      np.testing.assert_array_equal(np.asarray(a), b)
+    restored = restore(flag_values.config, workdir)
+  assert_same_params(restored.params, converted.params)
+  assert_same_params(restored.ema_params, converted.params)
 
 
 def _malformed(tmp_path, state, case) -> str:
   path = tmp_path / "model.pt"
   state = dict(state)
   if case == "truncated":
-    save(state, path)
-    data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
-    return str(path)
+    return write_first_half(save(state, path))
   if case == "code":
-    class Payload:   # unpickling it would create `ran`: the test checks it does not
-      def __reduce__(self):
-        return os.mkdir, (str(tmp_path / "ran"),)
-    torch.save({"time_embed.0.weight": Payload()}, path)
-    return str(path)
+    return save_code_pickle(path, "time_embed.0.weight", tmp_path)
   if case == "missing":
     del state["output_blocks.3.2.conv.bias"]
   elif case == "extra":
@@ -427,14 +394,8 @@ def _malformed(tmp_path, state, case) -> str:
 def test_malformed_files_fail_before_writing(small, tmp_path, case, match):
   state, _, _ = small
   source = _malformed(tmp_path, state, case)
-  workdir = tmp_path / "workdir"
-  with tfds.testing.mock_data(num_examples=8):
-    with pytest.raises(ValueError, match=match) as error:
-      workdir_lib.convert_to_workdir(project_config(), str(workdir), source,
-                                     source_format="improved_diffusion")
-  assert "\n" not in str(error.value)
-  assert not workdir.exists(), "nothing may be written for a malformed file"
-  assert not (tmp_path / "ran").exists(), "code from the checkpoint ran"
+  assert_fails_before_writing(tmp_path, project_config(), source, "improved_diffusion",
+                              match)
 
 
 @pytest.mark.parametrize("field,value,match", [

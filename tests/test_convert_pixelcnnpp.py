@@ -28,11 +28,12 @@ from convert import __main__ as cli
 from convert import pixelcnnpp_tf
 from convert import workdir as workdir_lib
 from tests import manifests
-from train import families, modes
-from train.run import Run
+from tests.convert_testing import (
+    assert_converting_again_is_refused, assert_fails_before_writing, assert_same_params,
+    cli_flags, family_and_abstract_params, restore, write_first_half)
+from train import modes
 from train.workdir_guard import check_workdir_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(nr_resnet=1, nr_filters=16, nr_logistic_mix=4)
 IMAGE_SHAPE = (32, 32, 3)       # the config's dataset (CIFAR-10, mocked)
 TEST_SHAPE = (2, 8, 8, 3)       # the network is convolutional: compared at 8x8
@@ -275,10 +276,7 @@ def project_config(**overrides):
 
 
 def family_and_abstract(config, image_shape=IMAGE_SHAPE):
-  family, _ = families.build_family(config, image_shape, 10)
-  example = dict(image=np.zeros((1, *image_shape), np.uint8),
-                 label=np.zeros((1,), np.int32))
-  return family, jax.eval_shape(family.init, jax.random.PRNGKey(0), example).params
+  return family_and_abstract_params(config, image_shape)
 
 
 @pytest.fixture(scope="module")
@@ -291,13 +289,6 @@ def small(tmp_path_factory):
   _, abstract = family_and_abstract(config)
   converted = pixelcnnpp_tf.convert(prefix, config, IMAGE_SHAPE, abstract)
   return tensors, prefix, converted
-
-
-def assert_same_params(a, b):
-  flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)
-  assert len(flat_a) == len(flat_b)
-  for (path, x), y in zip(flat_a, flat_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
 
 
 # --------------------------------------------------------------------------- tests
@@ -376,14 +367,9 @@ def variable_names(tensors):
 
 
 def _flags(source, workdir, *overrides) -> flags.FlagValues:
-  argv = ["convert", "--from=pixelcnnpp_tf", f"--source={source}",
-          f"--config={os.path.join(REPO, 'configs', 'pixelcnnpp_cifar.py')}",
-          f"--workdir={workdir}", "--config.model.ch=16", "--config.model.nr_resnet=1",
-          "--config.model.nr_logistic_mix=4", *overrides]
-  flag_values = flags.FlagValues()
-  cli.define_flags(flag_values, argv)
-  flag_values(argv)
-  return flag_values
+  return cli_flags("pixelcnnpp_tf", source, "pixelcnnpp_cifar.py", workdir,
+                   "--config.model.ch=16", "--config.model.nr_resnet=1",
+                   "--config.model.nr_logistic_mix=4", *overrides)
 
 
 def test_cli_writes_a_workdir_that_main_evaluates(small, tmp_path, fast_compile):
@@ -401,17 +387,12 @@ def test_cli_writes_a_workdir_that_main_evaluates(small, tmp_path, fast_compile)
     assert record["num_tensors"] == converted.num_tensors
     assert record["num_optimizer_tensors_not_converted"] == 1 + converted.num_tensors
     check_workdir_config(config, workdir, bases.base_config("autoregressive"))
-    run = Run(config, workdir)
-    try:
-      state = run.init_or_restore(must_exist=True)
-    finally:
-      run.close()
+    state = restore(config, workdir)
     assert_same_params(state.params, converted.params)
     assert_same_params(state.ema_params, converted.ema_params)
     report = modes.evaluate(config, workdir)
     assert report["params"] == "ema" and np.isfinite(report["bpd"]), report
-    with pytest.raises(ValueError, match="already holds checkpoints"):
-      cli.run(_flags(prefix, workdir))
+    assert_converting_again_is_refused(_flags(prefix, workdir))
 
 
 def _malformed(tmp_path, tensors, prefix, case) -> str:
@@ -419,11 +400,7 @@ def _malformed(tmp_path, tensors, prefix, case) -> str:
   source = str(tmp_path / "broken.ckpt")
   tensors = dict(tensors)
   if case == "truncated":
-    with open(prefix, "rb") as f:
-      data = f.read()
-    with open(source, "wb") as f:
-      f.write(data[:len(data) // 2])
-    return source
+    return write_first_half(prefix, source)
   if case == "truncated_v2":
     write_checkpoint(source, tensors, "V2")
     data_file = source + ".data-00000-of-00001"
@@ -465,13 +442,8 @@ def _malformed(tmp_path, tensors, prefix, case) -> str:
 def test_malformed_checkpoints_fail_before_writing(small, tmp_path, case, match):
   tensors, prefix, _ = small
   source = _malformed(tmp_path, tensors, prefix, case)
-  workdir = tmp_path / "workdir"
-  with tfds.testing.mock_data(num_examples=8):
-    with pytest.raises(ValueError, match=match) as error:
-      workdir_lib.convert_to_workdir(project_config(), str(workdir), source,
-                                     source_format="pixelcnnpp_tf")
-  assert "\n" not in str(error.value)
-  assert not workdir.exists(), "nothing may be written for a malformed checkpoint"
+  assert_fails_before_writing(tmp_path, project_config(), source, "pixelcnnpp_tf",
+                              match)
 
 
 def test_a_missing_checkpoint_and_other_networks_are_refused(small, tmp_path):

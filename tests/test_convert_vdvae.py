@@ -12,7 +12,6 @@ draws), and the top-down pass from given latents (the sampling path).
 from __future__ import annotations
 
 import hashlib
-import os
 
 import jax
 import numpy as np
@@ -26,14 +25,14 @@ F = torch.nn.functional
 from configs import bases, vdvae_cifar  # noqa: E402
 from convert import __main__ as cli  # noqa: E402
 from convert import vdvae  # noqa: E402
-from convert import workdir as workdir_lib  # noqa: E402
 from tests import manifests  # noqa: E402
-from train import families, modes  # noqa: E402
+from tests.convert_testing import (  # noqa: E402
+    assert_converting_again_is_refused, assert_fails_before_writing, assert_same_params,
+    cli_flags, family_and_abstract_params, restore, save_code_pickle, write_first_half)
+from train import modes  # noqa: E402
 from train import hvae as hvae_family  # noqa: E402
-from train.run import Run  # noqa: E402
 from train.workdir_guard import check_workdir_config  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SHAPE = (32, 32, 3)
 # hps.py's cifar10 set over its argparse defaults.
 PUBLISHED = dict(enc_blocks="32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3",
@@ -218,10 +217,7 @@ def project_config(settings=None):
 
 
 def family_and_abstract(config):
-  family, _ = families.build_family(config, IMAGE_SHAPE, 10)
-  example = dict(image=np.zeros((1, *IMAGE_SHAPE), np.uint8),
-                 label=np.zeros((1,), np.int32))
-  return family, jax.eval_shape(family.init, jax.random.PRNGKey(0), example).params
+  return family_and_abstract_params(config, IMAGE_SHAPE)
 
 
 @pytest.fixture(scope="module")
@@ -249,13 +245,6 @@ def images(batch=2, seed=0):
 
 def to_nchw(a):
   return torch.from_numpy(np.array(a)).permute(0, 3, 1, 2)
-
-
-def assert_same_params(a, b):
-  flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)
-  assert len(flat_a) == len(flat_b)
-  for (path, x), y in zip(flat_a, flat_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
 
 
 # --------------------------------------------------------------------------- tests
@@ -346,15 +335,10 @@ def test_ema_file_alone_gives_ema_params_for_both(small, tmp_path):
 
 
 def _flags(source, workdir, *overrides) -> flags.FlagValues:
-  argv = ["convert", "--from=vdvae", f"--source={source}",
-          f"--config={os.path.join(REPO, 'configs', 'vdvae_cifar.py')}",
-          f"--workdir={workdir}", f"--config.model.ch={SMALL['width']}",
-          *(f"--config.hvae.{field}={SMALL[field]}" for field in
-            ("enc_blocks", "dec_blocks", "zdim", "num_mixtures")), *overrides]
-  flag_values = flags.FlagValues()
-  cli.define_flags(flag_values, argv)
-  flag_values(argv)
-  return flag_values
+  return cli_flags("vdvae", source, "vdvae_cifar.py", workdir,
+                   f"--config.model.ch={SMALL['width']}",
+                   *(f"--config.hvae.{field}={SMALL[field]}" for field in
+                     ("enc_blocks", "dec_blocks", "zdim", "num_mixtures")), *overrides)
 
 
 def test_cli_writes_a_workdir_that_main_evaluates(small, tmp_path, fast_compile):
@@ -370,17 +354,12 @@ def test_cli_writes_a_workdir_that_main_evaluates(small, tmp_path, fast_compile)
     assert record["num_tensors"] == converted.num_tensors
     assert len(record["files"]) == 2
     check_workdir_config(config, workdir, bases.base_config("hvae"))
-    run = Run(config, workdir)
-    try:
-      state = run.init_or_restore(must_exist=True)
-    finally:
-      run.close()
+    state = restore(config, workdir)
     assert_same_params(state.params, converted.params)
     assert_same_params(state.ema_params, converted.ema_params)
     report = modes.evaluate(config, workdir)
     assert report["params"] == "ema" and np.isfinite(report["bpd_elbo"]), report
-    with pytest.raises(ValueError, match="already holds checkpoints"):
-      cli.run(_flags(source, workdir))
+    assert_converting_again_is_refused(_flags(source, workdir))
 
 
 def _malformed(tmp_path, state, case) -> str:
@@ -388,17 +367,9 @@ def _malformed(tmp_path, state, case) -> str:
   state = dict(state)
   if case == "truncated":
     torch.save(state, source)
-    with open(source, "rb") as f:
-      data = f.read()
-    with open(source, "wb") as f:
-      f.write(data[:len(data) // 2])
-    return source
+    return write_first_half(source)
   if case == "code":
-    class Payload:   # unpickling it would create `ran`: the test checks it does not
-      def __reduce__(self):
-        return os.mkdir, (str(tmp_path / "ran"),)
-    torch.save({"encoder.in_conv.weight": Payload()}, source)
-    return source
+    return save_code_pickle(source, "encoder.in_conv.weight", tmp_path)
   if case == "missing":
     del state["decoder.dec_blocks.2.z_proj.bias"]
   elif case == "extra":
@@ -424,14 +395,7 @@ def _malformed(tmp_path, state, case) -> str:
 def test_malformed_state_dicts_fail_before_writing(small, tmp_path, case, match):
   ema = small[0]
   source = _malformed(tmp_path, ema, case)
-  workdir = tmp_path / "workdir"
-  with tfds.testing.mock_data(num_examples=8):
-    with pytest.raises(ValueError, match=match) as error:
-      workdir_lib.convert_to_workdir(project_config(), str(workdir), source,
-                                     source_format="vdvae")
-  assert "\n" not in str(error.value)
-  assert not workdir.exists(), "nothing may be written for a malformed state dict"
-  assert not (tmp_path / "ran").exists(), "code from the checkpoint ran"
+  assert_fails_before_writing(tmp_path, project_config(), source, "vdvae", match)
 
 
 def test_configs_the_weights_do_not_fit_fail(small):
