@@ -4,7 +4,8 @@
 (`chunk_{i:06d}.npz`, with the chunk index, batch size and a fingerprint of the rng
 in a JSON `meta`); a rerun loads the chunks already written and generates only the
 rest, with the same keys, hence the same images. Chunks of another run (another
-rng or batch size) are refused rather than mixed in.
+rng or batch size) are refused rather than mixed in. A `stop` callback (SIGTERM)
+ends the generation between two chunks, with every finished chunk on disk.
 """
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ from jax.experimental import multihost_utils
 # Progress lines at most this often, as reference_stats logs; not imported from
 # there, so that sampling needs none of the feature-net modules.
 _LOG_EVERY_SECONDS = 30.0
+
+
+class Stopped(Exception):
+  """`stop` asked to end the generation; the chunks written so far are kept."""
 
 
 def _key_fingerprint(rng: jax.Array) -> str:
@@ -64,7 +69,8 @@ def generate_samples_resumable(sample_fn: Callable[[jax.Array, int], Any],
                                rng: jax.Array, num_samples: int, batch_size: int,
                                out_dir: str | os.PathLike, *,
                                is_writer: bool | None = None,
-                               log_progress: bool = True) -> np.ndarray:
+                               log_progress: bool = True,
+                               stop: Callable[[], bool] | None = None) -> np.ndarray:
   """`num_samples` images from `sample_fn`, saved chunk by chunk so a rerun resumes.
 
   Chunk i holds `sample_fn(fold_in(rng, i), batch_size)` (uint8 NHWC, or float
@@ -73,6 +79,10 @@ def generate_samples_resumable(sample_fn: Callable[[jax.Array, int], Any],
   there (same rng, same batch size) are read, not regenerated, so an interrupted run
   continues where it stopped and returns the same images as an uninterrupted one. The
   result is the first `num_samples` images of the concatenated chunks.
+
+  `stop` (e.g. "SIGTERM came"; every process must answer alike) is asked before each
+  chunk that is still to be generated; True raises Stopped, so a preempted job
+  exits within one chunk's time and loses no finished chunk.
   """
   if num_samples < 1 or batch_size < 1:
     raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} "
@@ -96,6 +106,8 @@ def generate_samples_resumable(sample_fn: Callable[[jax.Array, int], Any],
     images = (_read_chunk(chunk_path(out_dir, i), i, batch_size, fingerprint)
               if done[i] else None)
     if images is None:
+      if stop is not None and stop():
+        raise Stopped(f"{i} of {num_chunks} chunks of samples are saved in {out_dir}.")
       images = np.asarray(sample_fn(jax.random.fold_in(rng, i), batch_size))
       is_images = images.dtype == np.uint8 and images.ndim == 4
       is_points = np.issubdtype(images.dtype, np.floating) and images.ndim == 2

@@ -15,8 +15,10 @@ nothing, so the output can be read and edited first.
 SLURM: one task (process) per GPU, the layout JAX's SLURM detection expects (each
 process takes the GPU numbered by its SLURM_LOCALID); process 0 on the first node is
 the coordinator. `--signal=TERM@<s>` sends SIGTERM to every task <s> seconds before
-the time limit: main.py checkpoints the step it is at and exits 0, and the script
-requeues the job unless training finished. `--requeue` lets SLURM requeue a job
+the time limit: main.py saves what it has (the checkpoint of the step it is at, or the
+sample chunks of the final evaluation or of --mode=sample) and exits 0, and the script
+requeues the job until the run's final artifact exists (train and eval: the eval file
+of the last step; sample: its samples.npz). `--requeue` lets SLURM requeue a job
 preempted by a higher-priority one; `srun --kill-on-bad-exit` and the heartbeat
 (train/distributed.py) end the job when a process dies.
 """
@@ -31,6 +33,7 @@ from collections.abc import Sequence
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")   # SLURM: [D-]HH[:MM[:SS]], MM, ...
 _SAFE_DIRECTIVE = re.compile(r"^[A-Za-z0-9_.,:@%=/+\-\[\]]+$")
+MODES = ("train", "eval", "sample")   # main.py's modes a batch job can run to the end
 
 
 # ---------------------------------------------------------------------- the config
@@ -87,9 +90,12 @@ def slurm_script(*, config: str, workdir: str, overrides: Sequence[str] = (),
                  signal_seconds: int = 120, output: str | None = None,
                  extra: Sequence[str] = (), setup: Sequence[str] = (),
                  python: str = sys.executable, repo: str = REPO,
-                 heartbeat_timeout_seconds: int | None = None,
+                 heartbeat_timeout_seconds: int | None = None, mode: str = "train",
                  argv: Sequence[str] = ()) -> str:
-  """A SLURM batch script that trains `config` in `workdir` and survives preemption."""
+  """A SLURM batch script that trains `config` in `workdir` (or evaluates or samples
+  its final checkpoint: `mode`) and survives preemption."""
+  if mode not in MODES:
+    raise ValueError(f"--mode={mode!r}; choose one of {MODES}.")
   if nodes < 1:
     raise ValueError(f"--nodes={nodes} must be >= 1.")
   if gpus_per_node < 0:
@@ -131,9 +137,13 @@ def slurm_script(*, config: str, workdir: str, overrides: Sequence[str] = (),
                        "--qos=high or --mem=0.")
     lines.append(f"#SBATCH {option}")
 
-  final_eval = os.path.join(workdir, "eval",
-                            f"step_{loaded.training.num_train_steps:08d}.json")
+  last = loaded.training.num_train_steps
+  final = os.path.join(workdir, *{
+      "sample": ("samples", f"step_{last:08d}", "samples.npz")}.get(
+          mode, ("eval", f"step_{last:08d}.json")))
   run = [python, "main.py", *main_arguments(config, workdir, overrides)]
+  if mode != "train":
+    run.append(f"--mode={mode}")
   environment = ["export PYTHONUNBUFFERED=1"]
   if heartbeat_timeout_seconds:
     environment.append(f"export TRAIN_HEARTBEAT_TIMEOUT_SECONDS={heartbeat_timeout_seconds}")
@@ -142,22 +152,24 @@ set -uo pipefail
 cd {shlex.quote(repo)}
 {chr(10).join(setup)}
 {chr(10).join(environment)}
-FINAL_EVAL={shlex.quote(final_eval)}
+FINAL={shlex.quote(final)}   # requeued until this exists
+{_CHECKPOINT_CHECK.format(checkpoint=shlex.quote(os.path.join(workdir, "checkpoints", str(last))), mode=mode) if mode != "train" else ""}
 echo "$(date -Is) job $SLURM_JOB_ID (restart ${{SLURM_RESTART_COUNT:-0}}): ${{SLURM_NTASKS:-?}} task(s) on ${{SLURM_NNODES:-?}} node(s)"
 
 # JAX reads SLURM_* to join the processes (train/distributed.py): no address needed.
 srun --kill-on-bad-exit=1 {" ".join(shlex.quote(a) for a in run)} &
 srun_pid=$!
 # On preemption SLURM signals this script too: keep waiting while the tasks save.
-trap 'echo "$(date -Is) SIGTERM: main.py saves a checkpoint and exits" >&2' TERM
+trap 'echo "$(date -Is) SIGTERM: main.py saves what it has and exits" >&2' TERM
 while true; do
   wait "$srun_pid"; status=$?
   kill -0 "$srun_pid" 2>/dev/null || break   # wait was interrupted by the trap
 done
 
-if [[ $status -eq 0 && ! -e "$FINAL_EVAL" ]]; then
+if [[ $status -eq 0 && ! -e "$FINAL" ]]; then
   # main.py exits 0 before the end only when SIGTERM stopped it (time limit or
-  # preemption) after saving: queue the job again; it resumes from that checkpoint.
+  # preemption) after saving: queue the job again; it resumes from what was saved
+  # (the checkpoint, or the sample chunks of the evaluation or sampling).
   echo "$(date -Is) stopped before the end; requeueing job $SLURM_JOB_ID" >&2
   scontrol requeue "$SLURM_JOB_ID"
 fi
@@ -169,6 +181,15 @@ exit $status
             f"{tasks_per_node} task(s), one process per "
             f"{'GPU' if gpus_per_node else 'node'}; submit with: sbatch <this file>"]
   return "\n".join(header + lines) + "\n\n" + body
+
+
+# eval and sample jobs read the final checkpoint: without it they would end without
+# the artifact at every start, and be requeued forever.
+_CHECKPOINT_CHECK = """\
+if [[ ! -d {checkpoint} ]]; then
+  echo "$(date -Is) --mode={mode} needs the checkpoint {checkpoint}: train first" >&2
+  exit 1
+fi"""
 
 
 # ---------------------------------------------------------------------------- TPU
@@ -289,6 +310,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="a process silent this long counts as dead (default: "
                       "train/distributed.py)")
   slurm = sub.add_parser("slurm", parents=[common], help="a SLURM batch script")
+  slurm.add_argument("--mode", default="train", choices=MODES,
+                     help="main.py's mode: train (then the final eval), or eval / "
+                     "sample the final checkpoint; requeued until its output exists")
   slurm.add_argument("--nodes", type=int, required=True)
   slurm.add_argument("--gpus_per_node", type=int, required=True,
                      help="one process per GPU; 0: one process per (CPU) node")

@@ -24,7 +24,8 @@ from evaluation import prompt_accuracy
 from sampling import editing, image_io
 from train import contract
 from train.run import EDIT, Run
-from train.workdir_guard import write_text_atomically
+from train.workdir_guard import (check_preemption, exit_on_preemption,
+                                 write_text_atomically)
 
 # The keys of `edit`'s options (main.py fills them from its flags) and their defaults.
 EDIT_DEFAULTS = dict(
@@ -45,7 +46,7 @@ EDIT_DEFAULTS = dict(
 
 
 def edit(config: ml_collections.ConfigDict, workdir: str,
-         options: dict[str, Any]) -> dict[str, Any]:
+         options: dict[str, Any]) -> dict[str, Any] | None:
   """Edits images, or samples one prompt or label, with the newest checkpoint.
 
   options['edit'] in sampling.editing.EDIT_KINDS reads options['input'] (and
@@ -59,11 +60,13 @@ def edit(config: ml_collections.ConfigDict, workdir: str,
   prompt_accuracy.json there too. Returns the paths, settings and any accuracy.
   """
   opts = _edit_options(options)
-  run = Run(config, workdir)
-  try:
-    return _edit(run, opts)
-  finally:
-    run.close()
+  with exit_on_preemption("the edit"):   # SIGTERM: exit 0 between two sample batches
+    run = Run(config, workdir)
+    try:
+      return _edit(run, opts)
+    finally:
+      run.close()
+  return None
 
 
 def _edit_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -293,6 +296,7 @@ def _sample_condition(run: Run, params, rng: jax.Array, condition: np.ndarray,
   fn = jax.jit(run.family.sample_with_condition, static_argnums=3)
   chunks = []
   for i in range(math.ceil(n / batch_size)):
+    check_preemption(f"{i * batch_size} of {n} images were sampled (not written).")
     rows = np.arange(i * batch_size, (i + 1) * batch_size) % n
     images = fn(params, jax.random.fold_in(rng, i), jnp.asarray(conditions[rows]),
                 batch_size)

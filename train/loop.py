@@ -22,7 +22,8 @@ from sampling import image_io
 from train import modes, sharding
 from train.run import SAMPLE_GRID, Run, format_seconds
 from train.state import TrainState, leafwise
-from train.workdir_guard import PreemptionWatcher, check_workdir_config, flatten_config
+from train.workdir_guard import (PreemptionWatcher, check_workdir_config, flatten_config,
+                                 preemption_scope)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -68,8 +69,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   the code at its default value (train/workdir_guard.py).
 
   SIGTERM (what SLURM and TPU preemption send) makes the run checkpoint the step it
-  is at and return without evaluating; the restarted job resumes from there.
+  is at and return without evaluating; the restarted job resumes from there. SIGTERM
+  during the final evaluation keeps its sample chunks and returns; the restarted job
+  evaluates again from them (train/modes.py).
   """
+  with preemption_scope() as preemption:   # one handler, training through evaluation
+    return _train_and_evaluate(config, workdir, defaults, preemption)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        defaults: ml_collections.ConfigDict | None,
+                        preemption: PreemptionWatcher) -> TrainState:
   run = Run(config, workdir)
   check_workdir_config(config, workdir, defaults)
   t = config.training
@@ -93,7 +103,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   pending: list[tuple[int, dict]] = []   # (first step, device metrics) not yet read
   iterator = batches.iterate(start_step)
   step, last_log_step, last_log_time = start_step, start_step, time.time()
-  preemption = PreemptionWatcher()
   try:
     while step < t.num_train_steps:
       local = [next(iterator) for _ in range(k)]
@@ -130,7 +139,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         _write_sample_grid(run, state, step, writer)
         last_log_time += time.time() - sampling_start   # steps/s counts training only
   finally:
-    preemption.close()
     run.checkpointer.wait()
     writer.flush()
   run.close()

@@ -1,11 +1,16 @@
 """The read-only modes: eval (the newest checkpoint), eval_watch (every checkpoint, as
 training writes them) and sample. They write eval/ and samples/ files only, never a
-checkpoint.
+checkpoint. SIGTERM ends each of them between two batches or sample chunks, with the
+chunks kept, and returns (exit 0): run again, they resume from the chunks.
 """
+
+from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import shutil
 import time
 from typing import Any
 
@@ -24,20 +29,28 @@ from sampling import image_io
 from train import sharding
 from train.run import EVAL, SAMPLE, SAMPLE_EVAL, Run, format_seconds
 from train.state import TrainState
-from train.workdir_guard import write_text_atomically
+from train.workdir_guard import (PreemptionWatcher, exit_on_preemption,
+                                 write_text_atomically)
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
-             state: TrainState | None = None) -> dict[str, Any]:
-  """Test-set bits/dim and sample metrics of the newest checkpoint, to workdir/eval/."""
-  run = Run(config, workdir)
-  try:
-    return evaluate_run(run, state)
-  finally:
-    run.close()
+             state: TrainState | None = None) -> dict[str, Any] | None:
+  """Test-set bits/dim and sample metrics of the newest checkpoint, to workdir/eval/.
+
+  None if SIGTERM stopped it (its sample chunks are kept for the next run)."""
+  with exit_on_preemption("the evaluation") as watcher:
+    run = Run(config, workdir)
+    try:
+      return evaluate_run(run, state, watcher)
+    finally:
+      run.close()
+  return None
 
 
-def evaluate_run(run: Run, state: TrainState | None) -> dict[str, Any]:
+def evaluate_run(run: Run, state: TrainState | None,
+                 preemption: PreemptionWatcher | None = None) -> dict[str, Any]:
+  """The evaluation of `state` (None: the newest checkpoint); with `preemption`, SIGTERM
+  raises Preempted between two eval batches or sample chunks."""
   config, workdir = run.config, run.workdir
   if state is None:
     state = run.init_or_restore(must_exist=True)
@@ -48,12 +61,12 @@ def evaluate_run(run: Run, state: TrainState | None) -> dict[str, Any]:
                 params="ema" if config.sampling.use_ema else "raw")
   results: dict[str, float] = {}
   if run.capabilities.likelihood:    # GANs have none
-    likelihood, count = _test_set_metrics(run, params)
+    likelihood, count = _test_set_metrics(run, params, preemption)
     results.update(likelihood)
     report["num_examples"] = count
   names = _sample_metric_names(config)
   if names != ["none"]:
-    values, protocol = _sample_metrics(run, params, step, names or None)
+    values, protocol = _sample_metrics(run, params, step, names or None, preemption)
     results.update(values)
     report["protocol"] = protocol
   report.update(results)
@@ -78,8 +91,15 @@ def _sample_metric_names(config: ml_collections.ConfigDict) -> list[str]:
   return [n.strip() for n in config.eval.sample_metrics.split(",") if n.strip()]
 
 
-def _sample_metrics(run: Run, params, step: int,
-                    names: list[str] | None) -> tuple[dict[str, float], dict[str, Any]]:
+def _sampler(run: Run) -> dict[str, Any]:
+  """What decides the samples besides the weights' step: a sample set's name."""
+  return dict(run.family.sampler_settings(), seed=int(run.config.seed),
+              params="ema" if run.config.sampling.use_ema else "raw")
+
+
+def _sample_metrics(run: Run, params, step: int, names: list[str] | None,
+                    preemption: PreemptionWatcher | None = None
+                    ) -> tuple[dict[str, float], dict[str, Any]]:
   """FID / IS / KID / P&R (or the offline classifier metrics, or a 2-D mixture's mode
   coverage) of eval.num_samples samples.
 
@@ -90,15 +110,15 @@ def _sample_metrics(run: Run, params, step: int,
   """
   config, ev = run.config, run.config.eval
   batch_size = run.sample_batch_size(config.sampling.batch_size)
-  sampler = dict(run.family.sampler_settings(), seed=int(config.seed),
-                 params="ema" if config.sampling.use_ema else "raw")
+  sampler = _sampler(run)
   directory = os.path.join(run.workdir, "eval",
                            f"samples_step_{step:08d}_{_fingerprint(sampler)}")
   nfes: list[float] = []
   images = sample_chunks.generate_samples_resumable(
       lambda rng, n: run.sample_batch(params, rng, n, nfes),
       jax.random.fold_in(run.root_rng, SAMPLE_EVAL), ev.num_samples, batch_size,
-      directory, is_writer=run.is_writer)
+      directory, is_writer=run.is_writer,
+      stop=preemption.reached if preemption is not None else None)
   reference = reference_lib.ReferenceSpec.from_data_config(
       config.data, split=ev.reference_split, num_examples=ev.num_reference_examples)
   result = sample_metrics.compute_sample_metrics(
@@ -120,9 +140,21 @@ def evaluate_continuously(config: ml_collections.ConfigDict, workdir: str, *,
   workdir) until the checkpoint of step num_train_steps is evaluated, or until
   `timeout_seconds` pass without a new checkpoint. Restarted, it carries on: steps
   already evaluated are skipped, and a half-done sample set resumes from its chunks.
+  SIGTERM stops it within one sample chunk (or one second of waiting): it returns the
+  reports so far.
   """
+  reports: list[dict[str, Any]] = []
+  with exit_on_preemption("eval_watch") as watcher:
+    _evaluate_continuously(config, workdir, reports, watcher, poll_seconds,
+                           timeout_seconds)
+  return reports
+
+
+def _evaluate_continuously(config: ml_collections.ConfigDict, workdir: str,
+                           reports: list[dict[str, Any]], preemption: PreemptionWatcher,
+                           poll_seconds: float, timeout_seconds: float | None) -> None:
   run = Run(config, workdir)
-  reports, idle_since = [], time.time()
+  idle_since = time.time()
   final = config.training.num_train_steps
   try:
     while True:
@@ -132,21 +164,28 @@ def evaluate_continuously(config: ml_collections.ConfigDict, workdir: str, *,
       pending = [s for s in run.checkpointer.all_steps() if s not in done]
       for step in pending:
         logging.info("Evaluating checkpoint %d of %s.", step, workdir)
-        reports.append(evaluate_run(run, run.init_or_restore(must_exist=True, step=step)))
+        reports.append(evaluate_run(run, run.init_or_restore(must_exist=True, step=step),
+                                    preemption))
         done.add(step)
       if final in done:
-        return reports
+        return
       if pending:
         idle_since = time.time()
       elif timeout_seconds is not None and time.time() - idle_since > timeout_seconds:
         logging.info("No new checkpoint in %d s; stopping.", timeout_seconds)
-        return reports
-      time.sleep(poll_seconds)
+        return
+      # In slices, so that SIGTERM is seen within a second; a fixed number of them, so
+      # that every process asks the watcher equally often.
+      slices = max(1, math.ceil(poll_seconds))
+      for _ in range(slices):
+        preemption.check("waiting for a new checkpoint.")
+        time.sleep(poll_seconds / slices)
   finally:
     run.close()
 
 
-def _test_set_metrics(run: Run, params) -> tuple[dict[str, float], int]:
+def _test_set_metrics(run: Run, params, preemption: PreemptionWatcher | None = None
+                      ) -> tuple[dict[str, float], int]:
   """Means over the eval split of the family's per-example metrics (e.g. bits/dim)."""
   config, ev = run.config, run.config.eval
   sharding.check_batch_size(ev.batch_size, "eval.batch_size")
@@ -163,6 +202,9 @@ def _test_set_metrics(run: Run, params) -> tuple[dict[str, float], int]:
       process_index=jax.process_index(), process_count=jax.process_count(),
       num_examples=ev.num_eval_examples)
   for i, batch in enumerate(batches):
+    if preemption is not None:
+      preemption.check(f"the test-set metrics stopped at {count}/{total} examples "
+                       "(they start again from the first).")
     out = eval_fn(params, sharding.to_global(run.device_batch(batch), batch_sharding),
                   jax.random.fold_in(rng, i))
     out, mask = multihost_utils.process_allgather(
@@ -181,28 +223,46 @@ def _test_set_metrics(run: Run, params) -> tuple[dict[str, float], int]:
 
 
 # ------------------------------------------------------------------------- sampling
-def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
+def sample(config: ml_collections.ConfigDict, workdir: str) -> str | None:
   """Writes eval.num_samples samples of the newest checkpoint: .npz + PNG grid (points:
-  a scatter plot)."""
-  run = Run(config, workdir)
-  try:
-    return _sample(run)
-  finally:
-    run.close()
+  a scatter plot). Returns their folder; None if SIGTERM stopped it (the chunks done
+  are kept there, and the next run resumes from them)."""
+  with exit_on_preemption("sampling") as watcher:
+    run = Run(config, workdir)
+    try:
+      return _sample(run, watcher)
+    finally:
+      run.close()
+  return None
 
 
-def _sample(run: Run) -> str:
+def _sample(run: Run, preemption: PreemptionWatcher | None = None) -> str:
   config, workdir = run.config, run.workdir
   state = run.init_or_restore(must_exist=True)
   step = int(state.step)
-  images = run.sample_images(run.sampling_params(state),
-                             jax.random.fold_in(run.root_rng, SAMPLE),
-                             config.eval.num_samples, config.sampling.batch_size,
-                             log_progress=True)
+  params = run.sampling_params(state)
   directory = os.path.join(workdir, "samples", f"step_{step:08d}")
+  rng = jax.random.fold_in(run.root_rng, SAMPLE)
+  chunks = os.path.join(directory, f"chunks_{_fingerprint(_sampler(run))}")
+  if "://" in workdir:   # the chunks are local files (evaluation/sample_chunks.py)
+    chunks = None
+    images = run.sample_images(params, rng, config.eval.num_samples,
+                               config.sampling.batch_size, log_progress=True)
+  else:
+    # Chunk by chunk (the batches sample_images makes: the same images), so that a
+    # preempted run resumes; the chunks go once samples.npz is written.
+    nfes: list[float] = []
+    images = sample_chunks.generate_samples_resumable(
+        lambda rng, n: run.sample_batch(params, rng, n, nfes), rng,
+        config.eval.num_samples, run.sample_batch_size(config.sampling.batch_size),
+        chunks, is_writer=run.is_writer,
+        stop=preemption.reached if preemption is not None else None)
+    run.measured_nfe = float(np.mean(nfes)) if nfes else None
   if run.is_writer:
     paths = image_io.save_samples(directory, images, run.provenance(step, "samples"),
                                   run.info)
+    if chunks is not None:
+      shutil.rmtree(chunks, ignore_errors=True)
     logging.info("Wrote %d samples to %s and a picture of them to %s.", len(images),
                  paths["npz"], paths["preview"])
   return directory

@@ -5,46 +5,106 @@ runs are compared with it. Files other processes read are written atomically. SI
 (SLURM, TPU preemption) is noticed by every process at the same step.
 """
 
+from __future__ import annotations
+
+import contextlib
 import json
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from evaluation import sample_chunks
+
+
+class Preempted(Exception):
+  """A phase stopped on SIGTERM after saving what it had; the message says what."""
 
 
 class PreemptionWatcher:
-  """Notices SIGTERM; all processes agree on the step at which to stop.
+  """Notices SIGTERM; all processes agree on the point at which to stop.
 
   One process: a Python signal handler sets a flag. Several processes: JAX's
   coordination service hears the signal and `reached_preemption_sync_point` makes
-  every process stop at the same step, so that they all join the same checkpoint.
+  every process stop at the same point (a training step, then the same evaluation
+  batch or sample chunk), so that they all join the same save.
   """
 
   def __init__(self):
     self._requested = False
     self._previous = None
+    self._sync_id = -1   # ids for the sync points: increasing, the same on every process
     self._multi_process = jax.process_count() > 1
     if not self._multi_process and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
-    self._requested = True
+    self._requested = True   # no logging here: the handler may interrupt a log call
 
-  def reached(self, step: int) -> bool:
+  def reached(self, step: int | None = None) -> bool:
+    """True once SIGTERM came (every process: at the same call). `step`: the training
+    step; calls without one (evaluation, sampling) count on from the last."""
+    self._sync_id = self._sync_id + 1 if step is None else step
     if self._multi_process:
-      return multihost_utils.reached_preemption_sync_point(step)
+      return multihost_utils.reached_preemption_sync_point(self._sync_id)
     return self._requested
+
+  def check(self, what: str = "") -> None:
+    """Raises Preempted (naming `what` was saved) once SIGTERM came."""
+    if self.reached():
+      raise Preempted(what or "stopped between two units of work.")
 
   def close(self) -> None:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
+
+
+_WATCHER: PreemptionWatcher | None = None
+_DEPTH = 0
+
+
+@contextlib.contextmanager
+def preemption_scope() -> Iterator[PreemptionWatcher]:
+  """The process's one watcher, installed by the outermost scope and removed when it
+  ends: SIGTERM stays noticed from training into the final evaluation."""
+  global _WATCHER, _DEPTH
+  if _WATCHER is None:
+    _WATCHER = PreemptionWatcher()
+  _DEPTH += 1
+  try:
+    yield _WATCHER
+  finally:
+    _DEPTH -= 1
+    if not _DEPTH:
+      _WATCHER.close()
+      _WATCHER = None
+
+
+def check_preemption(what: str = "") -> None:
+  """Raises Preempted once SIGTERM came, under a preemption_scope (else nothing)."""
+  if _WATCHER is not None:
+    _WATCHER.check(what)
+
+
+@contextlib.contextmanager
+def exit_on_preemption(phase: str) -> Iterator[PreemptionWatcher]:
+  """A phase (evaluation, sampling, an edit) under the process's watcher: SIGTERM
+  ends it at its next check with a warning instead of an error, so the command exits
+  0 and the job can be requeued; what was saved (sample chunks) is resumed then."""
+  with preemption_scope() as watcher:
+    try:
+      yield watcher
+    except (Preempted, sample_chunks.Stopped) as stopped:
+      logging.warning("Preempted (SIGTERM) during %s: %s Exiting; restart the same "
+                      "command to resume.", phase, stopped)
 
 
 # Fields that may change when a run is resumed: how long, how often, where the data
