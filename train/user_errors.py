@@ -106,8 +106,10 @@ class _QuietDiskFull:
   save re-raises the error, which then becomes the one line."""
 
   def filter(self, record) -> bool:
-    return not ("orbax" in record.pathname and is_disk_full(
-        Exception(record.getMessage())))
+    if "orbax" not in record.pathname:
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    return not (is_disk_full(error) or is_disk_full(Exception(record.getMessage())))
 
 
 # ----------------------------------------------------------------------- workdir
