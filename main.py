@@ -27,6 +27,7 @@ from configs import bases  # noqa: E402
 from sampling.editing import EDIT_KINDS  # noqa: E402
 from train import distributed, loop, modes  # noqa: E402
 from train import edit_mode as edit_lib  # noqa: E402
+from train import user_errors  # noqa: E402
 
 _DEFAULTS = edit_lib.EDIT_DEFAULTS
 
@@ -79,6 +80,7 @@ _EDIT_FLAGS = tuple(name for name in _DEFAULTS if name != "shape_classifier")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  user_errors.check_workdir(FLAGS.workdir)
   distributed.maybe_initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id)
   config = FLAGS.config
@@ -104,4 +106,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  user_errors.run_main(main)   # errors a user can cause: one line, exit status 2

@@ -19,6 +19,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from configs import bases  # noqa: E402
 from convert import workdir as workdir_lib  # noqa: E402
+from train import user_errors  # noqa: E402
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
@@ -54,6 +55,7 @@ def run(flag_values: flags.FlagValues) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  user_errors.check_workdir(flags.FLAGS.workdir)
   metadata = run(flags.FLAGS)
   source = metadata["converted_from"]
   print(f"Converted {source['num_tensors']} tensors of {source['source']} into "
@@ -62,4 +64,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  user_errors.run_main(main)   # errors a user can cause: one line, exit status 2

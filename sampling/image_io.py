@@ -117,6 +117,71 @@ def _write_bytes(path: str, data: bytes) -> None:
   path.write_bytes(data)
 
 
+_EXPECTED = "a PNG/JPEG, or an .npz with uint8 [N, H, W, C] images under arr_0"
+
+
+def read_images(path: str, what: str = "input") -> np.ndarray:
+  """uint8 [N, H, W, C] from a PNG/JPEG file or an .npz (arr_0) / .npy array.
+
+  What the user gave is checked here, so that a wrong file fails with one message
+  naming it (`what`, e.g. '--input') and what was expected, not deep inside NumPy.
+  """
+  file = epath.Path(path)
+  name = f"{what}={path}"
+  if not file.exists():
+    raise FileNotFoundError(f"{name}: no such file; give {_EXPECTED}.")
+  if file.is_dir():
+    raise IsADirectoryError(f"{name} is a directory; give {_EXPECTED}.")
+  if file.suffix in (".npz", ".npy"):
+    array = _read_array(file, name)
+  else:
+    try:
+      with file.open("rb") as f, Image.open(f) as image:
+        if image.mode not in ("L", "RGB"):
+          image = image.convert("RGB")
+        array = np.asarray(image)
+    except OSError as error:
+      raise ValueError(f"{name} is not an image PIL can read ({error}); give "
+                       f"{_EXPECTED}.") from None
+  if array.dtype != np.uint8:
+    raise ValueError(f"{name} holds {array.dtype} values; images must be uint8 "
+                     "[0, 255].")
+  if array.ndim == 2:
+    array = array[..., None]
+  if array.ndim == 3:
+    array = array[None]
+  if array.ndim != 4:
+    raise ValueError(f"{name} has shape {array.shape}; expected [H, W], [H, W, C] or "
+                     "[N, H, W, C].")
+  return array
+
+
+def _read_array(file: epath.Path, name: str) -> np.ndarray:
+  """The array of an .npy, or arr_0 of an .npz, with the file named in every error."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  try:
+    with file.open("rb") as f:
+      loaded = np.load(f, allow_pickle=False)
+      if isinstance(loaded, np.ndarray):
+        return loaded
+      if file.suffix == ".npy":
+        raise ValueError(f"{name} holds {sorted(loaded.files)}, an .npz archive "
+                         "named .npy; rename it to .npz (images under arr_0).")
+      if "arr_0" not in loaded.files:
+        raise ValueError(f"{name} holds {sorted(loaded.files) or 'no arrays'}, no "
+                         "'arr_0': save the images with np.savez(path, arr_0=images) "
+                         "(uint8 [N, H, W, C]).")
+      return np.asarray(loaded["arr_0"])
+  except (OSError, EOFError, zipfile.BadZipFile) as error:
+    raise ValueError(f"{name} is not a readable {file.suffix} file ({error}); give "
+                     f"{_EXPECTED}.") from None
+  except ValueError as error:
+    if str(error).startswith(name):
+      raise
+    raise ValueError(f"{name} is not a readable {file.suffix} file ({error}); give "
+                     f"{_EXPECTED}.") from None
+
+
 def read_png_provenance(path: str) -> dict[str, Any]:
   with epath.Path(path).open("rb") as f, Image.open(f) as im:
     return json.loads(im.text[PROVENANCE_KEY])

@@ -10,6 +10,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from train import user_errors
 from train.state import leafwise
 
 
@@ -71,10 +72,18 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, tree: Any, metadata: dict[str, Any]) -> None:
+    """Saves `step` (asynchronously if so made); a full disk, here or in the save
+    before it, raises a one-line UserError naming the step kept."""
     sums = fingerprint(tree)
-    saved = self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(metadata),
-        fingerprint=ocp.args.JsonSave(dict(leaf_sums=sums))))
+    self._saving = step
+    try:
+      saved = self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(metadata),
+          fingerprint=ocp.args.JsonSave(dict(leaf_sums=sums))))
+    except Exception as error:  # pylint: disable=broad-except
+      if not user_errors.is_disk_full(error):
+        raise
+      raise user_errors.disk_full_error(self.directory, step, error) from error
     if not saved:
       raise RuntimeError(
           f"Checkpoint for step {step} was not written to {self.directory} (its newest "
@@ -142,7 +151,14 @@ class Checkpointer:
     self._manager.reload()
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for an asynchronous save; its full disk is a one-line UserError."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as error:  # pylint: disable=broad-except
+      if not user_errors.is_disk_full(error):
+        raise
+      raise user_errors.disk_full_error(self.directory, getattr(self, "_saving", None),
+                                        error) from error
 
   def close(self) -> None:
     self._manager.wait_until_finished()

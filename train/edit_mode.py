@@ -100,34 +100,7 @@ def _edit_options(options: dict[str, Any]) -> dict[str, Any]:
 
 def _read_images(path: str, flag: str) -> np.ndarray:
   """uint8 [N, H, W, C] from a PNG/JPEG file or an .npz (arr_0) / .npy array."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  file = epath.Path(path)
-  if not file.exists():
-    raise FileNotFoundError(f"--{flag}={path}: no such file.")
-  if file.suffix in (".npz", ".npy"):
-    with file.open("rb") as f:
-      loaded = np.load(f, allow_pickle=False)
-      array = np.asarray(loaded["arr_0"] if file.suffix == ".npz" else loaded)
-  else:
-    try:
-      with file.open("rb") as f, Image.open(f) as image:
-        if image.mode not in ("L", "RGB"):
-          image = image.convert("RGB")
-        array = np.asarray(image)
-    except OSError as error:
-      raise ValueError(f"--{flag}={path} is not an image PIL can read ({error}); pass a "
-                       "PNG/JPEG or an .npz with uint8 [N, H, W, C] under arr_0.") from None
-  if array.dtype != np.uint8:
-    raise ValueError(f"--{flag}={path} holds {array.dtype} values; images must be uint8 "
-                     "[0, 255].")
-  if array.ndim == 2:
-    array = array[..., None]
-  if array.ndim == 3:
-    array = array[None]
-  if array.ndim != 4:
-    raise ValueError(f"--{flag}={path} has shape {array.shape}; expected [H, W], "
-                     "[H, W, C] or [N, H, W, C].")
-  return array
+  return image_io.read_images(path, f"--{flag}")
 
 
 def _check_image_size(images: np.ndarray, want: tuple[int, ...], flag: str, path: str,

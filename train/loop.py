@@ -121,6 +121,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         scalars = {name: float(np.mean([r[name] for r in rows])) for name in rows[0]}
         scalars["steps_per_sec"] = rate
         scalars["images_per_sec"] = rate * t.batch_size
+        scalars["steps_in_mean"] = len(rows)   # fewer after a resume: said, not hidden
         writer.write_scalars(step, scalars)
         logging.info(_progress_line(step, t.num_train_steps, scalars))
       if step % t.checkpoint_every_steps == 0 or is_last:
@@ -159,11 +160,12 @@ def _save_checkpoint(run: Run, state: TrainState, step: int, pending) -> None:
 
 
 def _progress_line(step: int, num_steps: int, scalars: dict[str, float]) -> str:
-  rate = scalars["steps_per_sec"]
-  names = sorted(set(scalars) - {"steps_per_sec", "images_per_sec"},
+  rate, n = scalars["steps_per_sec"], int(scalars["steps_in_mean"])
+  names = sorted(set(scalars) - {"steps_per_sec", "images_per_sec", "steps_in_mean"},
                  key=lambda k: (k != "loss", k))
   values = "  ".join(f"{k} {scalars[k]:.4g}" for k in names)
-  return (f"step {step}/{num_steps}  {values}  |  {rate:.2f} steps/s "
+  covered = f"(mean of steps {step - n + 1}-{step}, {n})" if n > 1 else f"(step {step})"
+  return (f"step {step}/{num_steps}  {values} {covered}  |  {rate:.2f} steps/s "
           f"{scalars['images_per_sec']:.0f} img/s  |  "
           f"{format_seconds((num_steps - step) / max(rate, 1e-9))} left")
 
