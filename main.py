@@ -17,6 +17,7 @@ Conditional sampling and editing (DDPM family; outputs in workdir/edits/):
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow is only a library here
 
@@ -25,7 +26,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from configs import bases  # noqa: E402
 from sampling.editing import EDIT_KINDS  # noqa: E402
-from train import distributed, loop, modes  # noqa: E402
+from train import distributed, loop, modes, workdir_lock  # noqa: E402
 from train import edit_mode as edit_lib  # noqa: E402
 
 _DEFAULTS = edit_lib.EDIT_DEFAULTS
@@ -91,6 +92,18 @@ def main(argv):
   conditioned = any(options[k] is not None for k in ("edit", "prompt", "label"))
   if conditioned and FLAGS.mode != "sample":
     raise app.UsageError("--edit, --prompt and --label go with --mode=sample.")
+  # One writer per kind of output (train/workdir_lock.py); eval_watch writes eval/.
+  kind = "edit" if conditioned else {"eval_watch": "eval"}.get(FLAGS.mode, FLAGS.mode)
+  try:
+    lock = workdir_lock.acquire(FLAGS.workdir, kind)
+  except workdir_lock.WorkdirLockedError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  with lock:
+    _run_mode(config, conditioned, options)
+
+
+def _run_mode(config, conditioned: bool, options) -> None:
   if FLAGS.mode == "sample" and conditioned:
     edit_lib.edit(config, FLAGS.workdir, options)
     return

@@ -17,6 +17,21 @@ class CheckpointCorruptError(IOError):
   pass
 
 
+class CheckpointUnreadableError(ValueError):
+  """A read-only mode's step cannot be read: reported, never moved; the user chooses."""
+
+
+class CheckpointShapeError(ValueError):
+  """The checkpoint holds arrays of other shapes than the config makes: not damage."""
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+  """An exception as one short line (Orbax's messages run over many)."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  text = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def absolute_path(path: str) -> str:
   """A local path made absolute; a URL such as gs://bucket/run is kept as it is."""
   return path if "://" in path else os.path.abspath(path)
@@ -95,17 +110,42 @@ class Checkpointer:
             f"(leaves {bad[:10]}); the data files were damaged after saving.")
     return tree, meta
 
-  def restore(self, abstract_tree: Any, step: int | None = None) -> tuple[Any, dict, int]:
+  def restore(self, abstract_tree: Any, step: int | None = None, *,
+              read_only: bool = False) -> tuple[Any, dict, int]:
     """Restores `step` (default: the newest readable one) into `abstract_tree`'s layout.
 
     `abstract_tree` holds jax.ShapeDtypeStruct leaves carrying the target shardings.
-    An unreadable newest checkpoint is reported, moved aside to `<step>.unreadable-*`
-    (so that the resumed run can save that step again) and the next older one is
-    used; if none can be read, this raises.
+    Training (read_only=False): an unreadable newest checkpoint is reported, moved
+    aside to `<step>.unreadable-*` (so that the resumed run can save that step again)
+    and the next older one is used; if none can be read, this raises. Eval, sample
+    and edit (read_only=True) read `step` or the newest only and change nothing: an
+    unreadable one raises CheckpointUnreadableError naming the step and the reason.
     """
     steps = [step] if step is not None else self.all_steps()[::-1]
     if not steps:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    if read_only:
+      steps = steps[:1]
+      if steps[0] not in self.all_steps():
+        raise CheckpointUnreadableError(
+            f"No checkpoint of step {steps[0]} in {self.directory}; its steps are "
+            f"{self.all_steps()}.")
+      mismatched = self.shape_mismatches(steps[0], abstract_tree)
+      if mismatched:
+        raise CheckpointShapeError(
+            f"The checkpoint of step {steps[0]} in {self.directory} holds arrays of "
+            f"other shapes than this config makes ({'; '.join(mismatched[:5])}"
+            f"{'; ...' if len(mismatched) > 5 else ''}).")
+      try:
+        tree, meta = self._restore_step(steps[0], abstract_tree)
+      except Exception as e:  # pylint: disable=broad-except
+        others = [s for s in self.all_steps() if s != steps[0]]
+        raise CheckpointUnreadableError(
+            f"Checkpoint step {steps[0]} in {self.directory} cannot be read "
+            f"({one_line(e)}); nothing was changed. Choose another step with "
+            f"--config.checkpoint.step=N (steps here: {others}), or resume training, "
+            "which moves an unreadable step aside.") from e
+      return tree, meta, steps[0]
     errors = []
     for s in steps:
       try:
@@ -123,6 +163,21 @@ class Checkpointer:
         f"No readable checkpoint in {self.directory}; tried steps "
         f"{[s for s, _ in errors]}: {errors}. Move the damaged step directories away "
         "or start from a new --workdir.")
+
+  def shape_mismatches(self, step: int, abstract_tree: Any) -> list[str]:
+    """'path: saved -> wanted' for each array whose shape differs from the target (read
+    from the step's metadata; [] if that cannot be read: the restore will tell)."""
+    try:
+      saved = self._manager.item_metadata(step)["state"].tree
+    except Exception:  # pylint: disable=broad-except
+      return []
+    def shapes(tree):
+      return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ()) or ())
+              for path, leaf in jax.tree_util.tree_leaves_with_path(
+                  tree, is_leaf=lambda x: hasattr(x, "shape"))}
+    have, want = shapes(saved), shapes(abstract_tree)
+    return [f"{key}: {have.get(key, 'absent')} -> {want.get(key, 'absent')}"
+            for key in sorted(set(have) | set(want)) if have.get(key) != want.get(key)]
 
   def _move_aside(self, steps: list[int]) -> None:
     if jax.process_index() == 0:
