@@ -124,18 +124,20 @@ class Checkpointer:
     steps = [step] if step is not None else self.all_steps()[::-1]
     if not steps:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    if read_only and steps[0] not in self.all_steps():
+      raise CheckpointUnreadableError(
+          f"No checkpoint of step {steps[0]} in {self.directory}; its steps are "
+          f"{self.all_steps()}.")
+    # Other shapes than the config makes are a config mismatch, not damage: nothing
+    # is moved aside for them, in any mode.
+    mismatched = self.shape_mismatches(steps[0], abstract_tree)
+    if mismatched:
+      raise CheckpointShapeError(
+          f"The checkpoint of step {steps[0]} in {self.directory} holds arrays of "
+          f"other shapes than this config makes ({'; '.join(mismatched[:5])}"
+          f"{'; ...' if len(mismatched) > 5 else ''}).")
     if read_only:
       steps = steps[:1]
-      if steps[0] not in self.all_steps():
-        raise CheckpointUnreadableError(
-            f"No checkpoint of step {steps[0]} in {self.directory}; its steps are "
-            f"{self.all_steps()}.")
-      mismatched = self.shape_mismatches(steps[0], abstract_tree)
-      if mismatched:
-        raise CheckpointShapeError(
-            f"The checkpoint of step {steps[0]} in {self.directory} holds arrays of "
-            f"other shapes than this config makes ({'; '.join(mismatched[:5])}"
-            f"{'; ...' if len(mismatched) > 5 else ''}).")
       try:
         tree, meta = self._restore_step(steps[0], abstract_tree)
       except Exception as e:  # pylint: disable=broad-except
