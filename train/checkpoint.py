@@ -169,10 +169,13 @@ class Checkpointer:
   def shape_mismatches(self, step: int, abstract_tree: Any) -> list[str]:
     """'path: saved -> wanted' for each array whose shape differs from the target (read
     from the step's metadata; [] if that cannot be read: the restore will tell)."""
+    handler = ocp.StandardCheckpointHandler()
     try:
-      saved = self._manager.item_metadata(step)["state"].tree
+      saved = handler.metadata(epath.Path(self.directory) / str(step) / "state").tree
     except Exception:  # pylint: disable=broad-except
       return []
+    finally:
+      handler.close()
     def shapes(tree):
       return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ()) or ())
               for path, leaf in jax.tree_util.tree_leaves_with_path(
