@@ -62,6 +62,18 @@ def fingerprint(tree: Any) -> list[int]:
   return [int(v) for v in leafwise(_leaf_fingerprint, tree)]
 
 
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """'params/conv_in/kernel' -> shape; a namedtuple's fields are named like dict keys."""
+  def name(entry) -> str:
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        return str(getattr(entry, attr))
+    return str(entry)
+  return {"/".join(name(e) for e in path): tuple(getattr(leaf, "shape", None) or ())
+          for path, leaf in jax.tree_util.tree_leaves_with_path(
+              tree, is_leaf=lambda x: hasattr(x, "shape"))}
+
+
 class Checkpointer:
   """Saves and restores `TrainState.checkpoint_tree()` plus a small JSON of metadata.
 
@@ -167,8 +179,12 @@ class Checkpointer:
         "or start from a new --workdir.")
 
   def shape_mismatches(self, step: int, abstract_tree: Any) -> list[str]:
-    """'path: saved -> wanted' for each array whose shape differs from the target (read
-    from the step's metadata; [] if that cannot be read: the restore will tell)."""
+    """'path: saved -> wanted' for each array whose shape differs from the target's.
+
+    Read from the step's metadata; arrays only one side has are left to the restore
+    (the metadata may name containers differently), and so is metadata that cannot
+    be read ([]): only a shape that differs is surely a config mismatch.
+    """
     handler = ocp.StandardCheckpointHandler()
     try:
       saved = handler.metadata(epath.Path(self.directory) / str(step) / "state").tree
@@ -176,13 +192,9 @@ class Checkpointer:
       return []
     finally:
       handler.close()
-    def shapes(tree):
-      return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ()) or ())
-              for path, leaf in jax.tree_util.tree_leaves_with_path(
-                  tree, is_leaf=lambda x: hasattr(x, "shape"))}
-    have, want = shapes(saved), shapes(abstract_tree)
-    return [f"{key}: {have.get(key, 'absent')} -> {want.get(key, 'absent')}"
-            for key in sorted(set(have) | set(want)) if have.get(key) != want.get(key)]
+    have, want = _shapes(saved), _shapes(abstract_tree)
+    return [f"{key}: {have[key]} -> {want[key]}" for key in sorted(set(have) & set(want))
+            if have[key] != want[key]]
 
   def _move_aside(self, steps: list[int]) -> None:
     if jax.process_index() == 0:
