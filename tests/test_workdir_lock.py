@@ -111,7 +111,7 @@ def test_a_second_training_run_fails_at_once_and_the_first_finishes_untouched(
                    capture_output=True, timeout=60)
     imports = time.time() - start
     assert second.returncode == 2, second.stderr[-3000:]
-    # One line from this project (TensorFlow's C++ start-up notices aside), no traceback.
+    # One line from this project (TensorFlow's C++ start-up notices aside).
     lines = [line for line in second.stderr.strip().splitlines()
              if not line.startswith(("WARNING: All log messages", "I0000"))]
     assert len(lines) == 1 and lines[0].startswith("error: "), second.stderr[-3000:]

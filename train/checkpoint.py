@@ -63,7 +63,7 @@ def fingerprint(tree: Any) -> list[int]:
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-  """'params/conv_in/kernel' -> shape; a namedtuple's fields are named like dict keys."""
+  """'params/conv_in/kernel' -> shape; namedtuple fields are named like dict keys."""
   def name(entry) -> str:
     for attr in ("key", "name", "idx"):
       if hasattr(entry, attr):
@@ -193,7 +193,8 @@ class Checkpointer:
     finally:
       handler.close()
     have, want = _shapes(saved), _shapes(abstract_tree)
-    return [f"{key}: {have[key]} -> {want[key]}" for key in sorted(set(have) & set(want))
+    both = sorted(set(have) & set(want))
+    return [f"{key}: {have[key]} -> {want[key]}" for key in both
             if have[key] != want[key]]
 
   def _move_aside(self, steps: list[int]) -> None:

@@ -22,8 +22,8 @@ from sampling import image_io
 from train import modes, sharding, workdir_lock
 from train.run import SAMPLE_GRID, Run, format_seconds
 from train.state import TrainState, leafwise
-from train.workdir_guard import (PreemptionWatcher, check_workdir_config, flatten_config,
-                                 write_workdir_config)
+from train.workdir_guard import (PreemptionWatcher, check_workdir_config,
+                                 flatten_config, write_workdir_config)
 
 
 class NonFiniteLossError(FloatingPointError):

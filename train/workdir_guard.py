@@ -102,9 +102,9 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str,
     changed = _changed_fields(config, saved, defaults)
     if changed and not config.training.allow_config_change:
       raise ValueError(
-          f"{workdir} holds a run of a different config ({_diffs(config, saved, changed)})"
-          ". Use a new --workdir, or pass --config.training.allow_config_change=True to "
-          "resume anyway.")
+          f"{workdir} holds a run of a different config "
+          f"({_diffs(config, saved, changed)}). Use a new --workdir, or pass "
+          "--config.training.allow_config_change=True to resume anyway.")
     if not changed:
       return False
   if write:
@@ -120,7 +120,8 @@ def write_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
                           json.dumps(current, indent=2, sort_keys=True))
 
 
-def check_read_only_config(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+def check_read_only_config(config: ml_collections.ConfigDict,
+                           workdir: str) -> list[str]:
   """What eval, sample and edit check before restoring: the workdir's config.json.
 
   Fields that change the experiment (the model's shapes among them) and differ stop
@@ -136,10 +137,10 @@ def check_read_only_config(config: ml_collections.ConfigDict, workdir: str) -> l
   changed = _changed_fields(config, saved, None, missing_ok=True)
   if changed and not config.training.allow_config_change:
     raise ValueError(
-        f"This config differs from the one {workdir} was trained with (its config.json) "
-        f"in {_diffs(config, saved, changed)}; its checkpoints hold that run's "
-        "parameters. Pass the same config (and overrides) as the training run, or "
-        "--config.training.allow_config_change=True to try anyway.")
+        f"This config differs from the one {workdir} was trained with (its "
+        f"config.json) in {_diffs(config, saved, changed)}; its checkpoints hold that "
+        "run's parameters. Pass the same config (and overrides) as the training run, "
+        "or --config.training.allow_config_change=True to try anyway.")
   return changed
 
 

@@ -80,7 +80,8 @@ def stale_reason(holder: dict[str, Any], now: float | None = None) -> str | None
   now = time.time() if now is None else now
   job = os.environ.get("SLURM_JOB_ID")
   restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-  if job and holder.get("slurm_job_id") == job and holder.get("slurm_restart", 0) < restart:
+  if (job and holder.get("slurm_job_id") == job
+      and int(holder.get("slurm_restart", 0)) < restart):
     return "an earlier run of this requeued SLURM job"
   if holder.get("host") == socket.gethostname() and not _pid_alive(
       int(holder.get("pid", -1)), holder.get("pid_start")):
@@ -189,8 +190,8 @@ class WorkdirLock:
     busy = self.try_acquire()
     if busy is not None:
       raise WorkdirLockedError(
-          f"{self.path.parent} is in use: its {self.kind} lock ({self.path}) is held by "
-          f"{busy}. Stop that run or wait for it; a lock whose process is gone, or "
+          f"{self.path.parent} is in use: its {self.kind} lock ({self.path}) is held "
+          f"by {busy}. Stop that run or wait for it; a lock whose process is gone, or "
           f"whose heartbeat is older than {STALE_S:.0f} s, is taken over.")
     return self
 
