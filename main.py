@@ -25,7 +25,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from configs import bases  # noqa: E402
 from sampling.editing import EDIT_KINDS  # noqa: E402
-from train import distributed, loop, modes  # noqa: E402
+from train import distributed, loop, modes, workdir_lock  # noqa: E402
 from train import edit_mode as edit_lib  # noqa: E402
 from train import user_errors  # noqa: E402
 
@@ -93,6 +93,13 @@ def main(argv):
   conditioned = any(options[k] is not None for k in ("edit", "prompt", "label"))
   if conditioned and FLAGS.mode != "sample":
     raise app.UsageError("--edit, --prompt and --label go with --mode=sample.")
+  # One writer per kind of output (train/workdir_lock.py); eval_watch writes eval/.
+  kind = "edit" if conditioned else {"eval_watch": "eval"}.get(FLAGS.mode, FLAGS.mode)
+  with workdir_lock.acquire(FLAGS.workdir, kind):   # held: a one-line UserError
+    _run_mode(config, conditioned, options)
+
+
+def _run_mode(config, conditioned: bool, options) -> None:
   if FLAGS.mode == "sample" and conditioned:
     edit_lib.edit(config, FLAGS.workdir, options)
     return

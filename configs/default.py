@@ -95,6 +95,13 @@ def get_config() -> ml_collections.ConfigDict:
   # (model, data, optimizer...). Off: such a resume is refused, naming the fields.
   training.allow_config_change = False
 
+  # ---------------------------------------------------------- checkpoint
+  config.checkpoint = checkpoint = ml_collections.ConfigDict()
+  # The step that eval, sample and edit read; None = the newest. They never move a
+  # checkpoint: an unreadable one is reported, and this picks another. Training
+  # always resumes from the newest readable step (moving unreadable ones aside).
+  checkpoint.step = placeholder(int)
+
   # ------------------------------------------------------------- sampling
   # Every family's sampler; the sampler's own settings are in the family's base.
   config.sampling = sampling = ml_collections.ConfigDict()

@@ -14,7 +14,8 @@ from orbax.checkpoint._src.path import atomicity
 from tests.test_train_loop import tiny_config
 from train import loop, sharding
 from train import modes
-from train.checkpoint import Checkpointer, abstract_like, fingerprint
+from train.checkpoint import (Checkpointer, CheckpointUnreadableError, abstract_like,
+                              fingerprint)
 
 # When a restore fails, Orbax closes its asyncio loop while tensorstore still posts
 # the other reads' completions to it ("Event loop is closed", harmless): expected in
@@ -276,20 +277,25 @@ def test_step_saved_again_after_falling_back_from_its_damaged_checkpoint(tmp_pat
 
 
 # ---------------------------------------------------------------------- in the loop
-def test_evaluate_falls_back_to_the_older_checkpoint(tmp_path, caplog, fast_compile):
+def test_evaluate_reports_a_damaged_newest_checkpoint_and_reads_the_step_chosen(
+    tmp_path, fast_compile):
+  """Evaluation is read-only: it names the unreadable step and moves nothing; the
+  user picks an older one (tests/test_read_only_modes.py covers sample and edit)."""
   workdir = tmp_path / "run"
   config = tiny_config(4, checkpoint_every_steps=2, keep_checkpoints=3)
   loop.train_and_evaluate(config, str(workdir))
   checkpoints = workdir / "checkpoints"
   assert sorted(os.listdir(checkpoints)) == ["2", "4"]
   damage(checkpoints, 4, "tree_metadata_garbled")
-  caplog.set_level(logging.WARNING)
+  with pytest.raises(CheckpointUnreadableError, match="step 4 .* cannot be read"):
+    modes.evaluate(config, str(workdir))
+  assert sorted(os.listdir(checkpoints)) == ["2", "4"]
+  config.checkpoint.step = 2
   report = modes.evaluate(config, str(workdir))
   assert report["step"] == 2 and np.isfinite(report["bpd_vlb"])
   assert os.path.exists(workdir / "eval" / "step_00000002.json")
-  assert any("step 4" in r.getMessage() and "cannot be read" in r.getMessage()
-             for r in caplog.records if r.levelno >= logging.ERROR)
-  # With every step unreadable, evaluation names the directory instead of guessing.
+  # The chosen step unreadable too: named, and still nothing moves.
   damage(checkpoints, 2, "tree_metadata_garbled")
-  with pytest.raises(RuntimeError, match=f"No readable checkpoint in {checkpoints}"):
+  with pytest.raises(CheckpointUnreadableError, match="step 2 .* cannot be read"):
     modes.evaluate(config, str(workdir))
+  assert sorted(os.listdir(checkpoints)) == ["2", "4"]

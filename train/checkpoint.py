@@ -18,6 +18,21 @@ class CheckpointCorruptError(IOError):
   pass
 
 
+class CheckpointUnreadableError(ValueError):
+  """A read-only mode's step cannot be read: reported, never moved; the user chooses."""
+
+
+class CheckpointShapeError(ValueError):
+  """The checkpoint holds arrays of other shapes than the config makes: not damage."""
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+  """An exception as one short line (Orbax's messages run over many)."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  text = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def absolute_path(path: str) -> str:
   """A local path made absolute; a URL such as gs://bucket/run is kept as it is."""
   return path if "://" in path else os.path.abspath(path)
@@ -46,6 +61,18 @@ def fingerprint(tree: Any) -> list[int]:
   nothing but the sums is copied.
   """
   return [int(v) for v in leafwise(_leaf_fingerprint, tree)]
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """'params/conv_in/kernel' -> shape; namedtuple fields are named like dict keys."""
+  def name(entry) -> str:
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        return str(getattr(entry, attr))
+    return str(entry)
+  return {"/".join(name(e) for e in path): tuple(getattr(leaf, "shape", None) or ())
+          for path, leaf in jax.tree_util.tree_leaves_with_path(
+              tree, is_leaf=lambda x: hasattr(x, "shape"))}
 
 
 class Checkpointer:
@@ -104,17 +131,44 @@ class Checkpointer:
             f"(leaves {bad[:10]}); the data files were damaged after saving.")
     return tree, meta
 
-  def restore(self, abstract_tree: Any, step: int | None = None) -> tuple[Any, dict, int]:
+  def restore(self, abstract_tree: Any, step: int | None = None, *,
+              read_only: bool = False) -> tuple[Any, dict, int]:
     """Restores `step` (default: the newest readable one) into `abstract_tree`'s layout.
 
     `abstract_tree` holds jax.ShapeDtypeStruct leaves carrying the target shardings.
-    An unreadable newest checkpoint is reported, moved aside to `<step>.unreadable-*`
-    (so that the resumed run can save that step again) and the next older one is
-    used; if none can be read, this raises.
+    Training (read_only=False): an unreadable newest checkpoint is reported, moved
+    aside to `<step>.unreadable-*` (so that the resumed run can save that step again)
+    and the next older one is used; if none can be read, this raises. Eval, sample
+    and edit (read_only=True) read `step` or the newest only and change nothing: an
+    unreadable one raises CheckpointUnreadableError naming the step and the reason.
     """
     steps = [step] if step is not None else self.all_steps()[::-1]
     if not steps:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    if read_only and steps[0] not in self.all_steps():
+      raise CheckpointUnreadableError(
+          f"No checkpoint of step {steps[0]} in {self.directory}; its steps are "
+          f"{self.all_steps()}.")
+    # Other shapes than the config makes are a config mismatch, not damage: nothing
+    # is moved aside for them, in any mode.
+    mismatched = self.shape_mismatches(steps[0], abstract_tree)
+    if mismatched:
+      raise CheckpointShapeError(
+          f"The checkpoint of step {steps[0]} in {self.directory} holds arrays of "
+          f"other shapes than this config makes ({'; '.join(mismatched[:5])}"
+          f"{'; ...' if len(mismatched) > 5 else ''}).")
+    if read_only:
+      steps = steps[:1]
+      try:
+        tree, meta = self._restore_step(steps[0], abstract_tree)
+      except Exception as e:  # pylint: disable=broad-except
+        others = [s for s in self.all_steps() if s != steps[0]]
+        raise CheckpointUnreadableError(
+            f"Checkpoint step {steps[0]} in {self.directory} cannot be read "
+            f"({one_line(e)}); nothing was changed. Choose another step with "
+            f"--config.checkpoint.step=N (steps here: {others}), or resume training, "
+            "which moves an unreadable step aside.") from e
+      return tree, meta, steps[0]
     errors = []
     for s in steps:
       try:
@@ -132,6 +186,25 @@ class Checkpointer:
         f"No readable checkpoint in {self.directory}; tried steps "
         f"{[s for s, _ in errors]}: {errors}. Move the damaged step directories away "
         "or start from a new --workdir.")
+
+  def shape_mismatches(self, step: int, abstract_tree: Any) -> list[str]:
+    """'path: saved -> wanted' for each array whose shape differs from the target's.
+
+    Read from the step's metadata; arrays only one side has are left to the restore
+    (the metadata may name containers differently), and so is metadata that cannot
+    be read ([]): only a shape that differs is surely a config mismatch.
+    """
+    handler = ocp.StandardCheckpointHandler()
+    try:
+      saved = handler.metadata(epath.Path(self.directory) / str(step) / "state").tree
+    except Exception:  # pylint: disable=broad-except
+      return []
+    finally:
+      handler.close()
+    have, want = _shapes(saved), _shapes(abstract_tree)
+    both = sorted(set(have) & set(want))
+    return [f"{key}: {have[key]} -> {want[key]}" for key in both
+            if have[key] != want[key]]
 
   def _move_aside(self, steps: list[int]) -> None:
     if jax.process_index() == 0:

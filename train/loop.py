@@ -19,11 +19,11 @@ from absl import logging
 
 import datasets
 from sampling import image_io
-from train import modes, sharding
+from train import modes, sharding, workdir_lock
 from train.run import SAMPLE_GRID, Run, format_seconds
 from train.state import TrainState, leafwise
 from train.workdir_guard import (PreemptionWatcher, check_workdir_config, flatten_config,
-                                 preemption_scope)
+                                 preemption_scope, write_workdir_config)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -81,10 +81,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         defaults: ml_collections.ConfigDict | None,
                         preemption: PreemptionWatcher) -> TrainState:
   run = Run(config, workdir)
-  check_workdir_config(config, workdir, defaults)
+  rewrite_config = check_workdir_config(config, workdir, defaults, write=False)
   t = config.training
   k = t.steps_per_call
   state = run.init_or_restore()
+  if rewrite_config:   # only once the resume succeeded
+    write_workdir_config(config, workdir)
   start_step = int(state.step)
   batches = datasets.make_train_batches(
       config.data, seed=config.seed, global_batch_size=t.batch_size,
@@ -143,7 +145,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     run.checkpointer.wait()
     writer.flush()
   run.close()
-  modes.evaluate(config, workdir, state=state)
+  # eval/ has its own writer lock: wait while an eval_watch beside this run holds it.
+  with workdir_lock.acquire(workdir, "eval", wait=True):
+    modes.evaluate(config, workdir, state=state)
   return state
 
 

@@ -21,8 +21,9 @@ from jax.experimental import multihost_utils
 
 import datasets
 from train import families, sharding
-from train.checkpoint import Checkpointer, absolute_path
+from train.checkpoint import Checkpointer, CheckpointShapeError, absolute_path
 from train.state import TrainState, jit_run_once, num_params
+from train.workdir_guard import check_read_only_config
 
 # Purposes that keys are folded with: fold_in(PRNGKey(seed), purpose).
 INIT, SAMPLE_GRID, EVAL, SAMPLE, SAMPLE_EVAL, EDIT = 0, 1, 2, 3, 4, 5
@@ -82,7 +83,20 @@ class Run:
 
   def init_or_restore(self, *, must_exist: bool = False,
                       step: int | None = None) -> TrainState:
-    """The newest checkpoint (or `step`) in the workdir, or a freshly initialised state."""
+    """The newest checkpoint (or `step`) in the workdir, or a freshly initialised state.
+
+    must_exist: a read-only mode (eval, sample, edit) reads the workdir and changes
+    nothing in it: the config is compared with workdir/config.json first, the step is
+    `step`, else config.checkpoint.step, else the newest, and an unreadable step is
+    reported, never moved aside (train/checkpoint.py).
+    """
+    read_only = must_exist
+    changed = check_read_only_config(self.config, self.workdir) if read_only else []
+    if step is None:
+      step = self.config.checkpoint.step
+      if step is not None and not read_only:
+        raise ValueError(f"config.checkpoint.step={step} picks the checkpoint of eval, "
+                         "sample and edit; training resumes from the newest one.")
     init_fn = jit_run_once(self.family.init, out_shardings=self.replicated)
     init_rng = jax.random.fold_in(self.root_rng, INIT)
     example = self.info.example_batch()
@@ -100,7 +114,14 @@ class Run:
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated),
         abstract.checkpoint_tree())
-    tree, meta, step = self.checkpointer.restore(target, step=step)
+    try:
+      tree, meta, step = self.checkpointer.restore(target, step=step,
+                                                   read_only=read_only)
+    except CheckpointShapeError as error:
+      why = (f"this config differs from {self.workdir}/config.json in "
+             f"{', '.join(changed)}" if changed else
+             "pass the config (and overrides) it was trained with")
+      raise CheckpointShapeError(f"{error} {why[0].upper()}{why[1:]}.") from None
     logging.info("Restored checkpoint at step %d from %s (%s).", step,
                  self.checkpointer.directory, meta.get("config_name"))
     return abstract.replace_from_checkpoint(tree)

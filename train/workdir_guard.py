@@ -108,48 +108,100 @@ def exit_on_preemption(phase: str) -> Iterator[PreemptionWatcher]:
 
 
 # Fields that may change when a run is resumed: how long, how often, where the data
-# lives, how it is evaluated and sampled. Anything else changes the experiment.
+# lives, how it is evaluated and sampled, which checkpoint a read-only mode reads.
+# Anything else changes the experiment.
 RESUMABLE_CHANGES = ("name", "data.data_dir", "data.download", "training.num_train_steps",
                      "training.log_every_steps", "training.checkpoint_every_steps",
                      "training.sample_every_steps", "training.num_samples_in_grid",
                      "training.keep_checkpoints", "training.keep_checkpoint_every_steps",
                      "training.async_checkpointing", "training.allow_config_change",
-                     "training.halt_on_nonfinite", "sampling.", "eval.",
+                     "training.halt_on_nonfinite", "sampling.", "eval.", "checkpoint.",
                      "guidance.weight")
 
 
+def _changed_fields(config: ml_collections.ConfigDict, saved: dict[str, Any],
+                    defaults: ml_collections.ConfigDict | None,
+                    missing_ok: bool = False) -> list[str]:
+  """Fields that change the experiment, where `config` differs from `saved`."""
+  current = {k: jsonable(v) for k, v in flatten_config(config).items()}
+  base = {} if defaults is None else {
+      k: jsonable(v) for k, v in flatten_config(defaults).items()}
+  return sorted(
+      key for key in set(saved) | set(current)
+      if key in current and saved.get(key) != current[key]
+      and not (key not in saved and (missing_ok or (key in base
+                                                    and current[key] == base[key])))
+      and not any(key == c or (c.endswith(".") and key.startswith(c))
+                  for c in RESUMABLE_CHANGES))
+
+
+def _diffs(config: ml_collections.ConfigDict, saved: dict[str, Any],
+           changed: list[str]) -> str:
+  current = flatten_config(config)
+  return "; ".join(f"{key}: {saved.get(key)!r} -> {jsonable(current.get(key))!r}"
+                   for key in changed)
+
+
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str,
-                         defaults: ml_collections.ConfigDict | None = None) -> None:
+                         defaults: ml_collections.ConfigDict | None = None, *,
+                         write: bool = True) -> bool:
   """Refuses to resume a workdir written by a different config (unless allowed).
 
   The first run writes workdir/config.json; later runs compare against it. Two
   differences change nothing and pass: a field the saved run lacks that is at its
   value in `defaults` (the family's base config: a field added to the code after the
   run started keeps the earlier behaviour), and a field the current config no longer
-  has (a field removed from the code: nothing reads it).
+  has (a field removed from the code: nothing reads it). Returns whether config.json
+  is (to be) written: write=False leaves that to `write_workdir_config`, which
+  training calls once the resume succeeded, so that a failed attempt with
+  allow_config_change keeps the original.
   """
   path = epath.Path(workdir) / "config.json"
-  current = {k: jsonable(v) for k, v in flatten_config(config).items()}
   if path.exists():
     saved = json.loads(path.read_text())
-    base = {} if defaults is None else {
-        k: jsonable(v) for k, v in flatten_config(defaults).items()}
-    changed = sorted(
-        key for key in set(saved) | set(current)
-        if key in current and saved.get(key) != current[key]
-        and not (key not in saved and key in base and current[key] == base[key])
-        and not any(key == c or (c.endswith(".") and key.startswith(c))
-                    for c in RESUMABLE_CHANGES))
+    changed = _changed_fields(config, saved, defaults)
     if changed and not config.training.allow_config_change:
-      diffs = "; ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
-                        for key in changed)
       raise ValueError(
-          f"{workdir} holds a run of a different config ({diffs}). Use a new --workdir, "
-          "or pass --config.training.allow_config_change=True to resume anyway.")
+          f"{workdir} holds a run of a different config "
+          f"({_diffs(config, saved, changed)}). Use a new --workdir, or pass "
+          "--config.training.allow_config_change=True to resume anyway.")
     if not changed:
-      return
+      return False
+  if write:
+    write_workdir_config(config, workdir)
+  return True
+
+
+def write_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes workdir/config.json (process 0)."""
   if jax.process_index() == 0:
-    write_text_atomically(path, json.dumps(current, indent=2, sort_keys=True))
+    current = {k: jsonable(v) for k, v in flatten_config(config).items()}
+    write_text_atomically(epath.Path(workdir) / "config.json",
+                          json.dumps(current, indent=2, sort_keys=True))
+
+
+def check_read_only_config(config: ml_collections.ConfigDict,
+                           workdir: str) -> list[str]:
+  """What eval, sample and edit check before restoring: the workdir's config.json.
+
+  Fields that change the experiment (the model's shapes among them) and differ stop
+  the mode, named, unless config.training.allow_config_change; then they are returned
+  (for the restore's error message). Fields config.json lacks are not compared (added
+  to the code later: the restore itself tells whether the shapes still match). A
+  workdir without config.json passes. Nothing is written.
+  """
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
+    return []
+  saved = json.loads(path.read_text())
+  changed = _changed_fields(config, saved, None, missing_ok=True)
+  if changed and not config.training.allow_config_change:
+    raise ValueError(
+        f"This config differs from the one {workdir} was trained with (its "
+        f"config.json) in {_diffs(config, saved, changed)}; its checkpoints hold that "
+        "run's parameters. Pass the same config (and overrides) as the training run, "
+        "or --config.training.allow_config_change=True to try anyway.")
+  return changed
 
 
 def write_text_atomically(path: epath.Path, text: str) -> None:
