@@ -68,11 +68,7 @@ _UP = re.compile(r"up_(\d+)_block_(\d+)|up_(\d+)_(attn|upsample|pyramid_norm|"
                  r"pyramid_conv)")
 
 
-def _field(config: dict[str, Any], name: str) -> Any:
-  value = config.get(name, diffusers_unet.UNET_DEFAULTS[name])
-  return tuple(value) if isinstance(value, list) else value
-
-
+_field = diffusers_unet.config_field  # a config.json field or its default
 # ---------------------------------------------------------------- GroupNorm groups
 def diffusers_norm_groups(config: dict[str, Any]) -> dict[str, int]:
   """{diffusers GroupNorm module name: its group count}, as UNet2DModel and its Skip
@@ -154,9 +150,6 @@ def check_unet_config(config: dict[str, Any], model: ml_collections.ConfigDict,
   ch, mult = int(model.ch), tuple(int(m) for m in model.ch_mult)
   attention = [height // 2**level in tuple(model.attn_resolutions)
                for level in range(len(mult))]
-  sample_size = _field(config, "sample_size")
-  sample_size = tuple(sample_size) if isinstance(sample_size, tuple) else (
-      None if sample_size is None else (sample_size, sample_size))
   head_dim = _field(config, "attention_head_dim")
   attention_widths = sorted({ch * m for m, a in zip(mult, attention) if a} |
                             {ch * mult[-1]})
@@ -165,7 +158,8 @@ def check_unet_config(config: dict[str, Any], model: ml_collections.ConfigDict,
   expected = [  # (field, what the project needs, value, what the project has)
       ("_class_name", "UNet2DModel", config.get("_class_name", "UNet2DModel"),
        "models/ncsnpp.py"),
-      ("sample_size", (height, width), sample_size or (height, width),
+      ("sample_size", (height, width),
+       diffusers_unet.sample_size(config) or (height, width),
        f"the dataset's {height}x{width} images"),
       ("in_channels", channels, _field(config, "in_channels"),
        f"the dataset's {channels} channels"),

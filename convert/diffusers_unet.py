@@ -124,9 +124,20 @@ def read_folder(source: str) -> Folder:
 
 
 # --------------------------------------------------------------------- the configs
-def _field(config: dict[str, Any], name: str) -> Any:
+def config_field(config: dict[str, Any], name: str) -> Any:
+  """A UNet2DModel config.json field, its default where left out (lists as tuples)."""
   value = config.get(name, UNET_DEFAULTS[name])
   return tuple(value) if isinstance(value, list) else value
+
+
+_field = config_field
+
+
+def sample_size(config: dict[str, Any]) -> tuple[int, int] | None:
+  """config.json's sample_size as (height, width); None where it is not given."""
+  size = _field(config, "sample_size")
+  return tuple(size) if isinstance(size, tuple) else (
+      None if size is None else (size, size))
 
 
 def attention_levels(model: ml_collections.ConfigDict, image_size: int) -> list[bool]:
@@ -154,13 +165,10 @@ def check_unet_config(config: dict[str, Any], model: ml_collections.ConfigDict,
 
   attention_widths = sorted({ch * m for m, a in zip(mult, attention) if a} |
                             {ch * mult[-1]})
-  sample_size = _field(config, "sample_size")
-  sample_size = tuple(sample_size) if isinstance(sample_size, tuple) else (
-      None if sample_size is None else (sample_size, sample_size))
   expected = [  # (field, what the project needs, value, what the project has)
       ("_class_name", "UNet2DModel", config.get("_class_name", "UNet2DModel"),
        "models/unet.py"),
-      ("sample_size", (height, width), sample_size or (height, width),
+      ("sample_size", (height, width), sample_size(config) or (height, width),
        f"the dataset's {height}x{width} images"),
       ("in_channels", channels, _field(config, "in_channels"),
        f"the dataset's {channels} channels"),
