@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from absl import flags
+from flax import traverse_util
 
 from convert import __main__ as cli
 from convert import workdir as workdir_lib
@@ -22,11 +23,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def assert_same_params(a, b) -> None:
-  """Every leaf of `a` equals `b`'s in the same place (the path in the message)."""
-  flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)
-  assert len(flat_a) == len(flat_b)
-  for (path, x), y in zip(flat_a, flat_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+  """The same parameter paths, and every leaf of `a` equals `b`'s (the path in the
+  message)."""
+  flat_a, flat_b = traverse_util.flatten_dict(a), traverse_util.flatten_dict(b)
+  assert flat_a.keys() == flat_b.keys(), sorted(set(flat_a) ^ set(flat_b))[:5]
+  for key in flat_a:
+    np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]),
+                                  err_msg="/".join(key))
 
 
 def family_and_abstract_params(config, image_shape: tuple[int, ...],

@@ -40,12 +40,13 @@ from configs import ddpmpp_cifar, ncsnpp_256, ncsnpp_cifar  # noqa: E402
 from configs import ncsnpp_ffhq1024  # noqa: E402
 from convert import __main__ as cli  # noqa: E402
 from convert import diffusers_ncsnpp, score_sde  # noqa: E402
-from convert import workdir as workdir_lib  # noqa: E402
 from tests import manifests  # noqa: E402
+from tests.convert_testing import (assert_fails_before_writing,  # noqa: E402
+                                   assert_same_params, cli_flags, save_code_pickle,
+                                   write_first_half)
 from train import modes, score  # noqa: E402
 from train.run import Run  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-4    # float32
 # google/ncsnpp-church-256's config.json (bedroom, CelebA-HQ, FFHQ-256: the same).
 PUBLISHED_256 = dict(
@@ -111,14 +112,6 @@ def family_score(family, params, x_nhwc, t) -> np.ndarray:
 def noise_std(family, t) -> np.ndarray:
   """sigma(t) of the family's SDE (VE: the noise level; VP: the std), float32."""
   return np.array(family.sde.sigma(jnp.asarray(t)), np.float32)   # a writable copy
-
-
-def assert_same_params(a, b):
-  flat_a, flat_b = traverse_util.flatten_dict(a), traverse_util.flatten_dict(b)
-  assert flat_a.keys() == flat_b.keys()
-  for key in flat_a:
-    np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]),
-                                  err_msg="/".join(key))
 
 
 def lazy_zeros(shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
@@ -309,16 +302,11 @@ def test_scheduler_differences_are_recorded_not_guessed():
 
 def _flags(source_format, source, workdir, *overrides) -> flags.FlagValues:
   """The command line's flags (parsed apart from main.py's): the small NCSN++ layout."""
-  argv = ["convert", f"--from={source_format}", f"--source={source}",
-          f"--config={os.path.join(REPO, 'configs', 'ncsnpp_256.py')}:church",
-          f"--workdir={workdir}", "--config.model.ch=16",
-          "--config.model.ch_mult=(1, 2, 8)", "--config.model.num_res_blocks=2",
-          "--config.model.attn_resolutions=(4,)", "--config.data.image_size=16",
-          *overrides]
-  flag_values = flags.FlagValues()
-  cli.define_flags(flag_values, argv)
-  flag_values(argv)
-  return flag_values
+  return cli_flags(source_format, source, "ncsnpp_256.py:church", workdir,
+                   "--config.model.ch=16", "--config.model.ch_mult=(1, 2, 8)",
+                   "--config.model.num_res_blocks=2",
+                   "--config.model.attn_resolutions=(4,)", "--config.data.image_size=16",
+                   *overrides)
 
 
 def test_pipeline_folder_reads_unet_and_scheduler(small_unet, tmp_path):
@@ -351,12 +339,10 @@ def _broken_folder(tmp_path, folder, case) -> str:
   weights = os.path.join(folder, "diffusion_pytorch_model.safetensors")
   tensors = safetensors.numpy.load_file(weights)
   if case == "truncated":
-    data = open(weights, "rb").read()
-    (source / "diffusion_pytorch_model.safetensors").write_bytes(data[:len(data) // 2])
+    write_first_half(weights, source / "diffusion_pytorch_model.safetensors")
     return str(source)
   if case == "code":
-    torch.save({"conv_in.weight": _Payload(str(tmp_path / "ran"))},
-               source / "diffusion_pytorch_model.bin")
+    save_code_pickle(source / "diffusion_pytorch_model.bin", "conv_in.weight", tmp_path)
     return str(source)
   if case == "missing":
     del tensors["up_blocks.0.skip_conv.bias"]
@@ -367,16 +353,6 @@ def _broken_folder(tmp_path, folder, case) -> str:
   safetensors.numpy.save_file(tensors,
                               str(source / "diffusion_pytorch_model.safetensors"))
   return str(source)
-
-
-class _Payload:
-  """Unpickling it would create the folder `path`: tests check it never exists."""
-
-  def __init__(self, path):
-    self.path = path
-
-  def __reduce__(self):
-    return os.mkdir, (self.path,)
 
 
 @pytest.mark.parametrize("case, match", [
@@ -392,14 +368,8 @@ def test_malformed_diffusers_folders_fail_before_writing(small_unet, tmp_path, c
                                                          match):
   _, folder, config, _ = small_unet
   source = _broken_folder(tmp_path, folder, case)
-  workdir = tmp_path / "workdir"
-  with tfds.testing.mock_data(num_examples=4):
-    with pytest.raises(ValueError, match=match) as error:
-      workdir_lib.convert_to_workdir(config, str(workdir), source,
-                                     source_format="diffusers_ncsnpp")
-  assert "\n" not in str(error.value)
-  assert not workdir.exists(), "nothing may be written for a malformed source"
-  assert not (tmp_path / "ran").exists(), "code from the checkpoint ran"
+  assert_fails_before_writing(tmp_path, config, source, "diffusers_ncsnpp", match,
+                              num_examples=4)
 
 
 # ===================================================== score_sde, the authors' side
@@ -1071,11 +1041,9 @@ def _broken_pth(tmp_path, files, case) -> tuple[str, object]:
   config, raw, ema, pth, msgpack_path = files
   path = tmp_path / "broken"
   if case == "truncated":
-    data = open(pth, "rb").read()
-    path.write_bytes(data[:len(data) // 2])
+    write_first_half(pth, path)
   elif case == "code":
-    payload = _Payload(str(tmp_path / "ran"))
-    torch.save({"model": {"module.all_modules.1.weight": payload}, "ema": {}}, path)
+    save_code_pickle(path, "model", tmp_path)
   elif case == "missing":
     write_pth(path, config, raw, ema, drop=("module.all_modules.3.bias",))
   elif case == "extra":
@@ -1091,8 +1059,7 @@ def _broken_pth(tmp_path, files, case) -> tuple[str, object]:
   elif case == "not_a_checkpoint":
     torch.save({k: torch.from_numpy(v) for k, v in raw.items()}, path)
   elif case == "flax_truncated":
-    data = open(msgpack_path, "rb").read()
-    path.write_bytes(data[:len(data) // 2])
+    write_first_half(msgpack_path, path)
   elif case == "flax_missing":
     tensors = flax_tensors(raw, config, 32)
     del tensors["Conv_0/bias"]
@@ -1125,14 +1092,8 @@ def _broken_pth(tmp_path, files, case) -> tuple[str, object]:
 def test_malformed_score_sde_files_fail_before_writing(ncsnpp_files, tmp_path, case,
                                                        source_format, match):
   source, config = _broken_pth(tmp_path, ncsnpp_files, case)
-  workdir = tmp_path / "workdir"
-  with tfds.testing.mock_data(num_examples=4):
-    with pytest.raises(ValueError, match=match) as error:
-      workdir_lib.convert_to_workdir(config, str(workdir), source,
-                                     source_format=source_format)
-  assert "\n" not in str(error.value)
-  assert not workdir.exists(), "nothing may be written for a malformed source"
-  assert not (tmp_path / "ran").exists(), "code from the checkpoint ran"
+  assert_fails_before_writing(tmp_path, config, source, source_format, match,
+                              num_examples=4)
 
 
 @pytest.mark.parametrize("field, value, match", [
