@@ -180,7 +180,7 @@ def tensors_of(model: ml_collections.ConfigDict, image_size: int,
         torch_name = ".".join(p for p in (torch_module, authors_layer, torch_leaf) if p)
         flax_name = "/".join(p for p in (flax_module, authors_layer, flax_leaf) if p)
         layout = ("vector" if leaf in ("bias", "scale", "W")
-                  else {"fir": "conv", "nin": "nin"}.get(kind, kind))
+                  else {"fir": "conv", "dense": "linear"}.get(kind, kind))
         tensors.append(Tensor(torch_name, flax_name, key, layout))
   return tensors
 
@@ -226,22 +226,6 @@ def _project_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
   return shape
 
 
-def _torch_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
-  if layout == "conv":           # HWIO <- OIHW
-    return (shape[3], shape[2], shape[0], shape[1])
-  if layout == "dense":          # (in, out) <- (out, in)
-    return (shape[1], shape[0])
-  return tuple(shape)
-
-
-def _from_torch(array: np.ndarray, layout: str) -> np.ndarray:
-  if layout == "conv":
-    return array.transpose(2, 3, 1, 0)
-  if layout == "dense":
-    return array.T
-  return array
-
-
 def _identity(array: np.ndarray, layout: str) -> np.ndarray:
   return array
 
@@ -256,8 +240,9 @@ def assemble(named: dict[str, np.ndarray], table: list[Tensor], abstract_params:
     return (tensor.flax_name if flax else tensor.torch_name), tensor.layout
 
   return common.assemble(
-      named, abstract_params, source_name, _project_shape if flax else _torch_shape,
-      _identity if flax else _from_torch, path,
+      named, abstract_params, source_name,
+      _project_shape if flax else common.torch_shape,
+      _identity if flax else common.torch_to_project, path,
       "score_sde's NCSNpp of this config (check config.model and the config file)")
 
 

@@ -39,7 +39,7 @@ F = torch.nn.functional
 from configs import ddpmpp_cifar, ncsnpp_256, ncsnpp_cifar  # noqa: E402
 from configs import ncsnpp_ffhq1024  # noqa: E402
 from convert import __main__ as cli  # noqa: E402
-from convert import diffusers_ncsnpp, score_sde  # noqa: E402
+from convert import common, diffusers_ncsnpp, score_sde  # noqa: E402
 from tests import manifests  # noqa: E402
 from tests.convert_testing import (assert_fails_before_writing,  # noqa: E402
                                    assert_same_params, cli_flags, save_code_pickle,
@@ -305,8 +305,8 @@ def _flags(source_format, source, workdir, *overrides) -> flags.FlagValues:
   return cli_flags(source_format, source, "ncsnpp_256.py:church", workdir,
                    "--config.model.ch=16", "--config.model.ch_mult=(1, 2, 8)",
                    "--config.model.num_res_blocks=2",
-                   "--config.model.attn_resolutions=(4,)", "--config.data.image_size=16",
-                   *overrides)
+                   "--config.model.attn_resolutions=(4,)",
+                   "--config.data.image_size=16", *overrides)
 
 
 def test_pipeline_folder_reads_unet_and_scheduler(small_unet, tmp_path):
@@ -571,7 +571,7 @@ def test_high_resolution_layouts_agree_with_diffusers_names(module, arg, image_s
   _, abstract = abstract_params(config, (image_size, image_size, 3))
   table = score_sde.tensors_of(config.model, image_size, abstract)
   flat = traverse_util.flatten_dict(abstract)
-  ours = {t.torch_name: score_sde._torch_shape(flat[t.project].shape, t.layout)
+  ours = {t.torch_name: common.torch_shape(flat[t.project].shape, t.layout)
           for t in table}
   assert ours == torch_names(authors_layout(authors_model(config), image_size))
   published = PUBLISHED_256 if image_size == 256 else PUBLISHED_1024
