@@ -24,12 +24,8 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from configs import bases  # noqa: E402
-from sampling.editing import EDIT_KINDS  # noqa: E402
-from train import distributed, loop, modes, workdir_lock  # noqa: E402
-from train import edit_mode as edit_lib  # noqa: E402
-from train import user_errors  # noqa: E402
-
-_DEFAULTS = edit_lib.EDIT_DEFAULTS
+from sampling.edit_options import EDIT_DEFAULTS as _DEFAULTS, EDIT_KINDS  # noqa: E402
+from train import distributed, user_errors, workdir_lock  # noqa: E402
 
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/ddpm_cifar.py; any field "
@@ -100,6 +96,10 @@ def main(argv):
 
 
 def _run_mode(config, conditioned: bool, options) -> None:
+  # Imported only now, under the lock: TensorFlow, the datasets and the families take
+  # 10-30 s to import, and a second writer should fail within seconds, before them.
+  from train import edit_mode as edit_lib  # pylint: disable=g-import-not-at-top
+  from train import loop, modes  # pylint: disable=g-import-not-at-top
   if FLAGS.mode == "sample" and conditioned:
     edit_lib.edit(config, FLAGS.workdir, options)
     return

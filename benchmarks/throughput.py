@@ -15,6 +15,7 @@ Runs on random uint8 batches, so it needs no dataset.
 """
 
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -45,6 +46,7 @@ flags.DEFINE_list("memory_batches", [], "Two or more global batch sizes: compile
                   "train step at each and report memory per image (the slope) and the "
                   "fixed part (params, optimizer state, EMA).")
 flags.DEFINE_float("memory_budget_gib", 16.0, "Budget for the largest-batch estimate.")
+flags.DEFINE_string("json_out", None, "Also write the figures to this JSON file.")
 FLAGS = flags.FLAGS
 # Native image shapes, so that the benchmark needs no prepared dataset.
 NATIVE_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
@@ -112,9 +114,11 @@ def train_step_memory(family, config, image_shape, batch_size: int) -> dict[str,
   return out
 
 
-def memory_report(family, config, image_shape, batch_sizes, budget_bytes: float) -> None:
+def memory_report(family, config, image_shape, batch_sizes,
+                  budget_bytes: float) -> dict[str, Any]:
   """Prints peak memory per batch size, per image (a least-squares slope), the fixed
-  part, and the largest global batch (a multiple of the device count) in the budget."""
+  part, and the largest global batch (a multiple of the device count) in the budget;
+  returns them."""
   sizes = sorted({int(b) for b in batch_sizes})
   if len(sizes) < 2:
     raise ValueError(f"--memory_batches needs two or more sizes, got {batch_sizes}.")
@@ -132,6 +136,9 @@ def memory_report(family, config, image_shape, batch_sizes, budget_bytes: float)
   print(f"memory: {per_image / 2**20:.2f} MiB per training image + {fixed / 2**20:.1f} "
         f"MiB fixed; largest global batch in {budget_bytes / 2**30:.0f} GiB: "
         f"{max(largest, 0)}")
+  return dict(batch_sizes=sizes, peak_bytes=[int(p) for p in peaks],
+              mib_per_image=per_image / 2**20, fixed_mib=fixed / 2**20,
+              budget_gib=budget_bytes / 2**30, largest_batch=max(largest, 0))
 
 
 def image_shape_of(config) -> tuple[int, int, int]:
@@ -188,49 +195,76 @@ def build_train_step(config, batch_size: int | None = None) -> TrainStep:
 
 def main(argv):
   del argv
-  config = FLAGS.config
+  figures = run(FLAGS.config)
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, "w") as f:
+      json.dump(figures, f, indent=1)
+
+
+def run(config) -> dict[str, Any]:
+  """Prints the figures the flags ask for and returns them."""
+  figures: dict[str, Any] = dict(
+      config=config.name, device=jax.devices()[0].device_kind,
+      device_count=jax.device_count(), backend=jax.default_backend(),
+      jax_version=jax.__version__, dtype=str(config.model.get("dtype", "float32")),
+      remat=bool(config.model.get("remat", False)))
   if FLAGS.memory_batches:
     family = families.get_family(config, image_shape_of(config),
                                  10 if config.model.conditional else 0)
-    memory_report(family, config, image_shape_of(config), FLAGS.memory_batches,
-                  FLAGS.memory_budget_gib * 2**30)
-  if FLAGS.steps <= 0:    # memory only
-    return
+    figures["memory"] = memory_report(family, config, image_shape_of(config),
+                                      FLAGS.memory_batches,
+                                      FLAGS.memory_budget_gib * 2**30)
+  if FLAGS.steps <= 0 and not FLAGS.sample_batches:    # memory only
+    return figures
   built = build_train_step(config)
   family, state, batch, step = built.family, built.state, built.batch, built.compiled
-  flops = train_step_flops(built.lowered)
   b = config.training.batch_size
   h, w, channels = built.image_shape
-
-  state, metrics = step(state, batch)   # warm-up
-  jax.block_until_ready(metrics)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} "
         f"({jax.default_backend()}); config {config.name}; global batch {b}; "
         f"image {h}x{w}x{channels}; {num_params(state.params):,} params; train step "
         f"compile {built.compile_seconds:.1f} s")
-  start = time.perf_counter()
-  for _ in range(FLAGS.steps):
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  seconds = (time.perf_counter() - start) / FLAGS.steps
-  print(f"train: {1 / seconds:.4g} steps/s, {b / seconds:.4g} images/s")
-  if flops and FLAGS.matmul_size > 0:
-    achieved = flops / seconds
-    peak = matmul_flops_per_sec(FLAGS.matmul_size)
-    print(f"train step: {flops / 1e9:.2f} GFLOP (XLA cost analysis), "
-          f"{achieved / 1e12:.3f} TFLOP/s achieved; {FLAGS.matmul_size}^2 matmul: "
-          f"{peak / 1e12:.3f} TFLOP/s; ratio {achieved / peak:.1%}")
+  figures.update(params=num_params(state.params), train_batch=b,
+                 compile_seconds=built.compile_seconds)
+  if FLAGS.steps > 0:
+    flops = train_step_flops(built.lowered)
+    state, metrics = step(state, batch)   # warm-up
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(FLAGS.steps):
+      state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    seconds = (time.perf_counter() - start) / FLAGS.steps
+    print(f"train: {1 / seconds:.4g} steps/s, {b / seconds:.4g} images/s")
+    figures.update(train_images_per_s=b / seconds, train_step_flops=flops)
+    if flops and FLAGS.matmul_size > 0:
+      achieved = flops / seconds
+      peak = matmul_flops_per_sec(FLAGS.matmul_size)
+      print(f"train step: {flops / 1e9:.2f} GFLOP (XLA cost analysis), "
+            f"{achieved / 1e12:.3f} TFLOP/s achieved; {FLAGS.matmul_size}^2 matmul: "
+            f"{peak / 1e12:.3f} TFLOP/s; ratio {achieved / peak:.1%}")
+      figures.update(train_flops_per_s=achieved, matmul_flops_per_s=peak,
+                     matmul_size=FLAGS.matmul_size, flops_ratio=achieved / peak)
 
   if FLAGS.sample_batches:
     n = config.sampling.batch_size
     batch_sh = sharding.batch_sharding(sharding.make_mesh())
     sample = jax.jit(family.sample, static_argnums=2, out_shardings=batch_sh)
     params = state.ema_params
+    start = time.perf_counter()
+    jax.block_until_ready(sample(params, jax.random.PRNGKey(1), n))
+    first_call = time.perf_counter() - start
     seconds = _time(lambda: sample(params, jax.random.PRNGKey(1), n),
                     FLAGS.sample_batches)
-    nfe = family.sampler_settings()["nfe"]
-    print(f"sampling ({family.sampler_settings()['sampler']}, {nfe} NFE, batch {n}): "
-          f"{n / seconds:.2f} images/s, {n * nfe / seconds:.0f} image-evaluations/s")
+    settings = family.sampler_settings()
+    nfe = settings["nfe"]
+    print(f"sampling ({settings['sampler']}, {nfe} NFE, batch {n}): "
+          f"{n / seconds:.2f} images/s, {n * nfe / seconds:.0f} image-evaluations/s "
+          f"(first call, compile included: {first_call:.1f} s)")
+    figures.update(sampler=str(settings["sampler"]), sampler_nfe=int(nfe),
+                   sample_batch=n, sample_images_per_s=n / seconds,
+                   sample_first_call_seconds=first_call)
+  return figures
 
 
 if __name__ == "__main__":

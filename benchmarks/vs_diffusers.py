@@ -21,8 +21,9 @@ precision (fp32, or --dtype=bfloat16: config.model.dtype here, torch.autocast th
       --config.model.ch=32 --config.model.ch_mult='(1,2)'  # seconds-long smoke test
 
 Any --config.* override applies to both networks (`diffusers_unet_kwargs` translates
-config.model). Flags --steps, --sample_batches and --matmul_size belong to
-benchmarks/throughput.py, whose --config flag this script shares; they are unused here.
+config.model). Flags --steps, --sample_batches, --matmul_size and --memory_* belong to
+benchmarks/throughput.py, whose --config and --json_out flags this script shares; they
+are unused here.
 """
 
 import json
@@ -425,7 +426,7 @@ def _report(what: str, rates: dict[str, list[float]], batch: int,
 def _define_flags() -> None:
   """Flags of the command line only, so that importing this module defines none."""
   from absl import flags
-  from benchmarks import throughput  # noqa: F401  (defines the shared --config flag)
+  from benchmarks import throughput  # noqa: F401  (defines --config and --json_out)
   flags.DEFINE_integer("batch", 0, "Train batch (0: 8 on CPU, the config's on GPU).")
   flags.DEFINE_integer("sample_batch", 0, "Sampling batch (0: --batch).")
   flags.DEFINE_integer("rounds", 3, "Alternating rounds (A, B) per measurement.")
@@ -435,7 +436,6 @@ def _define_flags() -> None:
   flags.DEFINE_integer("ddim_steps", 50, "DDIM steps (network evaluations).")
   flags.DEFINE_bool("skip_sampling", False, "Time the train step only.")
   flags.DEFINE_string("dtype", "float32", "float32 | bfloat16, both sides.")
-  flags.DEFINE_string("json_out", None, "Also write the figures to this JSON file.")
   flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: os.cpu_count()). "
                        "On a CPU shared with other jobs, torch's OpenMP threads can "
                        "stall each other: compare with 1.")

@@ -27,10 +27,10 @@ from datasets import transforms
 from models.diffusion import GaussianDiffusion, VAR_TYPES
 from models.unet import concat_condition
 from sampling.ddpm import SampleOutput, ancestral_sample, ddim_timesteps
+from sampling.edit_options import EDIT_KINDS, MASK_KINDS
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 LatentMap = Callable[[jax.Array], jax.Array]
-MASK_KINDS = ('center', 'left', 'right', 'top', 'bottom')
 
 # score_sde's colorization basis (Song et al. 2021, App. I.2): an orthonormal
 # 3x3 matrix whose first column is (1, 1, 1)/sqrt(3), so channel 0 of x @ M is
@@ -540,9 +540,6 @@ def superres_sample(
 
 
 # ------------------------------------------------------------------ dispatch
-EDIT_KINDS = ('inpaint', 'colorize', 'sdedit', 'interpolate', 'superres')
-
-
 def apply_edit(
     kind: str,
     eps_fn: EpsFn,

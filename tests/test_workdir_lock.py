@@ -105,11 +105,14 @@ def test_a_second_training_run_fails_at_once_and_the_first_finishes_untouched(
     second = subprocess.run(main_command(workdir, steps), env=env, capture_output=True,
                             text=True, timeout=60)
     elapsed = time.time() - start
-    # What starting Python and importing main.py costs on this (busy) machine.
+    # main.py checks the lock before importing TensorFlow and the families.
     start = time.time()
-    subprocess.run([sys.executable, "-c", "import main"], env=env, cwd=REPO, check=True,
-                   capture_output=True, timeout=60)
+    heavy = subprocess.run(
+        [sys.executable, "-c", "import sys, main; print('tensorflow' in sys.modules, "
+         "'flax' in sys.modules)"], env=env, cwd=REPO, check=True, capture_output=True,
+        text=True, timeout=60)
     imports = time.time() - start
+    assert heavy.stdout.split() == ["False", "False"], heavy.stdout
     assert second.returncode == 2, second.stderr[-3000:]
     # One line from this project (TensorFlow's C++ start-up notices aside).
     lines = [line for line in second.stderr.strip().splitlines()
@@ -117,11 +120,13 @@ def test_a_second_training_run_fails_at_once_and_the_first_finishes_untouched(
     assert len(lines) == 1 and lines[0].startswith("error: "), second.stderr[-3000:]
     assert f"pid {procs.procs['first'].pid} on {socket.gethostname()}" in lines[0]
     assert "train lock" in lines[0] and "--mode" not in lines[0].split(": ", 1)[0]
-    assert elapsed - imports < 5, (elapsed, imports)
+    # Under 5 s on a quiet machine; on a loaded one, no more than Python's start-up and
+    # main.py's light imports (measured just above) take there.
+    assert elapsed < max(5.0, imports + 2.0), (elapsed, imports)
     assert procs.wait_all(300) == {"first": 0}, procs.log("first")[-3000:]
     log = procs.log("first")
   assert "Taking over" not in log and "taken over" not in log
   assert int(restore_on_one_device(str(workdir), run_config(steps))["step"]) == steps
   assert os.path.exists(workdir / "eval" / f"step_{steps:08d}.json")
   assert not [n for n in os.listdir(workdir) if n.endswith(".lock")]   # released
-  print(f"second writer refused in {elapsed:.1f} s (imports alone: {imports:.1f} s)")
+  print(f"second writer refused in {elapsed:.1f} s (main.py's imports: {imports:.1f} s)")
