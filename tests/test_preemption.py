@@ -1,4 +1,4 @@
-"""SIGTERM in every phase: training, the final evaluation, --mode=sample.
+"""SIGTERM in every phase: training, the final evaluation, eval_watch, --mode=sample.
 
 main.py runs in subprocesses (a tiny 2-D GAN: seconds of training, an evaluation in
 ten sample chunks) and gets SIGTERM at a moment of the phase under test, seen from
@@ -192,3 +192,45 @@ def test_the_slurm_script_requeues_through_sigterm_in_every_phase(tmp_path):
   assert requeues() == [["requeue", "77"]] * 3
   srun_calls = recorded(str(tmp_path / "calls"), "srun")
   assert len(srun_calls) == 5 and srun_calls[-1][-1] == "--mode=sample"
+
+
+def test_sigterm_in_eval_watch_exits_0_and_the_rerun_finishes_it_identically(tmp_path):
+  workdir = tmp_path / "run"
+  base = [sys.executable, os.path.join(REPO, "main.py"), f"--config={CONFIG}",
+          f"--workdir={workdir}", *flags()]
+  env = env_for(tmp_path)
+  # A trained workdir whose final checkpoint has not been evaluated yet.
+  trained = subprocess.run(base, cwd=REPO, env=dict(env, SLOW_CHUNK_SECONDS=""),
+                           capture_output=True, text=True, timeout=TIMEOUT_S)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  shutil.rmtree(workdir / "eval")
+  watch = [*base, "--mode=eval_watch"]
+  log_path = tmp_path / "watch.log"
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(watch, cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+      wait_for(lambda: chunks(workdir, "eval/samples_step_*"), proc, "a sample chunk")
+      start = time.time()
+      proc.send_signal(signal.SIGTERM)
+      assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+      stopped_in = time.time() - start
+    finally:
+      proc.kill()
+  text = log_path.read_text()
+  assert "Preempted (SIGTERM) during eval_watch" in text, text[-3000:]
+  kept = chunks(workdir, "eval/samples_step_*")
+  assert 1 <= len(kept) < 10 and not (workdir / FINAL_EVAL).exists(), kept
+  assert stopped_in < 10, stopped_in
+  assert not [n for n in os.listdir(workdir) if n.endswith(".lock")]   # released
+
+  rerun = subprocess.run(watch, cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=TIMEOUT_S)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert f"{len(kept)} of 10 chunks already written" in rerun.stderr
+  resumed = json.loads((workdir / FINAL_EVAL).read_text())
+  fresh = tmp_path / "fresh"
+  shutil.copytree(workdir, fresh, ignore=shutil.ignore_patterns("eval", "tensorboard"))
+  config = with_overrides(gan_toy.get_config("runlocal"), dict(OVERRIDES))
+  reference = modes.evaluate(config, str(fresh))
+  assert json.dumps(resumed, sort_keys=True) == json.dumps(reference, sort_keys=True)
