@@ -390,3 +390,72 @@ def test_a_file_of_no_known_layout_is_named_with_its_keys(tmp_path, capsys):
                        "--dataset=digits"], capsys)
   assert code == 2 and "--reference" in err
 
+
+
+# ------------------------------------------- --mode=sample of a class-conditional model
+@pytest.mark.integration    # trains through the loop, then samples
+def test_sample_mode_writes_the_labels_it_conditioned_on_and_a_png_folder(
+    tmp_path, fast_compile, monkeypatch):
+  from tests.test_train_loop import tiny_config  # pylint: disable=g-import-not-at-top
+  from train import edit_mode, loop, modes  # pylint: disable=g-import-not-at-top
+  from train.run import SAMPLE, Run  # pylint: disable=g-import-not-at-top
+  config = tiny_config(2)
+  config.model.conditional = True        # 10 digit classes
+  config.sampling.png_folder = True
+  config.eval.num_samples = 6            # two calls of 4: labels 0 1 2 3, 0 1
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(config, workdir)
+  # A two-step model's output layer is still (near) zero, so every label would give
+  # the same images and the label check below would be empty: sample with its
+  # params perturbed at random (the same in modes.sample and in the check).
+  sampling_params = Run.sampling_params
+
+  def perturbed(self, state):
+    params = sampling_params(self, state)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(7), len(leaves))
+    return jax.tree.unflatten(tree, [
+        leaf + 0.1 * jax.random.normal(k, leaf.shape, leaf.dtype)
+        for leaf, k in zip(leaves, keys)])
+
+  monkeypatch.setattr(Run, "sampling_params", perturbed)
+  directory = modes.sample(config, workdir)
+
+  with np.load(os.path.join(directory, "samples.npz")) as f:
+    images, labels = f["arr_0"], f["arr_1"]
+  np.testing.assert_array_equal(labels, [0, 1, 2, 3, 0, 1])
+  np.testing.assert_array_equal(_read_png_folder(os.path.join(directory, "png")),
+                                images[..., 0])
+  assert not [n for n in os.listdir(directory) if n.startswith("chunks_")]
+
+  # Independently: the images are those of the family's conditional sampler given
+  # these labels (call i: key fold_in(rng, i)), and not those of other labels.
+  run = Run(config, workdir)
+  try:
+    params = run.sampling_params(run.init_or_restore(must_exist=True))
+    rng = jax.random.fold_in(run.root_rng, SAMPLE)
+    sample = jax.jit(run.family.sample_with_condition, static_argnums=3)
+    given = [np.asarray(sample(params, jax.random.fold_in(rng, i),
+                               np.asarray(labels[:4] if i == 0 else [0, 1, 2, 3]), 4))
+             for i in range(2)]
+    other = np.asarray(sample(params, jax.random.fold_in(rng, 0),
+                              np.asarray([5, 6, 7, 8]), 4))
+  finally:
+    run.close()
+  expected = np.concatenate(given)[:6]
+  assert np.mean(np.abs(expected.astype(int) - images.astype(int)) <= 1) > 0.999
+  assert np.mean(other != images[:4]) > 0.05
+
+  # A rerun (e.g. after preemption while writing) leaves the same files.
+  modes.sample(config, workdir)
+  with np.load(os.path.join(directory, "samples.npz")) as f:
+    np.testing.assert_array_equal(f["arr_0"], images)
+    np.testing.assert_array_equal(f["arr_1"], labels)
+  assert len(os.listdir(os.path.join(directory, "png"))) == 6
+
+  # --mode=sample --label=3 (train/edit_mode.py): that label for every image.
+  result = edit_mode.edit(config, workdir, dict(label=3, num_samples=2))
+  with np.load(result["paths"]["npz"]) as f:
+    np.testing.assert_array_equal(f["arr_1"], [3, 3])
+    np.testing.assert_array_equal(_read_png_folder(result["paths"]["png_folder"]),
+                                  f["arr_0"][..., 0])
