@@ -234,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
   met = commands.add_parser("metrics", help="metrics of a samples .npz")
   met.add_argument("--samples", required=True, help=".npz with uint8 NHWC 'arr_0'")
   met.add_argument("--reference", default=None,
-                   help="statistics .npz (mu, sigma[, features]: this project, pytorch-fid, EDM; "
-      "pool_3: score_sde) or images .npz")
+                   help="statistics .npz (mu, sigma[, features]: this project, "
+                   "pytorch-fid, EDM; pool_3: score_sde) or images .npz")
   met.add_argument("--metrics", default=None,
                    help=f"comma-separated, from {','.join(sample_metrics.METRIC_NAMES)}"
                    " (default: classifier metrics for digits/shapes, else fid,is)")

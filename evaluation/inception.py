@@ -486,8 +486,9 @@ def check_published(sha256: str, source: str) -> None:
   if sha256 != PUBLISHED_SHA256:
     raise ValueError(
         f"{source} has SHA-256 {sha256}, not that of the published FID Inception "
-        f"weights ({PUBLISHED_SHA256}, {PUBLISHED_SIZE:,} bytes, from {WEIGHTS_URLS[1]})"
-        ": use that file, or pass --allow_unpublished to convert this one knowingly.")
+        f"weights ({PUBLISHED_SHA256}, {PUBLISHED_SIZE:,} bytes, from "
+        f"{WEIGHTS_URLS[1]}): use that file, or pass --allow_unpublished to convert "
+        "this one knowingly.")
 
 
 def _missing_weights_error(searched: list[pathlib.Path]) -> FileNotFoundError:

@@ -208,8 +208,8 @@ def stats_layout(keys: Iterable[str]) -> str | None:
 
 
 def describe_stats_layouts() -> str:
-  return "statistics have keys mu and sigma (pytorch-fid, TTUR, EDM, this project) or " \
-      "pool_3 (score_sde's features)"
+  return ("statistics have keys mu and sigma (pytorch-fid, TTUR, EDM, this project) "
+          "or pool_3 (score_sde's features)")
 
 
 def default_stats_dir() -> pathlib.Path:

@@ -274,7 +274,8 @@ def _sample(run: Run, preemption: PreemptionWatcher | None = None) -> str:
     if chunks is not None:
       shutil.rmtree(chunks, ignore_errors=True)
     logging.info("Wrote %d samples to %s%s%s and a picture of them to %s.",
-                 len(images), paths["npz"], "" if labels is None else " (labels: arr_1)",
+                 len(images), paths["npz"],
+                 "" if labels is None else " (labels: arr_1)",
                  f", {paths['png_folder']}/" if "png_folder" in paths else "",
                  paths["preview"])
   return directory
