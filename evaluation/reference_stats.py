@@ -193,7 +193,9 @@ class ReferenceStats:
 
 # Statistics files by their keys: mu and sigma (this project's, pytorch-fid's, TTUR's,
 # EDM's fid.py: cifar10-32x32.npz), or score_sde's pool_3 (cifar10_stats.npz: the
-# reference images' pool3 features [N, 2048], as its evaluation.py reads them).
+# reference images' pool3 features [N, 2048], as its evaluation.py reads them; for
+# 256x256 and larger images score_sde used another network, TF-Hub's inception_v3
+# feature vector, whose files are not FID Inception statistics though they look alike).
 MU_SIGMA, POOL_3 = "mu_sigma", "pool_3"
 STATS_LAYOUTS = {MU_SIGMA: "mu/sigma (pytorch-fid, TTUR, EDM)",
                  POOL_3: "pool_3 features (score_sde)"}
