@@ -107,6 +107,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.batch_size = 256           # images per compiled sampling call
   sampling.use_ema = True             # sample (and evaluate) with the EMA parameters
+  # --mode=sample also writes each sample as png/000000.png, ... beside samples.npz:
+  # the folder pytorch-fid, clean-fid, torch-fidelity and EDM's fid.py read.
+  sampling.png_folder = False
 
   # ----------------------------------------------------------------- eval
   config.eval = eval_config = ml_collections.ConfigDict()

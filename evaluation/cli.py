@@ -12,6 +12,15 @@
   python -m evaluation.cli metrics --samples=samples.npz --dataset=digits \\
       --metrics=classifier_fd,class_coverage
 
+  # The reference may also be statistics that score_sde (cifar10_stats.npz: pool_3
+  # features) or EDM (cifar10-32x32.npz: mu, sigma) publish, as they are:
+  python -m evaluation.cli metrics --samples=samples.npz --reference=cifar10_stats.npz
+
+  # The FID Inception weights, once, to a .npz that loads without torch (the .pth's
+  # SHA-256 is checked against the published file's first):
+  python -m evaluation.cli convert_inception \\
+      --weights=~/.cache/inception/pt_inception-2015-12-05-6726825d.pth
+
   # The small classifier of an embedded dataset (cached; see evaluation/classifier.py):
   python -m evaluation.cli train_classifier --dataset=digits
 
@@ -24,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +44,7 @@ import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
 from evaluation import classifier as classifier_lib  # noqa: E402
+from evaluation import inception  # noqa: E402
 from evaluation import reference_stats as reference_lib  # noqa: E402
 from evaluation import sample_metrics  # noqa: E402
 
@@ -45,7 +56,7 @@ def load_samples(path: str) -> np.ndarray:
   with _open_npz(path, "samples") as data:
     if "arr_0" not in data.files:
       hint = (" (a statistics file: pass it as --reference)"
-              if {"mu", "sigma"} <= set(data.files) else "")
+              if reference_lib.stats_layout(data.files) else "")
       raise ValueError(f"{path} holds {sorted(data.files)}, no 'arr_0' key with "
                        f"uint8 NHWC images{hint}.")
     images = data["arr_0"]
@@ -66,15 +77,15 @@ def _open_npz(path: str, what: str):
 
 
 def _load_reference(path: str) -> reference_lib.ReferenceStats | np.ndarray:
-  """A statistics .npz (mu, sigma, ...) or images ('arr_0')."""
+  """A statistics .npz (reference_stats.STATS_LAYOUTS) or images ('arr_0')."""
   with _open_npz(path, "reference") as data:
     keys = set(data.files)
-  if {"mu", "sigma"} <= keys:
+  if reference_lib.stats_layout(keys) is not None:
     return reference_lib.ReferenceStats.load(path)
   if "arr_0" in keys:
     return load_samples(path)
-  raise ValueError(f"{path} holds {sorted(keys)}: a reference must be a statistics "
-                   "file (keys mu, sigma) or images (key arr_0).")
+  raise ValueError(f"{path} holds {sorted(keys)}: a reference must be statistics ("
+                   f"{reference_lib.describe_stats_layouts()}) or images (key arr_0).")
 
 
 def _write_json(result: dict[str, Any], out: str | None) -> None:
@@ -137,6 +148,26 @@ def metrics(args: argparse.Namespace) -> dict[str, Any]:
       batch_size=args.batch_size, feature_nets=nets, is_splits=args.is_splits,
       kid_subset_size=args.kid_subset_size)
   return dict(result.values, samples=args.samples, protocol=result.protocol)
+
+
+def convert_inception(args: argparse.Namespace) -> dict[str, Any]:
+  """The FID Inception .pth, checked against the published SHA-256, as a .npz that
+  loads without torch (the file --inception_weights and the cache search find)."""
+  source = inception.resolve_weights_path(args.weights)
+  if source.suffix == ".npz":
+    raise ValueError(f"{source} is already a converted .npz: pass the .pth file.")
+  sha256 = sample_metrics.file_sha256(source)
+  published = sha256 == inception.PUBLISHED_SHA256
+  if not args.allow_unpublished:
+    inception.check_published(sha256, str(source))
+  out = pathlib.Path(args.out).expanduser() if args.out else source.with_suffix(".npz")
+  if out.suffix != ".npz":
+    raise ValueError(f"--out={args.out} must name a .npz file.")
+  params = inception.load_params(source)   # checks every name and shape
+  inception.save_params_npz(params, out, meta=dict(
+      source_file=source.name, source_sha256=sha256, published=published))
+  return dict(out=str(out), source=str(source), source_sha256=sha256,
+              published=published, out_sha256=sample_metrics.file_sha256(out))
 
 
 def train_classifier(args: argparse.Namespace) -> dict[str, Any]:
@@ -203,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
   met = commands.add_parser("metrics", help="metrics of a samples .npz")
   met.add_argument("--samples", required=True, help=".npz with uint8 NHWC 'arr_0'")
   met.add_argument("--reference", default=None,
-                   help="statistics .npz (mu, sigma[, features]) or images .npz")
+                   help="statistics .npz (mu, sigma[, features]: this project, "
+                   "pytorch-fid, EDM; pool_3: score_sde) or images .npz")
   met.add_argument("--metrics", default=None,
                    help=f"comma-separated, from {','.join(sample_metrics.METRIC_NAMES)}"
                    " (default: classifier metrics for digits/shapes, else fid,is)")
@@ -218,6 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KID subset size (lowered to the smaller set if needed)")
   met.add_argument("--out", default=None, help="also write the result JSON here")
   met.set_defaults(run=metrics, needs_dataset=False)
+
+  conv = commands.add_parser(
+      "convert_inception", help="FID Inception .pth -> .npz that loads without torch")
+  conv.add_argument("--weights", default=None,
+                    help="the .pth (pt_inception-2015-12-05-6726825d.pth or "
+                    "weights-inception-2015-12-05-6726825d.pth); default "
+                    "$INCEPTION_WEIGHTS, then ~/.cache/inception/")
+  conv.add_argument("--out", default=None,
+                    help="output .npz (default: beside the .pth, same name)")
+  conv.add_argument("--allow_unpublished", action="store_true",
+                    help="convert a file whose SHA-256 is not the published one's")
+  conv.set_defaults(run=convert_inception, needs_dataset=False)
 
   cls = commands.add_parser("train_classifier", help="train (or load) a classifier")
   cls.add_argument("--dataset", help="digits, shapes/16, shapes/32, shapes/64")

@@ -33,13 +33,17 @@ Weights: the standard file `pt_inception-2015-12-05-6726825d.pth` (pytorch-fid's
 name; torch-fidelity publishes it as `weights-inception-2015-12-05-6726825d.pth`, with
 the same SHA-256 prefix) is a torch state_dict with torchvision's parameter names;
 `load_params` converts it (torch is imported only there), and `save_params_npz`
-writes a copy that later loads without torch.
+writes a copy that later loads without torch (`python -m evaluation.cli
+convert_inception` does it once, after checking the file's SHA-256 against
+PUBLISHED_SHA256).
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
 import pathlib
+import tempfile
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -66,6 +70,13 @@ WEIGHTS_URLS = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
     "pt_inception-2015-12-05-6726825d.pth",
 )
+
+# The published weight file (both URLs serve the same bytes): its full SHA-256, of
+# which the names carry the first 8 hex digits (torch.hub's convention), and size.
+PUBLISHED_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+PUBLISHED_SIZE = 95_628_359
+# The key of save_params_npz's JSON record of where the weights came from.
+NPZ_META_KEY = "meta"
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # TF's batch norm epsilon in the 2015 graph (torchvision's BasicConv2d uses the same).
@@ -440,9 +451,44 @@ def convert_state_dict(state_dict: Mapping[str, Any],
   return _check_and_build(flat, source)
 
 
-def save_params_npz(params: Params, path: str | os.PathLike) -> None:
-  """Saves params as a flat `.npz` ("Mixed_5b/branch1x1/conv/kernel" keys)."""
-  np.savez(path, **{"/".join(p): np.asarray(v) for p, v in _flatten(params)})
+def save_params_npz(params: Params, path: str | os.PathLike,
+                    meta: Mapping[str, Any] | None = None) -> None:
+  """Saves params as a flat `.npz` ("Mixed_5b/branch1x1/conv/kernel" keys), with
+  `meta` (e.g. the source file's SHA-256) as JSON under NPZ_META_KEY; atomically, so
+  that an interrupted write never leaves a file that load_params would find."""
+  path = pathlib.Path(path)
+  if path.suffix != ".npz":
+    raise ValueError(f"{path}: the converted weights must be a .npz file.")
+  arrays = {"/".join(p): np.asarray(v) for p, v in _flatten(params)}
+  if meta is not None:
+    arrays[NPZ_META_KEY] = np.asarray(json.dumps(dict(meta), sort_keys=True))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+  os.close(fd)
+  try:
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def read_npz_meta(path: str | os.PathLike) -> dict[str, Any]:
+  """save_params_npz's `meta` record of a converted file ({} if it has none)."""
+  with np.load(path) as data:
+    if NPZ_META_KEY not in data.files:
+      return {}
+    return json.loads(str(data[NPZ_META_KEY]))
+
+
+def check_published(sha256: str, source: str) -> None:
+  """ValueError unless `sha256` is the published weight file's."""
+  if sha256 != PUBLISHED_SHA256:
+    raise ValueError(
+        f"{source} has SHA-256 {sha256}, not that of the published FID Inception "
+        f"weights ({PUBLISHED_SHA256}, {PUBLISHED_SIZE:,} bytes, from "
+        f"{WEIGHTS_URLS[1]}): use that file, or pass --allow_unpublished to convert "
+        "this one knowingly.")
 
 
 def _missing_weights_error(searched: list[pathlib.Path]) -> FileNotFoundError:
@@ -498,9 +544,9 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
   Without `path`, $INCEPTION_WEIGHTS, then ~/.cache/inception/ are searched.
   """
   resolved = resolve_weights_path(path)
-  if resolved.suffix == ".npz":
+  if resolved.suffix == ".npz":   # no torch needed
     with np.load(resolved) as data:
-      flat = {tuple(k.split("/")): data[k] for k in data.files}
+      flat = {tuple(k.split("/")): data[k] for k in data.files if k != NPZ_META_KEY}
     return _check_and_build(flat, str(resolved))
   return convert_state_dict(_load_torch_state_dict(resolved), str(resolved))
 

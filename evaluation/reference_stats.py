@@ -6,8 +6,8 @@ pipeline's mask) and cached as `.npz` (mu, sigma, features, class histogram, and
 JSON `meta`) under `cache_dir`, else $EVAL_STATS_DIR, else
 ~/.cache/genmodels/reference_stats, keyed by dataset, split, example count, image
 size and feature network (with its weights' hash). The files are pytorch-fid
-compatible (keys `mu`, `sigma`), and plain pytorch-fid / TTUR files load as
-Inception pool3 statistics.
+compatible (keys `mu`, `sigma`); plain pytorch-fid / TTUR / EDM files (`mu`, `sigma`)
+and score_sde's (`pool_3` features) load as Inception pool3 statistics.
 
 Also what the sample metrics share with the references: `FeatureNet` (a network from
 uint8 images to features and logits, built in evaluation/sample_metrics.py), the
@@ -158,13 +158,30 @@ class ReferenceStats:
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "ReferenceStats":
-    """Reads our files and plain pytorch-fid / TTUR ones (taken as Inception pool3)."""
-    mu, sigma = metrics_lib.load_stats(path)  # checks the keys, explains others
+    """Reads our files and the published layouts of STATS_LAYOUTS: pytorch-fid, TTUR
+    and EDM files (mu, sigma) and score_sde's (pool_3 features), the files without
+    our `meta` taken as Inception pool3 statistics."""
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"No statistics file at {path}.")
     with np.load(path) as data:
+      layout = stats_layout(data.files)
+      if layout is None:
+        raise ValueError(f"{path} holds {sorted(data.files)}, not a statistics file: "
+                         f"{describe_stats_layouts()}.")
       meta = json.loads(str(data["meta"])) if "meta" in data.files else {
-          "feature_net": None, "source": f"stats file {os.fspath(path)}"}
-      features = data["features"] if "features" in data.files else None
+          "feature_net": None,
+          "source": f"{STATS_LAYOUTS[layout]} stats file {os.fspath(path)}"}
       histogram = data["class_histogram"] if "class_histogram" in data.files else None
+      if layout == POOL_3:
+        features = np.asarray(data[POOL_3], np.float32)
+        if features.ndim != 2 or len(features) < 2:
+          raise ValueError(f"{path}: {POOL_3} must be features [N >= 2, D], got shape "
+                           f"{features.shape}.")
+        stats = metrics_lib.feature_statistics(features)
+        return cls(stats.mu, stats.sigma, features, histogram,
+                   dict(meta, num_examples=int(len(features))))
+      features = data["features"] if "features" in data.files else None
+    mu, sigma = metrics_lib.load_stats(path)
     return cls(mu, sigma, features, histogram, meta)
 
   def describe(self) -> dict[str, Any]:
@@ -172,6 +189,29 @@ class ReferenceStats:
     keys = ("dataset", "split", "num_examples", "image_shape", "feature_net",
             "weights_sha256", "source", "stats_file")
     return {k: self.meta[k] for k in keys if k in self.meta}
+
+
+# Statistics files by their keys: mu and sigma (this project's, pytorch-fid's, TTUR's,
+# EDM's fid.py: cifar10-32x32.npz), or score_sde's pool_3 (cifar10_stats.npz: the
+# reference images' pool3 features [N, 2048], as its evaluation.py reads them; for
+# 256x256 and larger images score_sde used another network, TF-Hub's inception_v3
+# feature vector, whose files are not FID Inception statistics though they look alike).
+MU_SIGMA, POOL_3 = "mu_sigma", "pool_3"
+STATS_LAYOUTS = {MU_SIGMA: "mu/sigma (pytorch-fid, TTUR, EDM)",
+                 POOL_3: "pool_3 features (score_sde)"}
+
+
+def stats_layout(keys: Iterable[str]) -> str | None:
+  """MU_SIGMA or POOL_3 by a file's keys; None: not a statistics file."""
+  keys = set(keys)
+  if {"mu", "sigma"} <= keys:
+    return MU_SIGMA
+  return POOL_3 if POOL_3 in keys else None
+
+
+def describe_stats_layouts() -> str:
+  return ("statistics have keys mu and sigma (pytorch-fid, TTUR, EDM, this project) "
+          "or pool_3 (score_sde's features)")
 
 
 def default_stats_dir() -> pathlib.Path:

@@ -8,10 +8,13 @@ Samples of 2-D points (DatasetInfo.kind == 'points') are pictured as a scatter p
 instead of a grid: `preview` picks by the data's kind, so callers never ask.
 """
 
+from __future__ import annotations
+
 import io
 import json
 import math
 import os
+import re
 from typing import Any, Mapping
 
 import numpy as np
@@ -187,14 +190,29 @@ def read_png_provenance(path: str) -> dict[str, Any]:
     return json.loads(im.text[PROVENANCE_KEY])
 
 
+PNG_FOLDER = "png"      # save_samples' folder of one PNG per sample
+
+
+def png_name(index: int) -> str:
+  """000000.png, 000001.png, ...: the names FID tools sort into the samples' order."""
+  return f"{index:06d}.png"
+
+
 def save_samples(directory: str, images: np.ndarray, provenance: Mapping[str, Any],
-                 info: Any = None) -> dict[str, str]:
+                 info: Any = None, *, labels: np.ndarray | None = None,
+                 png_folder: bool = False) -> dict[str, str]:
   """Writes samples.npz (the samples under `arr_0`), provenance.json and a picture.
 
   Images (uint8 NHWC; `arr_0` is the layout that the common FID evaluators read)
   get grid.png of the first 100; points (info.kind == 'points', float [N, D]) get
   scatter.png of all. paths['preview'] names the picture (paths['grid'] too, for
-  images).
+  images). `labels` (int [N], the class each sample was conditioned on) go under
+  `arr_1`, guided-diffusion's evaluator layout. `png_folder` also writes sample i as
+  png/{i:06d}.png (paths['png_folder']), the folder pytorch-fid, clean-fid,
+  torch-fidelity and EDM's fid.py read.
+
+  Every file is rewritten whole, so that calling it again (a resumed run) leaves the
+  same files; PNGs of an earlier, larger sample set are removed.
   """
   images = np.asarray(images)
   points = info is not None and info.kind == "points"
@@ -203,18 +221,51 @@ def save_samples(directory: str, images: np.ndarray, provenance: Mapping[str, An
                      f"{images.shape}.")
   if not points and (images.dtype != np.uint8 or images.ndim != 4):
     raise ValueError(f"Samples must be uint8 NHWC, got {images.dtype} {images.shape}.")
+  if points and png_folder:
+    raise ValueError("A PNG folder holds images; these samples are 2-D points "
+                     "(set config.sampling.png_folder=False).")
+  arrays = dict(arr_0=images)
+  if labels is not None:
+    labels = np.asarray(labels)
+    if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+      raise ValueError(f"labels must be int [{images.shape[0]}], got {labels.dtype} "
+                       f"{labels.shape}.")
+    arrays["arr_1"] = labels.astype(np.int64)
   provenance = dict(provenance, num_samples=int(images.shape[0]),
-                    shape=list(images.shape[1:]))
+                    shape=list(images.shape[1:]),
+                    **({} if labels is None else {"labels": "arr_1"}))
   picture = os.path.join(directory, "scatter.png" if points else "grid.png")
   paths = dict(npz=os.path.join(directory, "samples.npz"),
                provenance=os.path.join(directory, "provenance.json"), preview=picture,
                **({} if points else dict(grid=picture)))
   buffer = io.BytesIO()
-  np.savez(buffer, arr_0=images,
+  np.savez(buffer, **arrays,
            provenance=np.asarray(json.dumps(provenance, sort_keys=True)))
   _write_bytes(paths["npz"], buffer.getvalue())
   _write_bytes(paths["provenance"],
                json.dumps(provenance, indent=2, sort_keys=True).encode())
   save_png(picture, upscale(preview(images if points else images[:100], info)),
            provenance)
+  folder = os.path.join(directory, PNG_FOLDER)
+  if png_folder:
+    paths["png_folder"] = folder
+  # Without png_folder, PNGs of an earlier sample set in this directory are removed:
+  # the folder never disagrees with samples.npz.
+  save_png_folder(folder, images if png_folder else images[:0], provenance)
   return paths
+
+
+def save_png_folder(folder: str, images: np.ndarray,
+                    provenance: Mapping[str, Any]) -> None:
+  """Image i as folder/{i:06d}.png (provenance and i in its text chunk); other files
+  of that name pattern, left by a larger sample set, are removed."""
+  for i, image in enumerate(images):
+    save_png(os.path.join(folder, png_name(i)), image, dict(provenance, index=i))
+  names = {png_name(i) for i in range(len(images))}
+  if epath.Path(folder).exists():
+    for path in epath.Path(folder).glob("*.png"):
+      if _PNG_NAME.fullmatch(path.name) and path.name not in names:
+        path.unlink()
+
+
+_PNG_NAME = re.compile(r"[0-9]{6,}\.png")

@@ -43,6 +43,10 @@ class Family(abc.ABC):
   """
 
   image_shape: tuple[int, ...]      # (H, W, C); points: (D,)
+  # Class-conditional families: how many classes. `sample(params, rng, n)` then
+  # conditions sample i on label i % num_classes (sampling.common.cycled_labels), the
+  # labels --mode=sample writes beside the samples. 0: no class labels.
+  num_classes: int = 0
 
   @abc.abstractmethod
   def init(self, rng: jax.Array, example_batch: Batch) -> TrainState:

@@ -39,7 +39,8 @@ def edit(config: ml_collections.ConfigDict, workdir: str,
   of a text-conditioned model; 'all' cycles through every caption) or
   options['label']. A prompt or label also conditions an edit (otherwise a
   conditional model edits unconditionally, with its null condition). Guidance:
-  config.guidance.weight. Writes the outputs (samples.npz, grid.png), the inputs
+  config.guidance.weight. Writes the outputs (samples.npz, with the label under arr_1
+  for --label; grid.png; png/ with config.sampling.png_folder), the inputs
   (inputs.npz, inputs.png) and settings.json with provenance.json to
   workdir/edits/<kind>_step_N/; on the shapes datasets a prompt's accuracy goes to
   prompt_accuracy.json there too. Returns the paths, settings and any accuracy.
@@ -216,7 +217,10 @@ def _edit(run: Run, opts: dict[str, Any]) -> dict[str, Any]:
                  ", ".join(f"{k}={v:.3f}" for k, v in accuracy.items()))
   if run.is_writer:
     provenance = dict(run.provenance(step, name), **settings)
-    result["paths"] = image_io.save_samples(directory, out, provenance)
+    labels = (None if opts["label"] is None else
+              np.full(out.shape[0], int(opts["label"]), np.int64))
+    result["paths"] = image_io.save_samples(directory, out, provenance, labels=labels,
+                                            png_folder=config.sampling.png_folder)
     if kind == "interpolate":   # one row per pair, ends at the sides
       grid = image_io.make_grid(out, num_cols=int(opts["num_points"]))
       image_io.save_png(os.path.join(directory, "interpolations.png"),

@@ -25,6 +25,7 @@ import datasets
 from evaluation import reference_stats as reference_lib
 from evaluation import sample_chunks
 from evaluation import sample_metrics
+from sampling import common as sampling_common
 from sampling import image_io
 from train import sharding
 from train.run import EVAL, SAMPLE, SAMPLE_EVAL, Run, format_seconds
@@ -224,8 +225,9 @@ def _test_set_metrics(run: Run, params, preemption: PreemptionWatcher | None = N
 
 # ------------------------------------------------------------------------- sampling
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str | None:
-  """Writes eval.num_samples samples of the newest checkpoint: .npz + PNG grid (points:
-  a scatter plot). Returns their folder; None if SIGTERM stopped it (the chunks done
+  """Writes eval.num_samples samples of the newest checkpoint: .npz (class labels under
+  arr_1) + PNG grid (points: a scatter plot), and with config.sampling.png_folder one
+  PNG per sample. Returns their folder; None if SIGTERM stopped it (the chunks done
   are kept there, and the next run resumes from them)."""
   with exit_on_preemption("sampling") as watcher:
     run = Run(config, workdir)
@@ -238,6 +240,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str | None:
 
 def _sample(run: Run, preemption: PreemptionWatcher | None = None) -> str:
   config, workdir = run.config, run.workdir
+  if config.sampling.png_folder and run.info.kind == "points":
+    raise ValueError("config.sampling.png_folder=True writes images; this dataset's "
+                     f"samples ({config.data.dataset}) are 2-D points.")
   state = run.init_or_restore(must_exist=True)
   step = int(state.step)
   params = run.sampling_params(state)
@@ -259,10 +264,29 @@ def _sample(run: Run, preemption: PreemptionWatcher | None = None) -> str:
         stop=preemption.reached if preemption is not None else None)
     run.measured_nfe = float(np.mean(nfes)) if nfes else None
   if run.is_writer:
+    labels = sample_labels(run.family.num_classes, len(images),
+                           run.sample_batch_size(config.sampling.batch_size))
+    # Written whole from the images, so a run stopped while writing rewrites the
+    # same files from its chunks, which go only once everything is written.
     paths = image_io.save_samples(directory, images, run.provenance(step, "samples"),
-                                  run.info)
+                                  run.info, labels=labels,
+                                  png_folder=config.sampling.png_folder)
     if chunks is not None:
       shutil.rmtree(chunks, ignore_errors=True)
-    logging.info("Wrote %d samples to %s and a picture of them to %s.", len(images),
-                 paths["npz"], paths["preview"])
+    logging.info("Wrote %d samples to %s%s%s and a picture of them to %s.",
+                 len(images), paths["npz"],
+                 "" if labels is None else " (labels: arr_1)",
+                 f", {paths['png_folder']}/" if "png_folder" in paths else "",
+                 paths["preview"])
   return directory
+
+
+def sample_labels(num_classes: int, num_samples: int,
+                  batch_size: int) -> np.ndarray | None:
+  """The labels of `num_samples` samples drawn `batch_size` per `family.sample` call:
+  each call cycles through the classes from 0 (train.contract.Family.num_classes)."""
+  if not num_classes:
+    return None
+  batches = math.ceil(num_samples / batch_size)
+  per_batch = np.asarray(sampling_common.cycled_labels(batch_size, num_classes))
+  return np.tile(per_batch, batches)[:num_samples]
