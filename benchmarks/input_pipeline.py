@@ -96,7 +96,8 @@ def load_old_pipeline(rev: str):
   return module
 
 
-def data_config(name: str, data_dir: str, num_workers: int) -> ml_collections.ConfigDict:
+def data_config(name: str, data_dir: str,
+                num_workers: int) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       dataset="random_jpeg" if name == "jpeg" else name, data_dir=data_dir,
       train_split="train", eval_split="test", download=False, random_flip=True,
@@ -106,7 +107,8 @@ def data_config(name: str, data_dir: str, num_workers: int) -> ml_collections.Co
 def measure(module, config) -> tuple[float, float, dict[str, np.ndarray]]:
   """(seconds to the first batch, images/s over FLAGS.batches more, first batch)."""
   start = time.perf_counter()
-  batches = module.make_train_batches(config, seed=0, global_batch_size=FLAGS.batch_size)
+  batches = module.make_train_batches(config, seed=0,
+                                      global_batch_size=FLAGS.batch_size)
   iterator = batches.iterate(0)
   first = next(iterator)
   first_seconds = time.perf_counter() - start
@@ -139,7 +141,8 @@ def main(argv):
       rows.append((name, f"old ({FLAGS.baseline_rev})", "2 threads", first_seconds,
                    rate, ""))
     for workers in map(int, FLAGS.workers):
-      first_seconds, rate, first = measure(pipeline, data_config(name, data_dir, workers))
+      config = data_config(name, data_dir, workers)
+      first_seconds, rate, first = measure(pipeline, config)
       same = "" if reference is None else ("yes" if all(
           np.array_equal(first[k], reference[k]) for k in reference) else "NO")
       rows.append((name, "grain", str(workers), first_seconds, rate, same))

@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.download = False
   # Worker processes that read, decode and augment training batches (grain's
   # mp_prefetch), each producing whole batches. 0: threads in the training process,
-  # the faster choice for small images on a few CPU cores (benchmarks/input_pipeline.py).
+  # faster for small images on a few CPU cores (benchmarks/input_pipeline.py).
   data.num_workers = 0
 
   # --------------------------------------------------------------- model

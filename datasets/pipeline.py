@@ -43,7 +43,7 @@ _EMBEDDED_BUILDERS = ('digits', 'shapes')
 _PRE_CROP = {'celeb_a': 140}
 _FLIP_STREAM = 1  # Hash streams, so flips and shuffles are independent.
 _SHUFFLE_STREAM = 2
-_READ_THREADS = 2  # Per process; the readers release the GIL while decoding.
+_READ_THREADS = 2  # Per process; ArrayRecord reads and PIL decoding release the GIL.
 _PREFETCH_BATCHES = 4  # Elements read ahead, per process.
 _PREFETCH_PER_WORKER = 2  # Elements each worker process holds ready.
 _DEVICE_BUFFER = 2  # Batches put on the devices ahead of the step.
@@ -113,7 +113,8 @@ def _options(data_config: Any) -> _DataOptions:
         f'config.data.image_size must be None or a positive int, got {image_size!r}.')
   data_dir = get('data_dir', None)
   num_workers = get('num_workers', 0)
-  if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+  is_count = isinstance(num_workers, int) and not isinstance(num_workers, bool)
+  if not (is_count and num_workers >= 0):
     raise ValueError(
         f'config.data.num_workers must be an int >= 0, got {num_workers!r}.')
   return _DataOptions(
@@ -500,17 +501,18 @@ class TrainBatches:
     """get(start_step), get(start_step + 1), ... forever, read ahead (_read_ahead).
 
     steps_per_call > 1 yields that many consecutive batches stacked on a new leading
-    axis (fused steps). `put` (a device_put onto the batch sharding) runs in a thread
-    _DEVICE_BUFFER elements ahead, so each transfer overlaps the step before it.
-    close() the iterator to stop its threads and worker processes.
+    axis (fused steps). `put` (the loop's: this process's share -> global arrays on
+    the batch sharding) runs with the stacking in a thread _DEVICE_BUFFER elements
+    ahead, so each transfer overlaps the step before it; grain's own
+    experimental.device_put is that with jax.device_put, which cannot assemble a
+    multi-process array. close() the iterator to stop its threads and workers.
     """
     _check_step(start_step, 'start_step')
     if not isinstance(steps_per_call, int) or steps_per_call < 1:
       raise ValueError(f'steps_per_call must be an int >= 1, got {steps_per_call!r}.')
-    steps = self._steps[int(start_step):]
-    if steps_per_call > 1:
-      steps = steps.batch(steps_per_call)
-    elements = _read_ahead(steps, self._num_workers)
+    elements = _read_ahead(self._steps[int(start_step):], self._num_workers)
+    if steps_per_call > 1:  # after the read-ahead, which so holds steps, not groups
+      elements = elements.batch(steps_per_call)
     if put is not None:
       elements = grain.experimental.ThreadPrefetchIterDataset(
           elements.map(put), prefetch_buffer_size=_DEVICE_BUFFER)
