@@ -43,6 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Whether a non-embedded dataset missing from data_dir may be downloaded. Off by
   # default so that an offline machine fails at once instead of hanging.
   data.download = False
+  # Worker processes that read, decode and augment training batches (grain's
+  # mp_prefetch), each producing whole batches. 0: threads in the training process,
+  # faster for small images on a few CPU cores (benchmarks/input_pipeline.py).
+  data.num_workers = 0
 
   # --------------------------------------------------------------- model
   config.model = model = ml_collections.ConfigDict()

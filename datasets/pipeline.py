@@ -8,6 +8,11 @@ those examples. Random flips depend only on (seed, g). So `get(step)` is a pure
 function of (config, seed, step, process): resuming at a step reproduces the
 run exactly, whatever the batch was when the run stopped.
 
+The batches are a grain `MapDataset` over step numbers (TrainBatches): one stage
+selects this process's examples of the step, the next reads and decodes them from
+the tfds ArrayRecord source, resizes and flips them; grain reads them ahead with
+threads and, with config.data.num_workers > 0, worker processes.
+
 `toy2d/<mixture>` names serve float32 2-D points instead (datasets/toy2d.py) through
 the same three functions, under the same 'image' key; DatasetInfo.kind tells them
 apart ('images' | 'points').
@@ -16,13 +21,14 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterator, Sequence
-import concurrent.futures
 import dataclasses
 import math
 import os
 import threading
 from typing import Any, Callable
 
+from absl import flags
+import grain
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
@@ -37,8 +43,11 @@ _EMBEDDED_BUILDERS = ('digits', 'shapes')
 _PRE_CROP = {'celeb_a': 140}
 _FLIP_STREAM = 1  # Hash streams, so flips and shuffles are independent.
 _SHUFFLE_STREAM = 2
-_PREFETCH_BATCHES = 4
-_PREFETCH_WORKERS = 2
+_READ_THREADS = 2  # Per process; ArrayRecord reads and PIL decoding release the GIL.
+_PREFETCH_BATCHES = 4  # Elements read ahead, per process.
+_PREFETCH_PER_WORKER = 2  # Elements each worker process holds ready.
+_DEVICE_BUFFER = 2  # Batches put on the devices ahead of the step.
+_POSITION_LIMIT = 2**62  # Stream positions stay below it (int64 with room).
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -87,6 +96,7 @@ class _DataOptions:
   image_size: int | None
   random_flip: bool
   download: bool
+  num_workers: int
 
 
 def _options(data_config: Any) -> _DataOptions:
@@ -102,6 +112,11 @@ def _options(data_config: Any) -> _DataOptions:
     raise ValueError(
         f'config.data.image_size must be None or a positive int, got {image_size!r}.')
   data_dir = get('data_dir', None)
+  num_workers = get('num_workers', 0)
+  is_count = isinstance(num_workers, int) and not isinstance(num_workers, bool)
+  if not (is_count and num_workers >= 0):
+    raise ValueError(
+        f'config.data.num_workers must be an int >= 0, got {num_workers!r}.')
   return _DataOptions(
       dataset=dataset,
       data_dir=os.fspath(data_dir) if data_dir else None,
@@ -110,6 +125,7 @@ def _options(data_config: Any) -> _DataOptions:
       image_size=image_size,
       random_flip=bool(get('random_flip', False)),
       download=bool(get('download', False)),
+      num_workers=num_workers,
   )
 
 
@@ -358,90 +374,149 @@ class _PointsReader:
     return {'image': points, 'label': np.zeros(len(points), np.int32)}
 
 
-def _prefetch(
-    produce: Callable[[int], dict[str, np.ndarray]], indices: Iterator[int]
-) -> Iterator[dict[str, np.ndarray]]:
-  """Yields produce(i) for i in indices, computing the next few in background threads."""
-  executor = concurrent.futures.ThreadPoolExecutor(_PREFETCH_WORKERS, thread_name_prefix='batches')
-  with executor as pool:
-    pending = collections.deque()
-    try:
-      for index in indices:
-        pending.append(pool.submit(produce, index))
-        if len(pending) >= _PREFETCH_BATCHES:
-          yield pending.popleft().result()
-      while pending:
-        yield pending.popleft().result()
-    finally:
-      for future in pending:
-        future.cancel()
+# ------------------------------------------------------------- grain stages
+class _SelectExamples(grain.transforms.Map):
+  """step -> (global stream positions, dataset indices) of this process's rows.
 
+  Per-process sharding and shuffling as the module docstring says; the epoch
+  permutations are cached for the last few epochs (a batch spans at most 2).
+  """
 
-class TrainBatches:
-  """Training batches as a pure function of the step (see the module docstring)."""
-
-  def __init__(self, reader: _Reader, *, seed: int, random_flip: bool, global_batch_size: int,
+  def __init__(self, num_examples: int, *, seed: int, global_batch_size: int,
                process_index: int, process_count: int):
-    if len(reader) == 0:
-      raise ValueError('The training split is empty.')
-    self._reader = reader
+    self._num_examples = num_examples
     self._seed = seed
-    self._random_flip = random_flip
-    self._flip_key = transforms.derive_key(seed, _FLIP_STREAM)
     self._global_batch_size = global_batch_size
     self._local_batch_size = global_batch_size // process_count
     self._row_offset = process_index * self._local_batch_size
     self._permutations: dict[int, np.ndarray] = collections.OrderedDict()
-    self._lock = threading.Lock()
+    self._lock = threading.Lock()  # grain's read threads share this stage.
 
-  @property
-  def num_examples(self) -> int:
-    return len(self._reader)
+  def __getstate__(self) -> dict[str, Any]:
+    # Sent to worker processes: a lock does not pickle, and the cache is rebuilt.
+    state = dict(self.__dict__, _permutations=collections.OrderedDict())
+    del state['_lock']
+    return state
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
 
   def _epoch_permutation(self, epoch: int) -> np.ndarray:
     with self._lock:
       if epoch not in self._permutations:
         key = transforms.derive_key(self._seed, _SHUFFLE_STREAM, epoch)
-        self._permutations[epoch] = transforms.permutation(key, self.num_examples)
-        while len(self._permutations) > 3:  # A batch spans at most 2 epochs.
+        self._permutations[epoch] = transforms.permutation(key, self._num_examples)
+        while len(self._permutations) > 3:
           self._permutations.popitem(last=False)
       return self._permutations[epoch]
 
-  def example_indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """(global stream positions, dataset indices) of this process's rows at `step`."""
-    if step < 0:
-      raise ValueError(f'step must be >= 0, got {step}.')
-    first = step * self._global_batch_size + self._row_offset
+  def map(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    first = int(step) * self._global_batch_size + self._row_offset
     positions = first + np.arange(self._local_batch_size, dtype=np.int64)
-    epochs, offsets = np.divmod(positions, self.num_examples)
+    epochs, offsets = np.divmod(positions, self._num_examples)
     indices = np.empty_like(positions)
     for epoch in np.unique(epochs):
       in_epoch = epochs == epoch
       indices[in_epoch] = self._epoch_permutation(int(epoch))[offsets[in_epoch]]
     return positions, indices
 
-  def get(self, step: int) -> dict[str, np.ndarray]:
-    """This process's batch of global step `step`: 'image' uint8 NHWC, 'label' int32."""
-    positions, indices = self.example_indices(step)
+
+class _ReadAndAugment(grain.transforms.Map):
+  """(positions, indices) -> batch: reads and decodes, resizes, flips by position."""
+
+  def __init__(self, reader: _Reader, *, seed: int, random_flip: bool):
+    self._reader = reader
+    self._flip_key = transforms.derive_key(seed, _FLIP_STREAM) if random_flip else None
+
+  def map(self, rows: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    positions, indices = rows
     batch = self._reader.read(indices)
-    if self._random_flip:
+    if self._flip_key is not None:
       flip_bits = transforms.hash_counters(self._flip_key, positions) >> np.uint64(63)
       flip = flip_bits.astype(bool)
       batch['image'][flip] = batch['image'][flip, :, ::-1]
     return batch
 
-  def iterate(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-    """get(start_step), get(start_step + 1), ... forever, prefetched in threads."""
-    if start_step < 0:
-      raise ValueError(f'start_step must be >= 0, got {start_step}.')
-    return _prefetch(self.get, _count_from(start_step))
+
+def _all_steps(global_batch_size: int) -> grain.MapDataset:
+  """Step numbers 0, 1, ...: as many as int64 stream positions can count."""
+  return grain.MapDataset.range(_POSITION_LIMIT // global_batch_size)
 
 
-def _count_from(start: int) -> Iterator[int]:
-  step = start
-  while True:
-    yield step
-    step += 1
+def _read_ahead(dataset: grain.MapDataset, num_workers: int = 0) -> grain.IterDataset:
+  """dataset's elements in order, produced _PREFETCH_BATCHES ahead by read threads;
+  with num_workers > 0, by that many processes, each producing every num_workers-th
+  element whole (grain's mp_prefetch: decoding and augmentation leave the GIL of
+  the training process)."""
+  elements = dataset.to_iter_dataset(grain.ReadOptions(
+      num_threads=_READ_THREADS, prefetch_buffer_size=_PREFETCH_BATCHES))
+  if num_workers:
+    _grain_flags_at_defaults()
+    elements = elements.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=num_workers, per_worker_buffer_size=_PREFETCH_PER_WORKER))
+  return elements
+
+
+def _grain_flags_at_defaults() -> None:
+  """Lets grain's worker processes start in programs that never parse absl flags.
+
+  grain 0.2.18 reads its absl flags when it starts workers; in a program that did
+  not parse flags (tests, benchmarks, notebooks; main.py does) that read raises.
+  Marking only grain's flags as given keeps their defaults and every other flag
+  untouched.
+  """
+  if flags.FLAGS.is_parsed():
+    return
+  for name in list(flags.FLAGS):
+    if name.startswith('grain_'):
+      flags.FLAGS[name].present = max(flags.FLAGS[name].present, 1)
+
+
+def _check_step(step: int, name: str) -> None:
+  if not isinstance(step, (int, np.integer)) or step < 0:
+    raise ValueError(f'{name} must be an int >= 0, got {step!r}.')
+
+
+class TrainBatches:
+  """Training batches as a grain MapDataset whose element `step` is that step's batch.
+
+  The element is a pure function of (config, seed, step, process) (module
+  docstring), so the iterator's position IS the step: a resumed run iterates from
+  its checkpoint's step, and checkpoints hold no iterator state.
+  """
+
+  def __init__(self, steps: grain.MapDataset, num_workers: int = 0):
+    self._steps = steps
+    self._num_workers = num_workers
+
+  def get(self, step: int) -> dict[str, np.ndarray]:
+    """This process's batch of global step `step`: 'image' uint8 NHWC, 'label' int32."""
+    _check_step(step, 'step')
+    return self._steps[int(step)]
+
+  def iterate(self, start_step: int, *, steps_per_call: int = 1,
+              put: Callable[[dict[str, np.ndarray]], Any] | None = None
+              ) -> grain.DatasetIterator:
+    """get(start_step), get(start_step + 1), ... forever, read ahead (_read_ahead).
+
+    steps_per_call > 1 yields that many consecutive batches stacked on a new leading
+    axis (fused steps). `put` (the loop's: this process's share -> global arrays on
+    the batch sharding) runs with the stacking in a thread _DEVICE_BUFFER elements
+    ahead, so each transfer overlaps the step before it; grain's own
+    experimental.device_put is that with jax.device_put, which cannot assemble a
+    multi-process array. close() the iterator to stop its threads and workers.
+    """
+    _check_step(start_step, 'start_step')
+    if not isinstance(steps_per_call, int) or steps_per_call < 1:
+      raise ValueError(f'steps_per_call must be an int >= 1, got {steps_per_call!r}.')
+    elements = _read_ahead(self._steps[int(start_step):], self._num_workers)
+    if steps_per_call > 1:  # after the read-ahead, which so holds steps, not groups
+      elements = elements.batch(steps_per_call)
+    if put is not None:
+      elements = grain.experimental.ThreadPrefetchIterDataset(
+          elements.map(put), prefetch_buffer_size=_DEVICE_BUFFER)
+    return iter(elements)
 
 
 def make_train_batches(
@@ -451,7 +526,7 @@ def make_train_batches(
     global_batch_size: int,
     process_index: int = 0,
     process_count: int = 1,
-) -> TrainBatches | toy2d.TrainPoints:
+) -> TrainBatches:
   """Deterministic training batches of config.data.train_split for one process."""
   _local_batch_size(global_batch_size, process_index, process_count)
   if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -459,18 +534,20 @@ def make_train_batches(
   options = _options(data_config)
   if toy2d.is_toy(options.dataset):
     toy2d.check_split(options.train_split)
-    return toy2d.TrainPoints(toy2d.mixture_of(options.dataset), seed=int(seed),
-                             global_batch_size=global_batch_size,
-                             process_index=process_index, process_count=process_count)
+    points = toy2d.TrainPoints(toy2d.mixture_of(options.dataset), seed=int(seed),
+                               global_batch_size=global_batch_size,
+                               process_index=process_index, process_count=process_count)
+    return TrainBatches(_all_steps(global_batch_size).map(points.get),
+                        options.num_workers)
   options, reader = _open_reader(data_config, 'train_split')
-  return TrainBatches(
-      reader,
-      seed=int(seed),
-      random_flip=options.random_flip,
-      global_batch_size=global_batch_size,
-      process_index=process_index,
-      process_count=process_count,
-  )
+  if len(reader) == 0:
+    raise ValueError('The training split is empty.')
+  select = _SelectExamples(len(reader), seed=int(seed),
+                           global_batch_size=global_batch_size,
+                           process_index=process_index, process_count=process_count)
+  read = _ReadAndAugment(reader, seed=int(seed), random_flip=options.random_flip)
+  return TrainBatches(_all_steps(global_batch_size).map(select).map(read),
+                      options.num_workers)
 
 
 def make_eval_batches(
@@ -485,7 +562,8 @@ def make_eval_batches(
   """One pass over `split` (or its first num_examples) in storage order.
 
   Every process gets the same number of batches, ceil(n / global_batch_size);
-  rows past the end are zero images with label 0 and 'mask' False.
+  rows past the end are zero images with label 0 and 'mask' False. Read ahead by
+  threads (_read_ahead), never by worker processes: one pass does not repay them.
   """
   local_batch_size = _local_batch_size(global_batch_size, process_index, process_count)
   eval_config = dict(data_config.items())
@@ -518,4 +596,4 @@ def make_eval_batches(
       batch[name][mask] = real[name]
     return batch
 
-  return _prefetch(batch_at, iter(range(num_batches)))
+  return iter(_read_ahead(grain.MapDataset.range(num_batches).map(batch_at)))

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from collections.abc import Iterator
-
 import numpy as np
 
 MIXTURES = ("ring", "grid")
@@ -89,6 +87,7 @@ class TrainPoints:
 
   Process p takes rows [p * local_B, (p + 1) * local_B) of the global batch, as
   pipeline.TrainBatches does, so the global batch is the same on any process count.
+  pipeline.make_train_batches serves `get` through the same grain pipeline as images.
   """
 
   def __init__(self, mixture: Mixture, *, seed: int, global_batch_size: int,
@@ -105,15 +104,6 @@ class TrainPoints:
     rows = slice(self._row_offset, self._row_offset + self._local_batch_size)
     points = sample(self._mixture, rng, self._global_batch_size)[rows]
     return dict(image=points, label=np.zeros((len(points),), np.int32))
-
-  def iterate(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-    """get(start_step), get(start_step + 1), ... forever (cheap: no prefetch)."""
-    if start_step < 0:
-      raise ValueError(f"start_step must be >= 0, got {start_step}.")
-    step = start_step
-    while True:
-      yield self.get(step)
-      step += 1
 
 
 def split_points(mixture: Mixture, split: str) -> np.ndarray:

@@ -103,14 +103,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                jax.device_count())
 
   pending: list[tuple[int, dict]] = []   # (first step, device metrics) not yet read
-  iterator = batches.iterate(start_step)
+  # The pipeline's position is the step (no iterator state in checkpoints); k steps
+  # come stacked, and are put on the devices in a thread ahead of their call.
+  iterator = batches.iterate(start_step, steps_per_call=k, put=lambda local: (
+      sharding.to_global({key: local[key] for key in run.info.batch_keys},
+                         batch_sharding)))
   step, last_log_step, last_log_time = start_step, start_step, time.time()
   try:
     while step < t.num_train_steps:
-      local = [next(iterator) for _ in range(k)]
-      local = {key: (np.stack([b[key] for b in local]) if k > 1 else local[0][key])
-               for key in run.info.batch_keys}
-      state, metrics = step_fn(state, sharding.to_global(local, batch_sharding))
+      state, metrics = step_fn(state, next(iterator))
       pending.append((step, metrics))
       step += k
       is_last = step >= t.num_train_steps
@@ -142,6 +143,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         _write_sample_grid(run, state, step, writer)
         last_log_time += time.time() - sampling_start   # steps/s counts training only
   finally:
+    iterator.close()
     run.checkpointer.wait()
     writer.flush()
   run.close()
