@@ -20,6 +20,13 @@ from collections.abc import Sequence
 import submitit
 
 
+def _ignore_usr2() -> None:
+  """In main.py's process before it starts: USR2 is submitit's signal (SLURM may send
+  it to every process of the job), and its default action would kill main.py before
+  it saves. An ignored signal stays ignored across exec."""
+  signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 class MainJob(submitit.helpers.Checkpointable):
   """`python main.py <argv>` in `repo`, until `final` exists."""
 
@@ -38,7 +45,7 @@ class MainJob(submitit.helpers.Checkpointable):
     self._process = subprocess.Popen(
         [self.python, "main.py", *self.argv], cwd=self.repo,
         env=dict(os.environ, PYTHONUNBUFFERED="1", **self.environment),
-        start_new_session=True)
+        start_new_session=True, preexec_fn=_ignore_usr2)
     status = self._process.wait()
     if status:
       raise RuntimeError(f"main.py {' '.join(self.argv)} exited with status {status} "
