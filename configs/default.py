@@ -99,6 +99,23 @@ def get_config() -> ml_collections.ConfigDict:
   # (model, data, optimizer...). Off: such a resume is refused, naming the fields.
   training.allow_config_change = False
 
+  # -------------------------------------------------------------- logging
+  # TensorBoard event files are always written (workdir/tensorboard/).
+  config.logging = logging = ml_collections.ConfigDict()
+  # Weights & Biases beside TensorBoard (`pip install wandb==0.31.0`, then `wandb
+  # login`, or WANDB_MODE=offline). Off: wandb is never imported. The run's id is
+  # kept in workdir/wandb_run_id, so a resumed training continues the same W&B run.
+  logging.wandb = False
+  logging.wandb_project = "generative"
+  logging.wandb_entity = placeholder(str)     # team or user; None: wandb's default
+  logging.wandb_run_name = placeholder(str)   # None: "<config.name> <workdir name>"
+  # A jax.profiler trace (TensorBoard's profile tab, Perfetto) of the training steps
+  # profile_start_step < step <= profile_start_step + profile_num_steps, written to
+  # workdir/profile/. 0 steps: no trace. Start after compilation (step > 0) to see
+  # the steady state.
+  logging.profile_start_step = 10
+  logging.profile_num_steps = 0
+
   # ---------------------------------------------------------- checkpoint
   config.checkpoint = checkpoint = ml_collections.ConfigDict()
   # The step that eval, sample and edit read; None = the newest. They never move a

@@ -86,8 +86,13 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int = 3, keep_every: int = 0,
                async_save: bool = True):
+    # Orbax's preservation policies (max_to_keep/keep_period are deprecated): a step
+    # survives if any policy keeps it.
+    policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+    if keep_every:
+      policies.append(ocp.checkpoint_managers.EveryNSteps(interval_steps=keep_every))
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, keep_period=keep_every or None,
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save, create=True)
     self.directory = absolute_path(directory)
     self._manager = ocp.CheckpointManager(self.directory, options=options)

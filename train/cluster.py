@@ -1,4 +1,11 @@
-"""Job launcher: a config and a workdir -> a SLURM batch script, or TPU VM pod commands.
+"""Job launcher: a config and a workdir -> SLURM jobs (submitit, or a batch script),
+or TPU VM pod commands.
+
+  python -m train.cluster submit --config=configs/ddpm_cifar.py --workdir=/shared/W \\
+      --nodes=2 --gpus_per_node=8 --time=48:00:00 --partition=gpu
+  python -m train.cluster submit --config=configs/ddpm_cifar.py --workdir=/shared/S \\
+      --nodes=1 --gpus_per_node=8 --time=48:00:00 \\
+      --sweep="config.optim.learning_rate=1e-4,2e-4 config.seed=0,1"
 
   python -m train.cluster slurm --config=configs/ddpm_cifar.py --workdir=/shared/W \\
       --nodes=2 --gpus_per_node=8 --time=48:00:00 --partition=gpu > job.sbatch
@@ -9,8 +16,19 @@
   bash tpu.sh
 
 Anything of the form --config.<field>=<value> is checked against the config here and
-passed on to every main.py process unchanged. The launcher only prints; it submits
-nothing, so the output can be read and edited first.
+passed on to every main.py process unchanged.
+
+`submit` (the SLURM path; needs submitit, pinned in requirements.txt) submits through
+submitit: one job, or with --sweep a job array over the cartesian product of the
+listed values, each run in its own workdir <workdir>/<field>=<value>,... (seeds are a
+sweep over config.seed). Preemption and the time limit are handled by submitit's
+checkpointing hook (train/submitit_job.py): main.py is stopped with SIGTERM, saves,
+and the job is requeued until the run's final artifact exists. Logs:
+<workdir>/submitit/<job id>/. --cluster=local runs the same jobs as local processes
+(no SLURM); --dry_run lists the jobs and submits nothing.
+
+`slurm` and `tpu` only print; they submit nothing, so the output can be read and
+edited first. `slurm` is the plain sbatch script, for machines without submitit.
 
 SLURM: one task (process) per GPU, the layout JAX's SLURM detection expects (each
 process takes the GPU numbered by its SLURM_LOCALID); process 0 on the first node is
@@ -23,11 +41,16 @@ preempted by a higher-priority one; `srun --kill-on-bad-exit` and the heartbeat
 (train/distributed.py) end the job when a process dies.
 """
 
+from __future__ import annotations
+
 import argparse
+import itertools
+import math
 import os
 import re
 import shlex
 import sys
+import urllib.parse
 from collections.abc import Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,17 +106,8 @@ def _command_line(argv: Sequence[str]) -> str:
 
 
 # --------------------------------------------------------------------------- SLURM
-def slurm_script(*, config: str, workdir: str, overrides: Sequence[str] = (),
-                 nodes: int, gpus_per_node: int, time: str,
-                 partition: str | None = None, account: str | None = None,
-                 job_name: str | None = None, cpus_per_task: int | None = None,
-                 signal_seconds: int = 120, output: str | None = None,
-                 extra: Sequence[str] = (), setup: Sequence[str] = (),
-                 python: str = sys.executable, repo: str = REPO,
-                 heartbeat_timeout_seconds: int | None = None, mode: str = "train",
-                 argv: Sequence[str] = ()) -> str:
-  """A SLURM batch script that trains `config` in `workdir` (or evaluates or samples
-  its final checkpoint: `mode`) and survives preemption."""
+def _check_slurm_options(*, mode: str, nodes: int, gpus_per_node: int, time: str,
+                         signal_seconds: int, workdir: str) -> None:
   if mode not in MODES:
     raise ValueError(f"--mode={mode!r}; choose one of {MODES}.")
   if nodes < 1:
@@ -109,6 +123,45 @@ def slurm_script(*, config: str, workdir: str, overrides: Sequence[str] = (),
   if _is_remote(workdir):
     raise ValueError(f"--workdir={workdir}: a SLURM job writes to a filesystem every "
                      "node mounts (e.g. /shared/...), not a URL.")
+
+
+def final_artifact(workdir: str, last_step: int, mode: str) -> str:
+  """What a finished job leaves: the eval file of the last step (train and eval), or
+  the samples.npz of the last step (sample); a job is requeued until it exists."""
+  if mode == "sample":
+    return os.path.join(workdir, "samples", f"step_{last_step:08d}", "samples.npz")
+  return os.path.join(workdir, "eval", f"step_{last_step:08d}.json")
+
+
+def time_minutes(time: str) -> int:
+  """A SLURM time limit ([D-]HH:MM:SS, MM, MM:SS, D-HH, D-HH:MM) in whole minutes."""
+  if not _TIME.match(time):
+    raise ValueError(f"--time={time!r} is not a SLURM time limit such as 48:00:00 or "
+                     "2-00:00:00.")
+  days, _, clock = time.rpartition("-")
+  parts = [int(p) for p in clock.split(":")]
+  if days:   # D-HH[:MM[:SS]]
+    hours, minutes, seconds = (parts + [0, 0])[:3]
+    hours += 24 * int(days)
+  else:      # MM, MM:SS, HH:MM:SS
+    hours, minutes, seconds = ([0] * (3 - len(parts)) + parts if len(parts) == 3 else
+                               [0, *(parts + [0])[:2]])
+  return max(1, math.ceil(hours * 60 + minutes + seconds / 60))
+
+
+def slurm_script(*, config: str, workdir: str, overrides: Sequence[str] = (),
+                 nodes: int, gpus_per_node: int, time: str,
+                 partition: str | None = None, account: str | None = None,
+                 job_name: str | None = None, cpus_per_task: int | None = None,
+                 signal_seconds: int = 120, output: str | None = None,
+                 extra: Sequence[str] = (), setup: Sequence[str] = (),
+                 python: str = sys.executable, repo: str = REPO,
+                 heartbeat_timeout_seconds: int | None = None, mode: str = "train",
+                 argv: Sequence[str] = ()) -> str:
+  """A SLURM batch script that trains `config` in `workdir` (or evaluates or samples
+  its final checkpoint: `mode`) and survives preemption."""
+  _check_slurm_options(mode=mode, nodes=nodes, gpus_per_node=gpus_per_node, time=time,
+                       signal_seconds=signal_seconds, workdir=workdir)
   loaded = load_config(config, overrides)
   config, workdir = _absolute_config(config), os.path.abspath(workdir)
   job_name = job_name or loaded.get("name", "train")
@@ -138,9 +191,7 @@ def slurm_script(*, config: str, workdir: str, overrides: Sequence[str] = (),
     lines.append(f"#SBATCH {option}")
 
   last = loaded.training.num_train_steps
-  final = os.path.join(workdir, *{
-      "sample": ("samples", f"step_{last:08d}", "samples.npz")}.get(
-          mode, ("eval", f"step_{last:08d}.json")))
+  final = final_artifact(workdir, last, mode)
   run = [python, "main.py", *main_arguments(config, workdir, overrides)]
   if mode != "train":
     run.append(f"--mode={mode}")
@@ -190,6 +241,172 @@ if [[ ! -d {checkpoint} ]]; then
   echo "$(date -Is) --mode={mode} needs the checkpoint {checkpoint}: train first" >&2
   exit 1
 fi"""
+
+
+# -------------------------------------------------------------- sweeps (submitit)
+_SWEEP_ITEM = re.compile(r"^(?:--)?config\.([A-Za-z_][\w.]*)=(.*)$", re.S)
+
+
+def _split_values(text: str) -> list[str]:
+  """'1e-4,2e-4' -> ['1e-4', '2e-4']; commas inside brackets ('(1,2),(1,2,2)') stay."""
+  values, depth, current = [], 0, ""
+  for char in text:
+    depth += (char in "([{") - (char in ")]}")
+    if char == "," and depth == 0:
+      values.append(current)
+      current = ""
+    else:
+      current += char
+  return values + [current]
+
+
+def parse_sweep(sweep: str) -> list[tuple[str, list[str]]]:
+  """'config.optim.learning_rate=1e-4,2e-4 config.seed=0,1' -> [(field, values)].
+
+  Items are separated by spaces (shell quoting applies); each is
+  config.<field>=<value>,<value>,... A value holding commas is bracketed: (1,2).
+  """
+  fields: list[tuple[str, list[str]]] = []
+  for item in shlex.split(sweep):
+    match = _SWEEP_ITEM.match(item)
+    if not match:
+      raise ValueError(f"--sweep item {item!r}: write "
+                       "config.<field>=<value>,<value>,...")
+    field, values = match.group(1), _split_values(match.group(2))
+    if any(not v.strip() for v in values):
+      raise ValueError(f"--sweep item {item!r} has an empty value.")
+    if len(set(values)) != len(values):
+      raise ValueError(f"--sweep item {item!r} repeats a value.")
+    if field in dict(fields):
+      raise ValueError(f"--sweep names config.{field} twice.")
+    fields.append((field, values))
+  return fields
+
+
+def _workdir_name(assignments: Sequence[tuple[str, str]]) -> str:
+  """'optim.learning_rate=0.0001,seed=0': readable, and one folder level."""
+  return ",".join(f"{field}={urllib.parse.quote(value, safe='()')}"
+                  for field, value in assignments)
+
+
+def expand_sweep(workdir: str, sweep: str = "",
+                 overrides: Sequence[str] = ()) -> list[tuple[str, list[str]]]:
+  """(workdir, overrides) of every job: the cartesian product of the sweep's values,
+  each in its own workdir under `workdir`; without a sweep, the one job in `workdir`."""
+  fields = parse_sweep(sweep)
+  fixed = {o.split("=", 1)[0][len("--config."):] for o in overrides}
+  both = sorted(fixed & {field for field, _ in fields})
+  if both:
+    raise ValueError(f"config.{both[0]} is both swept and set by --config.{both[0]}=.")
+  if not fields:
+    return [(workdir, list(overrides))]
+  jobs = []
+  for values in itertools.product(*(v for _, v in fields)):
+    assignments = [(field, value) for (field, _), value in zip(fields, values)]
+    jobs.append((os.path.join(workdir, _workdir_name(assignments)),
+                 [*overrides, *(f"--config.{f}={v}" for f, v in assignments)]))
+  return jobs
+
+
+def _sbatch_parameters(extra: Sequence[str]) -> dict[str, object]:
+  """['--qos=high', '--exclusive'] -> {'qos': 'high', 'exclusive': True}."""
+  parameters: dict[str, object] = {}
+  for option in extra:
+    if not option.startswith("--") or "\n" in option:
+      raise ValueError(f"--extra={option!r} must be one sbatch option such as "
+                       "--qos=high or --mem=0.")
+    name, equals, value = option[2:].partition("=")
+    parameters[name.replace("-", "_")] = value if equals else True
+  return parameters
+
+
+def make_executor(folder: str, *, cluster: str, nodes: int, gpus_per_node: int,
+                  minutes: int, job_name: str, partition: str | None = None,
+                  account: str | None = None, cpus_per_task: int | None = None,
+                  signal_seconds: int = 120, extra: Sequence[str] = (),
+                  setup: Sequence[str] = (), array_parallelism: int | None = None,
+                  repo: str = REPO):
+  """A submitit executor: `cluster` slurm (requeued on preemption and at the time
+  limit), local (processes on this machine) or debug (in this process)."""
+  import submitit  # pylint: disable=g-import-not-at-top
+  executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+  parameters = dict(name=job_name, timeout_min=minutes, nodes=nodes,
+                    tasks_per_node=max(gpus_per_node, 1))
+  if gpus_per_node:
+    parameters["gpus_per_node"] = gpus_per_node
+  if cpus_per_task:
+    parameters["cpus_per_task"] = cpus_per_task
+  if cluster == "slurm":
+    slurm = dict(signal_delay_s=signal_seconds,
+                 setup=[f"cd {shlex.quote(repo)}", *setup],
+                 additional_parameters=dict(requeue=True, open_mode="append",
+                                            **_sbatch_parameters(extra)))
+    slurm.update({k: v for k, v in (("partition", partition), ("account", account),
+                                     ("array_parallelism", array_parallelism)) if v})
+    parameters.update({f"slurm_{k}": v for k, v in slurm.items()})
+  executor.update_parameters(**parameters)
+  return executor
+
+
+def submit_jobs(*, config: str, workdir: str, overrides: Sequence[str] = (),
+                sweep: str = "", nodes: int, gpus_per_node: int, time: str,
+                partition: str | None = None, account: str | None = None,
+                job_name: str | None = None, cpus_per_task: int | None = None,
+                signal_seconds: int = 120, extra: Sequence[str] = (),
+                setup: Sequence[str] = (), python: str = sys.executable,
+                repo: str = REPO, heartbeat_timeout_seconds: int | None = None,
+                mode: str = "train", cluster: str = "slurm",
+                array_parallelism: int | None = None, dry_run: bool = False,
+                argv: Sequence[str] = ()) -> tuple[str, list]:
+  """Submits main.py through submitit: one job, or a job array over `sweep`.
+
+  Every job's config is checked before anything is submitted. Returns a report (the
+  jobs, their workdirs, where the logs go) and the submitit jobs ([] for dry_run).
+  """
+  del argv
+  _check_slurm_options(mode=mode, nodes=nodes, gpus_per_node=gpus_per_node, time=time,
+                       signal_seconds=signal_seconds, workdir=workdir)
+  if cluster not in ("slurm", "local", "debug"):
+    raise ValueError(f"--cluster={cluster!r}; choose slurm, local or debug.")
+  jobs = expand_sweep(os.path.abspath(workdir), sweep, overrides)
+  loaded = [load_config(config, job_overrides) for _, job_overrides in jobs]
+  config = _absolute_config(config)
+  job_name = job_name or loaded[0].get("name", "train")
+  environment = ({"TRAIN_HEARTBEAT_TIMEOUT_SECONDS": str(heartbeat_timeout_seconds)}
+                 if heartbeat_timeout_seconds else {})
+  calls = []
+  for (job_workdir, job_overrides), job_config in zip(jobs, loaded):
+    last = job_config.training.num_train_steps
+    argv = main_arguments(config, job_workdir, job_overrides)
+    argv += [f"--mode={mode}"] if mode != "train" else []
+    calls.append(dict(argv=argv, final=final_artifact(job_workdir, last, mode),
+                      required=(os.path.join(job_workdir, "checkpoints", str(last))
+                                if mode != "train" else None)))
+  folder = os.path.join(os.path.abspath(workdir), "submitit", "%j")
+  lines = [f"{len(calls)} job(s) of {config} ({mode}), logs in {folder}:"]
+  if dry_run:
+    return "\n".join(lines + [f"  {' '.join(shlex.quote(a) for a in c['argv'])}"
+                              for c in calls]) + "\n", []
+  from train import submitit_job  # pylint: disable=g-import-not-at-top
+  import cloudpickle  # pylint: disable=g-import-not-at-top
+  # By value: a job process loads MainJob without this repository on its path.
+  cloudpickle.register_pickle_by_value(submitit_job)
+  try:
+    executor = make_executor(
+        folder, cluster=cluster, nodes=nodes, gpus_per_node=gpus_per_node,
+        minutes=time_minutes(time), job_name=job_name, partition=partition,
+        account=account, cpus_per_task=cpus_per_task, signal_seconds=signal_seconds,
+        extra=extra, setup=setup, array_parallelism=array_parallelism, repo=repo)
+  except RuntimeError as e:   # submitit finds no SLURM here
+    raise ValueError(f"{e} (--cluster=local runs the jobs on this machine).") from None
+  with executor.batch():   # one job array on SLURM
+    submitted = [executor.submit(submitit_job.MainJob(
+        c["argv"], repo=repo, python=python, final=c["final"], required=c["required"],
+        grace_seconds=max(signal_seconds - 10, 5), environment=environment))
+                 for c in calls]
+  lines += [f"  job {job.job_id}: {c['argv'][1].split('=', 1)[1]}"
+            for job, c in zip(submitted, calls)]
+  return "\n".join(lines) + "\n", submitted
 
 
 # ---------------------------------------------------------------------------- TPU
@@ -309,28 +526,45 @@ def _parser() -> argparse.ArgumentParser:
   common.add_argument("--heartbeat_timeout_seconds", type=int, default=None,
                       help="a process silent this long counts as dead (default: "
                       "train/distributed.py)")
-  slurm = sub.add_parser("slurm", parents=[common], help="a SLURM batch script")
-  slurm.add_argument("--mode", default="train", choices=MODES,
-                     help="main.py's mode: train (then the final eval), or eval / "
-                     "sample the final checkpoint; requeued until its output exists")
-  slurm.add_argument("--nodes", type=int, required=True)
-  slurm.add_argument("--gpus_per_node", type=int, required=True,
-                     help="one process per GPU; 0: one process per (CPU) node")
-  slurm.add_argument("--time", required=True, help="time limit, e.g. 48:00:00")
-  slurm.add_argument("--partition")
-  slurm.add_argument("--account")
-  slurm.add_argument("--job_name")
-  slurm.add_argument("--cpus_per_task", type=int)
-  slurm.add_argument("--signal_seconds", type=int, default=120,
-                     help="SIGTERM this long before the time limit (checkpoint time)")
+  options = argparse.ArgumentParser(add_help=False)   # what a SLURM job takes
+  options.add_argument("--mode", default="train", choices=MODES,
+                       help="main.py's mode: train (then the final eval), or eval / "
+                       "sample the final checkpoint; requeued until its output exists")
+  options.add_argument("--nodes", type=int, required=True)
+  options.add_argument("--gpus_per_node", type=int, required=True,
+                       help="one process per GPU; 0: one process per (CPU) node")
+  options.add_argument("--time", required=True, help="time limit, e.g. 48:00:00")
+  options.add_argument("--partition")
+  options.add_argument("--account")
+  options.add_argument("--job_name")
+  options.add_argument("--cpus_per_task", type=int)
+  options.add_argument("--signal_seconds", type=int, default=120,
+                       help="SIGTERM this long before the time limit (checkpoint time)")
+  options.add_argument("--extra", action="append", default=[],
+                       help="another #SBATCH option, e.g. --extra=--qos=high "
+                       "(repeatable)")
+  options.add_argument("--setup", action="append", default=[],
+                       help="a shell line run before training, e.g. 'module load cuda' "
+                       "(repeatable)")
+  options.add_argument("--python", default=sys.executable,
+                       help="the Python on the nodes (default: this one)")
+  submit = sub.add_parser(
+      "submit", parents=[common, options],
+      help="submit through submitit (SLURM's default path): requeued on preemption, "
+      "a job array for --sweep")
+  submit.add_argument("--sweep", default="",
+                      help='e.g. "config.optim.learning_rate=1e-4,2e-4 '
+                      'config.seed=0,1": '
+                      "a job per combination, each in <workdir>/<field>=<value>,...")
+  submit.add_argument("--cluster", default="slurm", choices=("slurm", "local", "debug"),
+                      help="local: processes on this machine (no SLURM); debug: here")
+  submit.add_argument("--array_parallelism", type=int,
+                      help="at most this many jobs of the array run at once")
+  submit.add_argument("--dry_run", action="store_true",
+                      help="check every job's config and list the jobs; submit nothing")
+  slurm = sub.add_parser("slurm", parents=[common, options],
+                         help="a plain SLURM batch script (without submitit)")
   slurm.add_argument("--output", help="log file (sbatch patterns: %%x name, %%j id)")
-  slurm.add_argument("--extra", action="append", default=[],
-                     help="another #SBATCH option, e.g. --extra=--qos=high (repeatable)")
-  slurm.add_argument("--setup", action="append", default=[],
-                     help="a shell line run before training, e.g. 'module load cuda' "
-                     "(repeatable)")
-  slurm.add_argument("--python", default=sys.executable,
-                     help="the Python on the nodes (default: this one)")
   tpu = sub.add_parser("tpu", parents=[common], help="gcloud commands for a TPU VM pod")
   tpu.add_argument("--tpu_name", required=True)
   tpu.add_argument("--zone", required=True)
@@ -357,11 +591,16 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.error(f"unrecognized arguments: {' '.join(unknown)}")
   options = {k: v for k, v in vars(args).items() if k != "target"}
   try:
+    if args.target == "submit":
+      return submit_jobs(overrides=overrides, argv=argv, **options)[0]
     if args.target == "slurm":
       return slurm_script(overrides=overrides, argv=argv, **options)
     return tpu_commands(overrides=overrides, argv=argv, **options)
   except ValueError as e:
     parser.error(str(e))
+  except ImportError as e:
+    parser.error(f"{e}: `submit` needs submitit (pip install -r requirements.txt); "
+                 "`slurm` prints a batch script without it.")
 
 
 if __name__ == "__main__":

@@ -351,7 +351,7 @@ class GAN(contract.Family):
           due, regularize, lambda args: (args, jnp.float32(0.0)), (d_params, d_opt))
       aux["r1"] = r1_value
       r1_applied = due.astype(jnp.float32)
-    metrics = dict(aux, d_loss_total=total, d_grad_norm=optax.global_norm(grads),
+    metrics = dict(aux, d_loss_total=total, d_grad_norm=optax.tree.norm(grads),
                    r1_applied=r1_applied)
     return (d_params, d_opt, g_state, d_state), metrics
 
@@ -397,7 +397,7 @@ class GAN(contract.Family):
     applied = jnp.sum(d_metrics["r1_applied"])
     metrics = dict(loss=mean["d_loss_total"], d_loss=mean["d_adversarial"],
                    g_loss=g_adv, d_real=mean["d_real"], d_fake=mean["d_fake"],
-                   d_grad_norm=mean["d_grad_norm"], g_grad_norm=optax.global_norm(g_grads),
+                   d_grad_norm=mean["d_grad_norm"], g_grad_norm=optax.tree.norm(g_grads),
                    g_learning_rate=g_lr, d_learning_rate=d_lr, ema_decay=decay)
     if self.config.gan.gp_weight > 0:
       metrics["gradient_penalty"] = mean["gp"]

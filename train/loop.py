@@ -60,6 +60,37 @@ def _all_finite(tree) -> bool:
   return all(leafwise(_leaf_all_finite, tree))
 
 
+class _ProfileWindow:
+  """A jax.profiler trace of the steps (start, start + num] into workdir/profile/.
+
+  Started and stopped between compiled calls, so steps stay asynchronous; the one
+  host sync is at the window's end, so that the trace holds its steps' device work.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.start = config.logging.profile_start_step
+    self.stop = self.start + config.logging.profile_num_steps
+    self.directory = os.path.join(workdir, "profile")
+    self.active = False
+
+  def before_call(self, step: int) -> None:
+    if not self.active and self.start <= step < self.stop:
+      jax.profiler.start_trace(self.directory)
+      self.active, self.first = True, step + 1
+
+  def after_call(self, step: int, state) -> None:
+    if self.active and step >= self.stop:
+      jax.block_until_ready(state)
+      self.end(step)
+
+  def end(self, step: int) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+      logging.info("Wrote a profile of steps %d-%d to %s.", self.first, step,
+                   self.directory)
+
+
 # ------------------------------------------------------------------------- training
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        defaults: ml_collections.ConfigDict | None = None) -> TrainState:
@@ -109,11 +140,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       sharding.to_global({key: local[key] for key in run.info.batch_keys},
                          batch_sharding)))
   step, last_log_step, last_log_time = start_step, start_step, time.time()
+  profile = _ProfileWindow(config, workdir)
   try:
     while step < t.num_train_steps:
-      state, metrics = step_fn(state, next(iterator))
+      batch = next(iterator)
+      profile.before_call(step)
+      state, metrics = step_fn(state, batch)
       pending.append((step, metrics))
       step += k
+      profile.after_call(step, state)
       is_last = step >= t.num_train_steps
       if step % t.log_every_steps == 0 or is_last:
         rows = _read_metrics(pending, halt=t.halt_on_nonfinite, run=run)
@@ -144,8 +179,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         last_log_time += time.time() - sampling_start   # steps/s counts training only
   finally:
     iterator.close()
+    profile.end(step)
     run.checkpointer.wait()
-    writer.flush()
+    writer.close()   # W&B's run is finished; the final evaluation resumes it
   run.close()
   # eval/ has its own writer lock: wait while an eval_watch beside this run holds it.
   with workdir_lock.acquire(workdir, "eval", wait=True):

@@ -76,7 +76,7 @@ def evaluate_run(run: Run, state: TrainState | None,
     write_text_atomically(path, json.dumps(report, indent=2))
     writer = run.make_writer()
     writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
-    writer.flush()
+    writer.close()
     logging.info("Eval at step %d: %s -> %s", step,
                  ", ".join(f"{k}={v:.4f}" for k, v in results.items()), path)
   return report

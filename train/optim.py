@@ -132,7 +132,7 @@ def apply_gradients(state: TrainState, grads: Any, optim: ml_collections.ConfigD
   computes NaN updates. Metrics: grad_norm (before clipping), learning_rate at this
   step, 'loss' when given, 'skipped' when skipping is on.
   """
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
 
   def update(_):
     clipped = clip_by_global_norm(grads, grad_norm, clip_norm) if clip_norm > 0 else grads

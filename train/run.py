@@ -7,6 +7,7 @@ TrainState and samples in sharded batches.
 
 import datetime
 import functools
+import importlib.util
 import math
 import os
 import time
@@ -20,9 +21,10 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 
 import datasets
-from train import families, sharding
+from train import families, sharding, user_errors
 from train.checkpoint import Checkpointer, CheckpointShapeError, absolute_path
 from train.state import TrainState, jit_run_once, num_params
+from train.wandb_writer import WANDB_PIN, WandbWriter   # imports wandb only if used
 from train.workdir_guard import check_read_only_config
 
 # Purposes that keys are folded with: fold_in(PRNGKey(seed), purpose).
@@ -49,6 +51,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                        f"config.training.steps_per_call={k}.")
   sharding.check_batch_size(t.batch_size, "training.batch_size")
   sharding.check_batch_size(config.eval.batch_size, "eval.batch_size")
+  log = config.logging
+  for name, value in (("profile_start_step", log.profile_start_step),
+                      ("profile_num_steps", log.profile_num_steps)):
+    if value < 0:
+      raise ValueError(f"config.logging.{name} must be >= 0, got {value}.")
+  if log.wandb:
+    if not log.wandb_project:
+      raise ValueError("config.logging.wandb=True needs config.logging.wandb_project.")
+    if importlib.util.find_spec("wandb") is None:   # found without importing it
+      raise user_errors.UserError(
+          f"config.logging.wandb=True needs wandb: pip install {WANDB_PIN} (or set "
+          "--config.logging.wandb=False).")
 
 
 def format_seconds(seconds: float) -> str:
@@ -169,11 +183,18 @@ class Run:
                    else {}))
 
   def make_writer(self) -> metric_writers.MetricWriter:
-    """TensorBoard event files from process 0 (the console gets the progress lines)."""
+    """TensorBoard event files from process 0 (the console gets the progress lines),
+    and Weights & Biases beside them if config.logging.wandb."""
     if not self.is_writer:
       return metric_writers.MultiWriter([])
-    return metric_writers.AsyncMultiWriter(
-        [metric_writers.SummaryWriter(os.path.join(self.workdir, "tensorboard"))])
+    writers = [metric_writers.SummaryWriter(os.path.join(self.workdir, "tensorboard"))]
+    log = self.config.logging
+    if log.wandb:
+      name = log.wandb_run_name or (
+          f"{self.config.name} {os.path.basename(self.workdir.rstrip('/'))}")
+      writers.append(WandbWriter(
+          self.workdir, project=log.wandb_project, entity=log.wandb_entity, name=name))
+    return metric_writers.AsyncMultiWriter(writers)
 
   def sample_images(self, params, rng: jax.Array, num_samples: int,
                     batch_size: int | None = None, log_progress: bool = False) -> np.ndarray:

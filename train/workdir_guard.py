@@ -108,15 +108,15 @@ def exit_on_preemption(phase: str) -> Iterator[PreemptionWatcher]:
 
 
 # Fields that may change when a run is resumed: how long, how often, where the data
-# lives, how it is evaluated and sampled, which checkpoint a read-only mode reads.
-# Anything else changes the experiment.
+# lives, how it is evaluated, sampled and logged, which checkpoint a read-only mode
+# reads. Anything else changes the experiment.
 RESUMABLE_CHANGES = ("name", "data.data_dir", "data.download", "training.num_train_steps",
                      "training.log_every_steps", "training.checkpoint_every_steps",
                      "training.sample_every_steps", "training.num_samples_in_grid",
                      "training.keep_checkpoints", "training.keep_checkpoint_every_steps",
                      "training.async_checkpointing", "training.allow_config_change",
                      "training.halt_on_nonfinite", "sampling.", "eval.", "checkpoint.",
-                     "guidance.weight")
+                     "logging.", "guidance.weight")
 
 
 def _changed_fields(config: ml_collections.ConfigDict, saved: dict[str, Any],
