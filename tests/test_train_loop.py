@@ -50,6 +50,7 @@ def tiny_config(num_train_steps=4, **training):
   # for the classifier and its reference statistics.
   config.eval.sample_metrics = "none"
   config.sampling.batch_size = 4
+  config.eval.quick_sampling = ""        # ddpm_digits' quick DDIM-50 needs T >= 50
   return config
 
 
