@@ -13,7 +13,7 @@ It is configs/ddpm_base.py (U-Net ch=32, T=250 with the linear schedule stretche
 batch 64) trained for 700 steps instead of 2,500: a larger learning rate decayed to 0
 (cosine) and a shorter EMA. Training samples and evaluates by a quick protocol
 (config.eval.quick_*; the eval JSON's "evaluation_protocol" says "quick: ..."): its
-sample grid and sample metric use DDIM with 50 steps instead of the ancestral
+sample grid and sample metric use DDIM (eta=1) with 50 steps instead of the ancestral
 sampler's 250, the metric on 256 samples instead of 1,024, and the bound is on 75
 random test images of the 355, with its standard error (bpd_vlb_stderr).
 `--mode=eval` and `--mode=sample` run the full protocol on the same checkpoint.
@@ -49,5 +49,7 @@ def get_config(arg: str | None = None):
   training.sample_every_steps = 700   # one grid, at the end
   config.eval.quick_num_eval_examples = 75   # 3 batches of 25
   config.eval.quick_num_samples = 256
-  config.eval.quick_sampling = "method=ddim,ddim_steps=50"
+  # DDIM eta=1 (stochastic): at 50 steps its classifier FD beat eta=0's and 50
+  # respaced ancestral steps' (7.9 vs 10.6 and 11.3, 256 samples, step 700).
+  config.eval.quick_sampling = "method=ddim,ddim_steps=50,ddim_eta=1.0"
   return config

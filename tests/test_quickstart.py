@@ -77,11 +77,13 @@ def test_quick_config_labels_and_bounds():
   config = ddpm_digits.get_config()
   quick = modes.quick_config(config, 355)
   assert quick.test_subset == 75 and quick.config.eval.num_samples == 256
-  assert (quick.config.sampling.method, quick.config.sampling.ddim_steps) == ("ddim", 50)
+  sampling = quick.config.sampling
+  assert (sampling.method, sampling.ddim_steps, sampling.ddim_eta) == ("ddim", 50, 1.0)
   assert config.sampling.method == "ancestral" and config.eval.num_samples == 1024
   assert quick.protocol.startswith("quick: ") and "--mode=eval" in quick.protocol
   for part in ("75 test images drawn at random", "standard error", "256 samples",
-               "sampling.method=ddim", "sampling.ddim_steps=50"):
+               "sampling.method=ddim", "sampling.ddim_steps=50",
+               "sampling.ddim_eta=1.0"):
     assert part in quick.protocol
   # The quick counts never exceed the full protocol's.
   config.eval.num_eval_examples, config.eval.num_samples = 30, 40
@@ -106,6 +108,17 @@ def test_quick_config_errors_are_one_line(field, value, message):
   with pytest.raises(UserError, match=message) as error:
     modes.quick_config(config, 355)
   assert "\n" not in str(error.value)
+
+
+def test_bad_quick_fields_fail_before_training(tmp_path):
+  config = ddpm_digits.get_config()
+  config.eval.quick_sampling = "method=bogus"     # the family's own check
+  with pytest.raises(ValueError, match="sampling.method='bogus'"):
+    loop.train_and_evaluate(config, str(tmp_path))
+  config.eval.quick_sampling = "ddim_steps=-"     # a value of the wrong type
+  with pytest.raises(UserError, match="ddim_steps"):
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert not list(tmp_path.glob("checkpoints/*"))
 
 
 def test_digits_configs_quick_samplers_build():
