@@ -89,6 +89,12 @@ def test_quick_config_labels_and_bounds():
   config.eval.num_eval_examples, config.eval.num_samples = 30, 40
   quick = modes.quick_config(config, 355)
   assert quick.test_subset == 30 and quick.config.eval.num_samples == 40
+  # Without samples (SR3), the label names only the test subset.
+  config.eval.sample_metrics, config.training.sample_every_steps = "none", 0
+  assert modes.quick_config(config, 355).protocol == (
+      "quick: test-set metrics on 30 test images drawn at random (seeded, without "
+      "replacement), each with its standard error (<metric>_stderr). Training's "
+      "evaluation only; --mode=eval runs the full protocol")
   # Unset: the full protocol, the same config.
   config.eval.quick_num_eval_examples = config.eval.quick_num_samples = None
   config.eval.quick_sampling = ""

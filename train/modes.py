@@ -107,11 +107,16 @@ def quick_config(config: ml_collections.ConfigDict,
     shortcuts.append(f"test-set metrics on {subset} test images drawn at random "
                      "(seeded, without replacement), each with its standard error "
                      "(<metric>_stderr)")
+  # The label names only what this run does: SR3 and the like draw no samples.
+  metric_samples = _sample_metric_names(config) != ["none"]
   if num_samples is not None:
     quick.eval.num_samples = num_samples
-    shortcuts.append(f"{num_samples} samples (eval.num_samples: {ev.num_samples})")
-  if overrides:
+    if metric_samples:
+      shortcuts.append(f"{num_samples} samples (eval.num_samples: {ev.num_samples})")
+  if overrides and (metric_samples or config.training.sample_every_steps):
     shortcuts.append("sampler " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+  if not shortcuts:
+    return QuickProtocol(quick, None, FULL_PROTOCOL)
   protocol = (f"quick: {'; '.join(shortcuts)}. Training's evaluation only; "
               "--mode=eval runs the full protocol")
   return QuickProtocol(quick, subset, protocol)
