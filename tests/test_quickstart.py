@@ -196,8 +196,7 @@ def test_training_evaluates_by_the_quick_protocol_and_eval_by_the_full(tmp_path,
     loop.train_and_evaluate(config, workdir)
   lines = [r.getMessage() for r in caplog.records]
   report = json.load(open(tmp_path / "run" / "eval" / "step_00000004.json"))
-  assert report["evaluation_protocol"].startswith("quick: 6 test images") or \
-      report["evaluation_protocol"].startswith("quick: test-set metrics on 6 test")
+  assert report["evaluation_protocol"].startswith("quick: test-set metrics on 6 test")
   assert report["num_examples"] == 6 and report["num_examples_in_split"] == 355
   assert report["bpd_vlb_stderr"] > 0 and math.isfinite(report["bpd_vlb"])
   sampler = report["protocol"]["sampler"]
@@ -205,12 +204,13 @@ def test_training_evaluates_by_the_quick_protocol_and_eval_by_the_full(tmp_path,
   assert (sampler["sampler"], sampler["nfe"], sampler["ddim_steps"]) == ("ddim", 3, 3)
   assert 0 <= report["class_coverage"] <= 1 and report["classifier_fd"] >= 0
   # Every phase prints its progress, in the one format, with the time left.
-  for phase, done in (("sample grid: images", ("1/4", "4/4")),
-                      ("test-set metrics: examples", ("4/6", "6/6")),
-                      ("sample metric: images", ("4/4",))):
+  # (The sample metric's lines come at most every 10 s, and after its last chunk.)
+  for phase, done in (("sample grid: images", ["1/4", "2/4", "3/4", "4/4"]),
+                      ("test-set metrics: examples", ["4/6", "6/6"]),
+                      ("sample metric: images", ["4/4"])):
     mine = [line for line in lines if line.startswith(phase)]
-    assert [line.split()[len(phase.split())] for line in mine[-len(done):]] == \
-        list(done), mine
+    counts = [line.split()[len(phase.split())] for line in mine]
+    assert counts[-len(done):] == done and len(counts) <= 2 * len(done), mine
     assert all(_LEFT.search(line) for line in mine), mine
 
   # --mode=eval (what main.py calls) on the same checkpoint: the full protocol.

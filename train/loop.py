@@ -18,9 +18,9 @@ import numpy as np
 from absl import logging
 
 import datasets
+from evaluation.progress import progress_line
 from sampling import image_io
 from train import modes, sharding, workdir_lock
-from evaluation.progress import progress_line
 from train.run import SAMPLE_GRID, Run
 from train.state import TrainState, leafwise
 from train.workdir_guard import (PreemptionWatcher, check_workdir_config, flatten_config,
