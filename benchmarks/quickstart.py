@@ -1,5 +1,6 @@
-"""Times a config's default run, `python main.py --config=configs/<name>.py --workdir=W`,
-phase by phase: the figures of README's quick start.
+"""Times a config's default run phase by phase: the figures of README's quick start.
+
+The run is `python main.py --config=configs/<name>.py --workdir=W`.
 
   python benchmarks/quickstart.py                           # ddpm_digits
   python benchmarks/quickstart.py guided_ddpm_digits --repeats=3

@@ -1,7 +1,7 @@
 """The one format of every long phase's progress line: training steps, the test-set
 bound, sampling (sample grids, the sample metric, --mode=sample).
 
-  step 300/2500  loss 0.11 (mean of steps 201-300, 100)  |  4.47 steps/s 286 img/s  |  8m12s left
+  step 300/2500  loss 0.11 (mean of ...)  |  4.47 steps/s 286 img/s  |  8m12s left
   test-set bound: examples 64/128  |  3.10 examples/s  |  0m20s left
 
 Here, below train/, so that sampling and evaluation code can print it too.

@@ -126,8 +126,9 @@ def generate_samples_resumable(sample_fn: Callable[[jax.Array, int], Any],
         last_log = time.time()
         rate = generated / max(time.time() - start, 1e-9)
         total = min(to_generate, num_samples)   # the last chunk may run past it
-        logging.info(progress_line(f"{progress_label}: images", min(generated, total),
-                                   total, rate, "images", f"(chunk {i + 1}/{num_chunks})"))
+        logging.info(progress_line(
+            f"{progress_label}: images", min(generated, total), total, rate, "images",
+            f"(chunk {i + 1}/{num_chunks})"))
     chunks.append(images)
   return np.concatenate(chunks)[:num_samples]
 

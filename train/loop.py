@@ -204,10 +204,9 @@ def _nonfinite_advice(run: Run) -> str:
 def _write_sample_grid(run: Run, state: TrainState, step: int, writer) -> None:
   n = run.config.training.num_samples_in_grid
   start = time.time()
+  rng = jax.random.fold_in(jax.random.fold_in(run.root_rng, SAMPLE_GRID), step)
   # In a few batches, for a progress line after each.
-  images = run.sample_images(run.sampling_params(state),
-                             jax.random.fold_in(jax.random.fold_in(run.root_rng,
-                                                                   SAMPLE_GRID), step), n,
+  images = run.sample_images(run.sampling_params(state), rng, n,
                              math.ceil(n / _GRID_BATCHES), log_progress="sample grid")
   grid = image_io.preview(images, run.info)   # a grid, or a scatter plot of points
   if run.is_writer:

@@ -170,7 +170,8 @@ class Run:
         [metric_writers.SummaryWriter(os.path.join(self.workdir, "tensorboard"))])
 
   def sample_images(self, params, rng: jax.Array, num_samples: int,
-                    batch_size: int | None = None, log_progress: str = "") -> np.ndarray:
+                    batch_size: int | None = None,
+                    log_progress: str = "") -> np.ndarray:
     """`num_samples` samples (uint8 NHWC images, or float points [N, D] where
     info.kind == 'points'), generated in sharded batches of `batch_size`.
 
