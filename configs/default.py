@@ -155,5 +155,18 @@ def get_config() -> ml_collections.ConfigDict:
   eval_config.stats_dir = placeholder(str)
   eval_config.classifier_dir = placeholder(str)
   eval_config.feature_batch_size = 200   # images per feature-network call
+  # A quick protocol for what training samples and evaluates (its sample grids and
+  # its end-of-run evaluation), for a quick first run (train/modes.py quick_config);
+  # --mode=eval, eval_watch and sample never use it. Unset, each keeps the full
+  # protocol; the eval JSON's "evaluation_protocol" says which ran ("full" or
+  # "quick: ..."). Test-set metrics on this many test images drawn at random
+  # (seeded, without replacement), each mean with its standard error
+  # (<metric>_stderr); None = as --mode=eval.
+  eval_config.quick_num_eval_examples = placeholder(int)
+  # Samples for the sample metrics; None = eval.num_samples.
+  eval_config.quick_num_samples = placeholder(int)
+  # Fields of config.sampling replaced for those samples and the training grids
+  # ("method=ddim,ddim_steps=50"); "" = config.sampling's sampler.
+  eval_config.quick_sampling = ""
 
   return config

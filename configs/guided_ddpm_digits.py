@@ -6,6 +6,11 @@ the paper's best p_uncond is 0.1-0.2), and sampling combines the two predictions
 weight w (eq. 6). The network, schedule and optimiser are configs/ddpm_digits.py's.
 It reproduces no paper number (the paper's are ImageNet 64/128 FID/IS tables); raise
 w to trade diversity for class fidelity (see the class_coverage metric of --mode=eval).
+Its default run, with ddpm_digits' quick protocol, took 16m09s on the 2-core CPU
+machine at load average 12-14 (start-up and compile 271 s, training 539 s at 1.30
+steps/s, grid 22 s, bound 52 s, sample metric 76 s; `python
+benchmarks/quickstart.py guided_ddpm_digits`, 2026-12-07): the same work as
+ddpm_digits plus guided sampling's two network passes per step.
 
   python main.py --config=configs/guided_ddpm_digits.py --workdir=/tmp/guided_ddpm_digits
   python main.py --config=configs/guided_ddpm_digits.py --workdir=/tmp/guided_ddpm_digits \\

@@ -12,7 +12,11 @@ bits/dim of p(x | low-res) go to workdir/eval/.
       --mode=sample --edit=superres --input=low_res_4x4.png
 
 It has no unconditional samples: the training grid and --mode=eval's sample metrics
-are off, and super-resolution runs through --edit=superres.
+are off, and super-resolution runs through --edit=superres. Its default run (700
+steps and the bound, ddpm_digits' quick protocol) took 19m15s on the 2-core CPU
+machine at load average 14-17 (start-up and compile 264 s, training 755 s at 0.93
+steps/s, bound 128 s on 100 test images, 75 since; `python
+benchmarks/quickstart.py sr3_digits`, 2026-12-07): ddpm_digits' work less sampling.
 """
 
 from configs import config_args

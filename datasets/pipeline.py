@@ -558,9 +558,12 @@ def make_eval_batches(
     process_index: int = 0,
     process_count: int = 1,
     num_examples: int | None = None,
+    random_subset_seed: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """One pass over `split` (or its first num_examples) in storage order.
 
+  random_subset_seed: num_examples drawn uniformly at random without replacement
+  (this seed) instead of the first ones, still in storage order.
   Every process gets the same number of batches, ceil(n / global_batch_size);
   rows past the end are zero images with label 0 and 'mask' False. Read ahead by
   threads (_read_ahead), never by worker processes: one pass does not repay them.
@@ -579,12 +582,16 @@ def make_eval_batches(
     raise ValueError(
         f'num_examples={num_examples} must be in [0, {len(reader)}], the size of split {split!r}.')
   num_batches = math.ceil(num_examples / global_batch_size)
+  chosen = np.arange(num_examples, dtype=np.int64)   # the positions read, in order
+  if random_subset_seed is not None:
+    chosen = np.sort(np.random.default_rng(random_subset_seed).choice(
+        len(reader), num_examples, replace=False))
 
   def batch_at(batch_index: int) -> dict[str, np.ndarray]:
     first = batch_index * global_batch_size + process_index * local_batch_size
     positions = first + np.arange(local_batch_size, dtype=np.int64)
     mask = positions < num_examples
-    real = reader.read(positions[mask])
+    real = reader.read(chosen[positions[mask]])
     batch = {
         'image': np.zeros((local_batch_size, *real['image'].shape[1:]),
                           real['image'].dtype),

@@ -24,9 +24,10 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-# Progress lines at most this often, as reference_stats logs; not imported from
-# there, so that sampling needs none of the feature-net modules.
-_LOG_EVERY_SECONDS = 30.0
+from evaluation.progress import progress_line
+
+# Progress lines at most this often (and after the last chunk).
+_LOG_EVERY_SECONDS = 10.0
 
 
 class Stopped(Exception):
@@ -70,7 +71,8 @@ def generate_samples_resumable(sample_fn: Callable[[jax.Array, int], Any],
                                out_dir: str | os.PathLike, *,
                                is_writer: bool | None = None,
                                log_progress: bool = True,
-                               stop: Callable[[], bool] | None = None) -> np.ndarray:
+                               stop: Callable[[], bool] | None = None,
+                               progress_label: str = "samples") -> np.ndarray:
   """`num_samples` images from `sample_fn`, saved chunk by chunk so a rerun resumes.
 
   Chunk i holds `sample_fn(fold_in(rng, i), batch_size)` (uint8 NHWC, or float
@@ -82,7 +84,8 @@ def generate_samples_resumable(sample_fn: Callable[[jax.Array, int], Any],
 
   `stop` (e.g. "SIGTERM came"; every process must answer alike) is asked before each
   chunk that is still to be generated; True raises Stopped, so a preempted job
-  exits within one chunk's time and loses no finished chunk.
+  exits within one chunk's time and loses no finished chunk. Progress lines name the
+  phase `progress_label`.
   """
   if num_samples < 1 or batch_size < 1:
     raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} "
@@ -101,7 +104,7 @@ def generate_samples_resumable(sample_fn: Callable[[jax.Array, int], Any],
                  out_dir, int(done.sum()), num_chunks)
   chunks: list[np.ndarray] = []
   start = last_log = time.time()
-  generated = 0
+  generated, to_generate = 0, int((~done).sum()) * batch_size
   for i in range(num_chunks):
     images = (_read_chunk(chunk_path(out_dir, i), i, batch_size, fingerprint)
               if done[i] else None)
@@ -122,9 +125,10 @@ def generate_samples_resumable(sample_fn: Callable[[jax.Array, int], Any],
                            or i == num_chunks - 1):
         last_log = time.time()
         rate = generated / max(time.time() - start, 1e-9)
-        remaining = int((~done[i + 1:]).sum()) * batch_size
-        logging.info("Sampled chunk %d/%d (%.1f images/s, %.0f s left).", i + 1,
-                     num_chunks, rate, remaining / rate)
+        total = min(to_generate, num_samples)   # the last chunk may run past it
+        logging.info(progress_line(
+            f"{progress_label}: images", min(generated, total), total, rate, "images",
+            f"(chunk {i + 1}/{num_chunks})"))
     chunks.append(images)
   return np.concatenate(chunks)[:num_samples]
 

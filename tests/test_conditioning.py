@@ -41,6 +41,7 @@ def _tiny(config, num_train_steps=2):
   config.eval.vlb_timestep_chunk = 3
   config.eval.sample_metrics = "none"
   config.sampling.batch_size = 4
+  config.eval.quick_sampling = ""    # ddpm_digits' quick DDIM-50 needs T >= 50
   if config.text.enabled:
     config.text.width, config.text.num_layers, config.text.num_heads = 16, 1, 2
   return config

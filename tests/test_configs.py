@@ -133,6 +133,7 @@ def tiny(config, ch=8):
     config.diffusion.num_timesteps = 4
   if config.model.family == "ddpm" and config.sampling.num_steps:  # respaced, within T=4
     config.sampling.num_steps = 2
+  config.eval.quick_sampling = ""     # the quick sampler's steps (ddpm_digits: 50) > T
   t = config.training
   t.batch_size = 2
   t.num_train_steps = 1

@@ -42,7 +42,9 @@ SMALL_MODEL = {"model.ch": 4, "model.num_groups": 2, "model.ch_mult": (1,),
 # With these, main.py's configs/ddpm_digits.py compiles the same train step as
 # small_config, so that later jobs reuse what earlier ones compiled (shared cache).
 SMALL_TRAIN_STEP = {**SMALL_MODEL, "model.dropout": 0.1, "diffusion.num_timesteps": 10,
-                    "optim.warmup_steps": 2, "training.batch_size": 8}
+                    "optim.warmup_steps": 2, "training.batch_size": 8,
+                    # ddpm_digits' quick DDIM-50 needs T >= 50: the config's sampler.
+                    "eval.quick_sampling": ""}
 
 
 def with_overrides(config, overrides: dict[str, Any]):

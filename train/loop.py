@@ -18,9 +18,10 @@ import numpy as np
 from absl import logging
 
 import datasets
+from evaluation.progress import progress_line
 from sampling import image_io
 from train import modes, sharding, workdir_lock
-from train.run import SAMPLE_GRID, Run, format_seconds
+from train.run import SAMPLE_GRID, Run
 from train.state import TrainState, leafwise
 from train.workdir_guard import (PreemptionWatcher, check_workdir_config, flatten_config,
                                  preemption_scope, write_workdir_config)
@@ -38,6 +39,7 @@ class _QuietLibraries(std_logging.Filter):
 
 
 _QUIET_LIBRARIES = _QuietLibraries()
+_GRID_BATCHES = 4   # a sample grid is drawn in this many batches
 logging.get_absl_logger().addFilter(_QUIET_LIBRARIES)
 
 
@@ -111,7 +113,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         defaults: ml_collections.ConfigDict | None,
                         preemption: PreemptionWatcher) -> TrainState:
-  run = Run(config, workdir)
+  # Training samples (its grids) by the quick protocol's sampler, if there is one
+  # (config.eval.quick_*; its fields are checked here, before anything compiles).
+  run = Run(modes.quick_config(config, datasets.get_dataset_info(
+      config.data).num_eval_examples).config, workdir)
   rewrite_config = check_workdir_config(config, workdir, defaults, write=False)
   t = config.training
   k = t.steps_per_call
@@ -185,7 +190,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   run.close()
   # eval/ has its own writer lock: wait while an eval_watch beside this run holds it.
   with workdir_lock.acquire(workdir, "eval", wait=True):
-    modes.evaluate(config, workdir, state=state)
+    modes.evaluate(config, workdir, state=state, end_of_run=True)
   return state
 
 
@@ -207,9 +212,8 @@ def _progress_line(step: int, num_steps: int, scalars: dict[str, float]) -> str:
                  key=lambda k: (k != "loss", k))
   values = "  ".join(f"{k} {scalars[k]:.4g}" for k in names)
   covered = f"(mean of steps {step - n + 1}-{step}, {n})" if n > 1 else f"(step {step})"
-  return (f"step {step}/{num_steps}  {values} {covered}  |  {rate:.2f} steps/s "
-          f"{scalars['images_per_sec']:.0f} img/s  |  "
-          f"{format_seconds((num_steps - step) / max(rate, 1e-9))} left")
+  return progress_line("step", step, num_steps, rate, "steps", f"{values} {covered}",
+                       f" {scalars['images_per_sec']:.0f} img/s")
 
 
 def _read_metrics(pending, *, halt: bool, run: Run) -> list[dict[str, float]]:
@@ -238,9 +242,10 @@ def _nonfinite_advice(run: Run) -> str:
 def _write_sample_grid(run: Run, state: TrainState, step: int, writer) -> None:
   n = run.config.training.num_samples_in_grid
   start = time.time()
-  images = run.sample_images(run.sampling_params(state),
-                             jax.random.fold_in(jax.random.fold_in(run.root_rng,
-                                                                   SAMPLE_GRID), step), n)
+  rng = jax.random.fold_in(jax.random.fold_in(run.root_rng, SAMPLE_GRID), step)
+  # In a few batches, for a progress line after each.
+  images = run.sample_images(run.sampling_params(state), rng, n,
+                             math.ceil(n / _GRID_BATCHES), log_progress="sample grid")
   grid = image_io.preview(images, run.info)   # a grid, or a scatter plot of points
   if run.is_writer:
     path = os.path.join(run.workdir, "samples", f"train_step_{step:08d}.png")

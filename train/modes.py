@@ -2,17 +2,25 @@
 training writes them) and sample. They write eval/ and samples/ files only, never a
 checkpoint. SIGTERM ends each of them between two batches or sample chunks, with the
 chunks kept, and returns (exit 0): run again, they resume from the chunks.
+
+Training may sample and evaluate by a quick protocol, which the config's eval.quick_*
+fields set (`quick_config`): its sample grids and end-of-run sample metric with a
+faster sampler, fewer samples, and the test-set metrics on a random subset of the
+test set with the standard error of each mean. The eval JSON's "evaluation_protocol"
+is then "quick: ..." and says which; --mode=eval, eval_watch and sample always run
+the full protocol.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import math
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -25,33 +33,123 @@ import datasets
 from evaluation import reference_stats as reference_lib
 from evaluation import sample_chunks
 from evaluation import sample_metrics
+from evaluation.progress import progress_line
 from sampling import common as sampling_common
 from sampling import image_io
 from train import sharding
-from train.run import EVAL, SAMPLE, SAMPLE_EVAL, Run, format_seconds
+from train.run import EVAL, SAMPLE, SAMPLE_EVAL, Run
 from train.state import TrainState
+from train.user_errors import UserError
 from train.workdir_guard import (PreemptionWatcher, exit_on_preemption,
                                  write_text_atomically)
 
 
+FULL_PROTOCOL = "full"
+
+
+class QuickProtocol(NamedTuple):
+  """What training samples and evaluates by: its config (eval.num_samples and
+  config.sampling replaced), the test-subset size (None: as --mode=eval) and the
+  protocol's label for the eval JSON."""
+  config: ml_collections.ConfigDict
+  test_subset: int | None
+  protocol: str
+
+
+def _sampling_overrides(text: str) -> dict[str, Any]:
+  """'method=ddim,ddim_steps=50' -> {'sampling.method': 'ddim', 'sampling.ddim_steps':
+  50}: each value a Python literal (50, 0.5, True, None) or else a string."""
+  overrides = {}
+  for item in filter(None, (part.strip() for part in text.split(","))):
+    name, equals, value = (part.strip() for part in item.partition("="))
+    if not equals or not name:
+      raise UserError(f"config.eval.quick_sampling={text!r}: write "
+                      f"'field=value,...' (fields of config.sampling), got {item!r}.")
+    try:
+      overrides[f"sampling.{name}"] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[f"sampling.{name}"] = value
+  return overrides
+
+
+def quick_config(config: ml_collections.ConfigDict,
+                      split_size: int | None = None) -> QuickProtocol:
+  """The quick protocol of config.eval.quick_* (unset: the full protocol).
+
+  Raises UserError for bad fields (before training: train/loop.py calls it first).
+  The quick counts never exceed the full protocol's: eval.num_eval_examples (or
+  `split_size`, the eval split's size) and eval.num_samples.
+  """
+  ev = config.eval
+  subset, num_samples = ev.quick_num_eval_examples, ev.quick_num_samples
+  overrides = _sampling_overrides(ev.quick_sampling)
+  if subset is not None and subset < 2:
+    raise UserError(f"config.eval.quick_num_eval_examples={subset} must be >= 2 "
+                    "(None: as --mode=eval).")
+  if num_samples is not None and num_samples < 1:
+    raise UserError(f"config.eval.quick_num_samples={num_samples} must be >= 1.")
+  # Never more than the full protocol's (e.g. a small eval.num_eval_examples).
+  full_examples = ev.num_eval_examples or split_size
+  if subset is not None and full_examples is not None:
+    subset = min(subset, full_examples)
+  if num_samples is not None:
+    num_samples = min(num_samples, ev.num_samples)
+  if subset is None and num_samples is None and not overrides:
+    return QuickProtocol(config, None, FULL_PROTOCOL)
+  quick = config.copy_and_resolve_references()
+  quick.lock()   # an unknown field is an error, not a new field
+  try:
+    quick.update_from_flattened_dict(overrides)
+  except (KeyError, TypeError) as error:
+    raise UserError(f"config.eval.quick_sampling={ev.quick_sampling!r}: "
+                    f"{error}".replace("\n", " ")) from None
+  shortcuts = []
+  if subset is not None:
+    shortcuts.append(f"test-set metrics on {subset} test images drawn at random "
+                     "(seeded, without replacement), each with its standard error "
+                     "(<metric>_stderr)")
+  # The label names only what this run does: SR3 and the like draw no samples.
+  metric_samples = _sample_metric_names(config) != ["none"]
+  if num_samples is not None:
+    quick.eval.num_samples = num_samples
+    if metric_samples:
+      shortcuts.append(f"{num_samples} samples (eval.num_samples: {ev.num_samples})")
+  if overrides and (metric_samples or config.training.sample_every_steps):
+    shortcuts.append("sampler " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+  if not shortcuts:
+    return QuickProtocol(quick, None, FULL_PROTOCOL)
+  protocol = (f"quick: {'; '.join(shortcuts)}. Training's evaluation only; "
+              "--mode=eval runs the full protocol")
+  return QuickProtocol(quick, subset, protocol)
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
-             state: TrainState | None = None) -> dict[str, Any] | None:
+             state: TrainState | None = None, *,
+             end_of_run: bool = False) -> dict[str, Any] | None:
   """Test-set bits/dim and sample metrics of the newest checkpoint, to workdir/eval/.
 
+  end_of_run: training's evaluation, by the protocol of `quick_config`.
   None if SIGTERM stopped it (its sample chunks are kept for the next run)."""
   with exit_on_preemption("the evaluation") as watcher:
-    run = Run(config, workdir)
+    split_size = datasets.get_dataset_info(config.data).num_eval_examples
+    quick = (quick_config(config, split_size) if end_of_run
+             else QuickProtocol(config, None, FULL_PROTOCOL))
+    run = Run(quick.config, workdir)
     try:
-      return evaluate_run(run, state, watcher)
+      return evaluate_run(run, state, watcher, test_subset=quick.test_subset,
+                          protocol=quick.protocol)
     finally:
       run.close()
   return None
 
 
 def evaluate_run(run: Run, state: TrainState | None,
-                 preemption: PreemptionWatcher | None = None) -> dict[str, Any]:
+                 preemption: PreemptionWatcher | None = None, *,
+                 test_subset: int | None = None,
+                 protocol: str = FULL_PROTOCOL) -> dict[str, Any]:
   """The evaluation of `state` (None: the newest checkpoint); with `preemption`, SIGTERM
-  raises Preempted between two eval batches or sample chunks."""
+  raises Preempted between two eval batches or sample chunks. test_subset: the
+  test-set metrics on that many random test images, with standard errors."""
   config, workdir = run.config, run.workdir
   if state is None:
     state = run.init_or_restore(must_exist=True)
@@ -59,12 +157,15 @@ def evaluate_run(run: Run, state: TrainState | None,
   params = run.sampling_params(state)
   report = dict(config_name=config.name, step=step, dataset=config.data.dataset,
                 split=config.data.eval_split,
-                params="ema" if config.sampling.use_ema else "raw")
+                params="ema" if config.sampling.use_ema else "raw",
+                evaluation_protocol=protocol)
   results: dict[str, float] = {}
   if run.capabilities.likelihood:    # GANs have none
-    likelihood, count = _test_set_metrics(run, params, preemption)
+    likelihood, count = _test_set_metrics(run, params, preemption, test_subset)
     results.update(likelihood)
     report["num_examples"] = count
+    if test_subset is not None:
+      report["num_examples_in_split"] = run.info.num_eval_examples
   names = _sample_metric_names(config)
   if names != ["none"]:
     values, protocol = _sample_metrics(run, params, step, names or None, preemption)
@@ -119,7 +220,8 @@ def _sample_metrics(run: Run, params, step: int, names: list[str] | None,
       lambda rng, n: run.sample_batch(params, rng, n, nfes),
       jax.random.fold_in(run.root_rng, SAMPLE_EVAL), ev.num_samples, batch_size,
       directory, is_writer=run.is_writer,
-      stop=preemption.reached if preemption is not None else None)
+      stop=preemption.reached if preemption is not None else None,
+      progress_label="sample metric")
   reference = reference_lib.ReferenceSpec.from_data_config(
       config.data, split=ev.reference_split, num_examples=ev.num_reference_examples)
   result = sample_metrics.compute_sample_metrics(
@@ -185,9 +287,26 @@ def _evaluate_continuously(config: ml_collections.ConfigDict, workdir: str,
     run.close()
 
 
-def _test_set_metrics(run: Run, params, preemption: PreemptionWatcher | None = None
-                      ) -> tuple[dict[str, float], int]:
-  """Means over the eval split of the family's per-example metrics (e.g. bits/dim)."""
+def subset_mean_standard_error(values: np.ndarray, population_size: int) -> float:
+  """Standard error of the mean of `values`, a simple random sample (without
+  replacement) of n of a population of N, as an estimate of the population's mean:
+  sqrt((1 - n/N) s^2 / n), s^2 the sample variance (n - 1 in the denominator). Its
+  square is unbiased for the variance of the sample mean over the draws; 0 at n = N.
+  """
+  values = np.asarray(values, np.float64)
+  n = len(values)
+  if not 2 <= n <= population_size:
+    raise ValueError(f"A standard error needs 2 <= n <= N, got n={n}, "
+                     f"N={population_size}.")
+  return float(math.sqrt((1.0 - n / population_size) * np.var(values, ddof=1) / n))
+
+
+def _test_set_metrics(run: Run, params, preemption: PreemptionWatcher | None = None,
+                      test_subset: int | None = None) -> tuple[dict[str, float], int]:
+  """Means over the eval split of the family's per-example metrics (e.g. bits/dim).
+
+  test_subset: over that many examples drawn at random (config.seed), each mean with
+  its standard error as `<name>_stderr` (`subset_mean_standard_error`)."""
   config, ev = run.config, run.config.eval
   sharding.check_batch_size(ev.batch_size, "eval.batch_size")
   batch_sharding = sharding.batch_sharding(run.mesh)
@@ -195,13 +314,15 @@ def _test_set_metrics(run: Run, params, preemption: PreemptionWatcher | None = N
                     in_shardings=(run.replicated, batch_sharding, run.replicated),
                     out_shardings=batch_sharding)
   rng = jax.random.fold_in(run.root_rng, EVAL)
-  sums: dict[str, float] = {}
+  per_example: dict[str, list[np.ndarray]] = {}
   count, start = 0, time.time()
-  total = ev.num_eval_examples or run.info.num_eval_examples
+  num_examples = ev.num_eval_examples if test_subset is None else test_subset
+  total = num_examples or run.info.num_eval_examples
   batches = datasets.make_eval_batches(
       config.data, split=config.data.eval_split, global_batch_size=ev.batch_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      num_examples=ev.num_eval_examples)
+      num_examples=num_examples,
+      random_subset_seed=None if test_subset is None else config.seed)
   for i, batch in enumerate(batches):
     if preemption is not None:
       preemption.check(f"the test-set metrics stopped at {count}/{total} examples "
@@ -212,15 +333,19 @@ def _test_set_metrics(run: Run, params, preemption: PreemptionWatcher | None = N
         (out, sharding.to_global(batch["mask"], batch_sharding)), tiled=True)
     mask = np.asarray(mask, bool)
     for name, values in out.items():
-      sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)[mask]))
+      per_example.setdefault(name, []).append(np.asarray(values, np.float64)[mask])
     count += int(mask.sum())
-    rate = count / (time.time() - start)
-    logging.info("Evaluated %d/%d examples (%.1f examples/s, %s left).", count, total,
-                 rate, format_seconds((total - count) / max(rate, 1e-9)))
+    logging.info(progress_line("test-set metrics: examples", count, total,
+                               count / (time.time() - start), "examples"))
   if not count:
     raise ValueError(f"The split {config.data.eval_split!r} of {config.data.dataset!r} "
                      "gave no examples.")
-  return {name: value / count for name, value in sums.items()}, count
+  values = {name: np.concatenate(parts) for name, parts in per_example.items()}
+  means = {name: float(np.sum(v) / count) for name, v in values.items()}
+  if test_subset is not None:
+    for name, v in values.items():
+      means[f"{name}_stderr"] = subset_mean_standard_error(v, run.info.num_eval_examples)
+  return means, count
 
 
 # ------------------------------------------------------------------------- sampling
@@ -252,7 +377,7 @@ def _sample(run: Run, preemption: PreemptionWatcher | None = None) -> str:
   if "://" in workdir:   # the chunks are local files (evaluation/sample_chunks.py)
     chunks = None
     images = run.sample_images(params, rng, config.eval.num_samples,
-                               config.sampling.batch_size, log_progress=True)
+                               config.sampling.batch_size, log_progress="samples")
   else:
     # Chunk by chunk (the batches sample_images makes: the same images), so that a
     # preempted run resumes; the chunks go once samples.npz is written.

@@ -21,6 +21,7 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 
 import datasets
+from evaluation.progress import progress_line
 from train import families, sharding, user_errors
 from train.checkpoint import Checkpointer, CheckpointShapeError, absolute_path
 from train.state import TrainState, jit_run_once, num_params
@@ -63,13 +64,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise user_errors.UserError(
           f"config.logging.wandb=True needs wandb: pip install {WANDB_PIN} (or set "
           "--config.logging.wandb=False).")
-
-
-def format_seconds(seconds: float) -> str:
-  seconds = max(0, int(seconds))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
 class Run:
@@ -197,9 +191,13 @@ class Run:
     return metric_writers.AsyncMultiWriter(writers)
 
   def sample_images(self, params, rng: jax.Array, num_samples: int,
-                    batch_size: int | None = None, log_progress: bool = False) -> np.ndarray:
+                    batch_size: int | None = None,
+                    log_progress: str = "") -> np.ndarray:
     """`num_samples` samples (uint8 NHWC images, or float points [N, D] where
-    info.kind == 'points'), generated in sharded batches of `batch_size`."""
+    info.kind == 'points'), generated in sharded batches of `batch_size`.
+
+    log_progress: a name for the phase ("sample grid"); a progress line per batch.
+    """
     batch_size = self.sample_batch_size(batch_size or num_samples)
     chunks, start = [], time.time()
     num_batches = math.ceil(num_samples / batch_size)
@@ -207,11 +205,9 @@ class Run:
     for i in range(num_batches):
       chunks.append(self.sample_batch(params, jax.random.fold_in(rng, i), batch_size, nfes))
       if log_progress:
-        done = (i + 1) * batch_size
-        rate = done / (time.time() - start)
-        logging.info("Sampled %d/%d images (%.1f images/s, %s left).",
-                     min(done, num_samples), num_samples, rate,
-                     format_seconds((num_samples - done) / rate))
+        done = min((i + 1) * batch_size, num_samples)
+        logging.info(progress_line(f"{log_progress}: images", done, num_samples,
+                                   done / (time.time() - start), "images"))
     # Network evaluations per sample, as measured (the mean over batches).
     self.measured_nfe = float(np.mean(nfes)) if nfes else None
     return np.concatenate(chunks)[:num_samples]
