@@ -182,6 +182,7 @@ def _write_png(path, image):
   return str(path)
 
 
+@pytest.mark.integration
 def test_inpaint_and_sdedit_from_files(digits_workdir, tmp_path, fast_compile):
   config, workdir = digits_workdir
   digit = np.random.default_rng(2).integers(0, 256, (8, 8, 1), dtype=np.uint8)
@@ -206,6 +207,7 @@ def test_inpaint_and_sdedit_from_files(digits_workdir, tmp_path, fast_compile):
   assert out["settings"]["nfe"] == 0 and out["settings"]["strength"] == 0.0
 
 
+@pytest.mark.integration
 def test_interpolation_writes_one_row_per_pair(digits_workdir, tmp_path, fast_compile):
   config, workdir = digits_workdir
   rng = np.random.default_rng(4)
@@ -219,6 +221,7 @@ def test_interpolation_writes_one_row_per_pair(digits_workdir, tmp_path, fast_co
   assert os.path.exists(os.path.join(out["directory"], "interpolations.png"))
 
 
+@pytest.mark.integration
 def test_bad_edit_inputs_raise_clear_errors(digits_workdir, tmp_path):
   config, workdir = digits_workdir
   with pytest.raises(FileNotFoundError, match="no such file"):
@@ -237,6 +240,7 @@ def test_bad_edit_inputs_raise_clear_errors(digits_workdir, tmp_path):
     edit_lib.edit(config, workdir, dict(edit="paint", input=small))
 
 
+@pytest.mark.integration
 def test_cli_reports_a_wrong_input_size(digits_workdir, tmp_path):
   """main.py --mode=sample --edit=... reaches edit.edit and fails before compiling."""
   _, workdir = digits_workdir
@@ -252,6 +256,7 @@ def test_cli_reports_a_wrong_input_size(digits_workdir, tmp_path):
   assert "16x16x1 images; this model wants 8x8x1" in result.stderr
 
 
+@pytest.mark.integration
 def test_prompt_sampling_writes_samples_and_prompt_accuracy(tmp_path, fast_compile):
   config = _tiny(ddpm_shapes_text.get_config(), num_train_steps=1)
   config.data.image_size = 8        # mock shapes images, resized: a tiny U-Net
@@ -271,6 +276,7 @@ def test_prompt_sampling_writes_samples_and_prompt_accuracy(tmp_path, fast_compi
 
 
 # ------------------------------------------------------------------------ SR3
+@pytest.mark.integration
 def test_sr3_trains_and_super_resolves(tmp_path, fast_compile):
   config = _tiny(sr3_digits.get_config(), num_train_steps=1)
   state = loop.train_and_evaluate(config, str(tmp_path))

@@ -168,6 +168,7 @@ def _flags(source, workdir, *overrides) -> flags.FlagValues:
                    "--config.model.ch=32", "--config.model.num_groups=8", *overrides)
 
 
+@pytest.mark.integration
 def test_converted_pipeline_samples_through_main_modes(small, tmp_path, fast_compile):
   """A pipeline folder (unet/ + scheduler/) through the command line; sampling reads the
   workdir unchanged; a second conversion into it is refused."""

@@ -376,6 +376,7 @@ def _flags(source, workdir, *overrides) -> flags.FlagValues:
                    "--config.model.num_groups=8", "--step=790000", *overrides)
 
 
+@pytest.mark.integration
 def test_tf_checkpoint_through_the_command_line(tmp_path, monkeypatch, fast_compile):
   """`python -m convert --from=ddpm_tf`: the workdir holds the raw weights as params
   and the EMA weights as ema_params; a second conversion into it is refused."""

@@ -373,6 +373,7 @@ def test_full_manifest_converts_with_no_tensor_left_over(arch):
     assert ours.shape == want.shape
 
 
+@pytest.mark.integration
 def test_command_line_writes_the_workdir(sources, tmp_path):
   tensors, path = sources["ve"]
   workdir = str(tmp_path / "workdir")

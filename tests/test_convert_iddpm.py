@@ -338,6 +338,7 @@ def _flags(source, workdir, *overrides) -> flags.FlagValues:
                    "--config.model.attn_resolutions=(16,)", *overrides)
 
 
+@pytest.mark.integration
 def test_command_line_writes_the_workdir(small, tmp_path):
   state, path, converted = small
   workdir = str(tmp_path / "workdir")

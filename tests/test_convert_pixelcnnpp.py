@@ -372,6 +372,7 @@ def _flags(source, workdir, *overrides) -> flags.FlagValues:
                    "--config.model.nr_logistic_mix=4", *overrides)
 
 
+@pytest.mark.integration
 def test_cli_writes_a_workdir_that_main_evaluates(small, tmp_path, fast_compile):
   """The command line; params are the raw variables, ema_params their averages;
   --mode=eval's test-set bits/dim read the workdir (with the EMA, as the authors)."""

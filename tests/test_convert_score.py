@@ -1001,6 +1001,7 @@ def test_one_set_of_weights_goes_to_both(ncsnpp_files, tmp_path):
   assert_same_params(converted.params, both.params)
 
 
+@pytest.mark.integration
 def test_pth_converts_through_the_command_line_and_samples(tmp_path, fast_compile):
   """A score_sde_pytorch .pth through `python -m convert`: the workdir holds the raw
   weights as params and the EMA ones as ema_params at the given step; main.py's

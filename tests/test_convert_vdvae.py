@@ -341,6 +341,7 @@ def _flags(source, workdir, *overrides) -> flags.FlagValues:
                      ("enc_blocks", "dec_blocks", "zdim", "num_mixtures")), *overrides)
 
 
+@pytest.mark.integration
 def test_cli_writes_a_workdir_that_main_evaluates(small, tmp_path, fast_compile):
   _, _, source, converted = small
   workdir = str(tmp_path / "workdir")

@@ -31,6 +31,7 @@ def _run(argv, capsys):
   return code, output, captured.err
 
 
+@pytest.mark.integration
 def test_train_classifier_command_runs_as_a_module():
   # The classifier is already in this cache: the command loads it and reports.
   root = digits_classifier_dir()

@@ -168,6 +168,7 @@ def test_subvp_continuous_false_is_refused():
     score.ScoreSDE(config, (8, 8, 1), 10)
 
 
+@pytest.mark.integration
 def test_train_eval_sample_through_the_loop(tmp_path, fast_compile):
   """One SDE end to end: train, checkpoint, bits/dim by the ODE, samples + their NFE."""
   import json
@@ -189,7 +190,7 @@ def test_train_eval_sample_through_the_loop(tmp_path, fast_compile):
 @pytest.mark.parametrize("module, arg", [
     pytest.param(ncsnpp_cifar, "deep,runlocal", marks=pytest.mark.slow),
     pytest.param(ddpmpp_cifar, "subvp,deep,runlocal", marks=pytest.mark.slow),
-    (edm_cifar, "cond,runlocal"),
+    pytest.param(edm_cifar, "cond,runlocal", marks=pytest.mark.integration),
     pytest.param(edm_cifar, "ncsnpp,runlocal", marks=pytest.mark.slow)])
 def test_paper_configs_train_and_sample_a_step_on_tiny_shapes(module, arg, fast_compile):
   """Each paper config's own structure, shrunk by its runlocal switch (16x16 shapes)."""
