@@ -164,6 +164,7 @@ def test_published_256_config_maps_every_tensor(module):
       math.prod(s) for s in published.values())
 
 
+@pytest.mark.integration
 def test_narrow_256_network_output_equals_diffusers(tmp_path, fast_compile):
   """The published 256x256 layout (six levels, attention at level 4 only) at base width
   16 on 64x64 images, where level 4 is 4x4: saved by diffusers, converted, run."""
@@ -313,6 +314,7 @@ def tf_case(name: str, tmp_path, seed: int = 0):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.integration
 def test_tf_checkpoint_output_equals_diffusers(name, tmp_path, fast_compile):
   """Raw weights -> params and EMA -> ema_params, each bit for bit; the network on
   ema_params gives the output of diffusers' UNet2DModel loaded with the EMA tensors."""

@@ -294,6 +294,7 @@ def sources(tmp_path_factory):
 
 # -------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.integration
 def test_output_equals_the_reference_forward_pass(sources, variant):
   tensors, path = sources[variant]
   config = project_config(variant)

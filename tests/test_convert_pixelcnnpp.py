@@ -321,6 +321,7 @@ def test_full_manifest_converts_with_nothing_left_over():
 
 
 @pytest.mark.parametrize("version", ["V1", "V2"])
+@pytest.mark.integration
 def test_converted_network_equals_the_authors_forward_pass(small, tmp_path, version):
   tensors, prefix, converted = small
   if version == "V2":

@@ -269,6 +269,7 @@ def test_full_manifest_converts_with_nothing_left_over():
   vdvae.convert_tensors(ddp, config, IMAGE_SHAPE, abstract, "model.th")
 
 
+@pytest.mark.integration
 def test_converted_network_equals_the_authors_passes(small, fast_compile):
   ema, raw, source, converted = small
   assert converted.num_tensors == 2 * len(ema)

@@ -80,6 +80,7 @@ def test_classifier_metrics_from_dataset_and_from_a_stats_file_agree(
     assert by_file[key] == pytest.approx(by_dataset[key], rel=1e-6), key
 
 
+@pytest.mark.integration
 def test_inception_reference_stats_on_mock_cifar10_and_metrics(tmp_path, capsys,
                                                                monkeypatch):
   weights = random_inception_weights_file()
