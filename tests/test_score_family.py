@@ -66,7 +66,11 @@ CASES = [("ve", "pc"), ("vp", "pc"), ("subvp", "pc"), ("edm", "edm_heun"),
          ("edm", "pc")]
 
 
-@pytest.mark.parametrize("kind, method", CASES)
+# ("vp", "ode"): the ODE sampler on this data is in tests/test_sde_samplers.py's default
+# tier; here it runs in the integration tier.
+@pytest.mark.parametrize("kind, method", [
+    pytest.param(*c, marks=pytest.mark.integration) if c == ("vp", "ode") else c
+    for c in CASES])
 def test_ideal_network_samples_the_data_distribution(kind, method):
   family = _family(kind, method, predictor="reverse_diffusion" if kind == "ve" else
                    "euler_maruyama", corrector="langevin" if kind == "ve" else "none")
