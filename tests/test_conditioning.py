@@ -128,7 +128,10 @@ def _shapes_batch(n=4):
               position=rng.integers(0, 9, n).astype(np.int32))
 
 
-@pytest.mark.parametrize("cross_attention", [False, True])
+# Cross-attention (the pooled caption embedding as well) in the default tier; the
+# pooled embedding alone in the integration tier.
+@pytest.mark.parametrize("cross_attention", [
+    pytest.param(False, marks=pytest.mark.integration), True])
 def test_caption_model_trains_jointly_and_samples_a_prompt(cross_attention, fast_compile):
   config = _tiny(ddpm_shapes_text.get_config())
   config.text.cross_attention = cross_attention
