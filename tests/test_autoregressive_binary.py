@@ -118,6 +118,7 @@ def test_binarized_mnist_configs_have_the_papers_settings():
   assert pixelcnn_binarized_mnist.get_config().sampling.method == "fast"
 
 
+@pytest.mark.integration
 def test_end_to_end_on_thresholded_digits(monkeypatch, tmp_path, fast_compile):
   """The binarized MNIST config's family on the embedded digits (no download)."""
   monkeypatch.setitem(families.FAMILIES, "autoregressive", autoregressive.Autoregressive)

@@ -123,6 +123,7 @@ def test_mixture_family_uses_dropout_in_training_only(fast_compile):
 
 
 # -------------------------------------------------------------------- training
+@pytest.mark.integration
 def test_training_reduces_test_bits_per_dim_on_digits(fast_compile):
   config = tiny_config(ch=16, num_layers=2, head_features=32)
   config.optim.learning_rate = 3e-3
@@ -270,6 +271,7 @@ def test_conditional_needs_labels():
 
 
 # ------------------------------------------------------------------ the loop
+@pytest.mark.integration
 def test_train_and_evaluate_end_to_end_on_digits(tmp_path, fast_compile):
   config = pixelcnn_digits.get_config("runlocal")
   config.data.data_dir = os.environ.get("TFDS_DATA_DIR")

@@ -47,6 +47,7 @@ def test_memory_grows_with_the_batch_and_remat_saves_activation_memory(throughpu
   assert remat_large["temp"] < large["temp"], (remat_large, large)
 
 
+@pytest.mark.integration
 def test_memory_report_prints_per_image_figures(throughput, capsys, fast_compile):
   config, family = _family()
   throughput.memory_report(family, config, (8, 8, 1), ["8", "16"], 2**30)
@@ -56,6 +57,7 @@ def test_memory_report_prints_per_image_figures(throughput, capsys, fast_compile
     throughput.memory_report(family, config, (8, 8, 1), ["8"], 2**30)
 
 
+@pytest.mark.integration
 def test_caption_model_gets_random_caption_factors(throughput, fast_compile):
   """A caption-conditioned config compiles: its batch carries colour and position."""
   from configs import ddpm_shapes_text  # pylint: disable=g-import-not-at-top

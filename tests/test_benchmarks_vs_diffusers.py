@@ -218,6 +218,7 @@ def test_scaling_table_on_one_and_two_devices():
   assert rows[0][5] == "+0%"                            # N=1 is the reference
 
 
+@pytest.mark.integration
 def test_scaling_rejects_bad_device_counts():
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "scaling.py"),

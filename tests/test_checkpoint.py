@@ -277,6 +277,7 @@ def test_step_saved_again_after_falling_back_from_its_damaged_checkpoint(tmp_pat
 
 
 # ---------------------------------------------------------------------- in the loop
+@pytest.mark.integration
 def test_evaluate_reports_a_damaged_newest_checkpoint_and_reads_the_step_chosen(
     tmp_path, fast_compile):
   """Evaluation is read-only: it names the unreadable step and moves nothing; the

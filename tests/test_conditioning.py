@@ -129,7 +129,10 @@ def _shapes_batch(n=4):
               position=rng.integers(0, 9, n).astype(np.int32))
 
 
-@pytest.mark.parametrize("cross_attention", [False, True])
+# Cross-attention (the pooled caption embedding as well) in the default tier; the
+# pooled embedding alone in the integration tier.
+@pytest.mark.parametrize("cross_attention", [
+    pytest.param(False, marks=pytest.mark.integration), True])
 def test_caption_model_trains_jointly_and_samples_a_prompt(cross_attention, fast_compile):
   config = _tiny(ddpm_shapes_text.get_config())
   config.text.cross_attention = cross_attention
@@ -183,6 +186,7 @@ def _write_png(path, image):
   return str(path)
 
 
+@pytest.mark.integration
 def test_inpaint_and_sdedit_from_files(digits_workdir, tmp_path, fast_compile):
   config, workdir = digits_workdir
   digit = np.random.default_rng(2).integers(0, 256, (8, 8, 1), dtype=np.uint8)
@@ -207,6 +211,7 @@ def test_inpaint_and_sdedit_from_files(digits_workdir, tmp_path, fast_compile):
   assert out["settings"]["nfe"] == 0 and out["settings"]["strength"] == 0.0
 
 
+@pytest.mark.integration
 def test_interpolation_writes_one_row_per_pair(digits_workdir, tmp_path, fast_compile):
   config, workdir = digits_workdir
   rng = np.random.default_rng(4)
@@ -220,6 +225,7 @@ def test_interpolation_writes_one_row_per_pair(digits_workdir, tmp_path, fast_co
   assert os.path.exists(os.path.join(out["directory"], "interpolations.png"))
 
 
+@pytest.mark.integration
 def test_bad_edit_inputs_raise_clear_errors(digits_workdir, tmp_path):
   config, workdir = digits_workdir
   with pytest.raises(FileNotFoundError, match="no such file"):
@@ -238,6 +244,7 @@ def test_bad_edit_inputs_raise_clear_errors(digits_workdir, tmp_path):
     edit_lib.edit(config, workdir, dict(edit="paint", input=small))
 
 
+@pytest.mark.integration
 def test_cli_reports_a_wrong_input_size(digits_workdir, tmp_path):
   """main.py --mode=sample --edit=... reaches edit.edit and fails before compiling."""
   _, workdir = digits_workdir
@@ -253,6 +260,7 @@ def test_cli_reports_a_wrong_input_size(digits_workdir, tmp_path):
   assert "16x16x1 images; this model wants 8x8x1" in result.stderr
 
 
+@pytest.mark.integration
 def test_prompt_sampling_writes_samples_and_prompt_accuracy(tmp_path, fast_compile):
   config = _tiny(ddpm_shapes_text.get_config(), num_train_steps=1)
   config.data.image_size = 8        # mock shapes images, resized: a tiny U-Net
@@ -272,6 +280,7 @@ def test_prompt_sampling_writes_samples_and_prompt_accuracy(tmp_path, fast_compi
 
 
 # ------------------------------------------------------------------------ SR3
+@pytest.mark.integration
 def test_sr3_trains_and_super_resolves(tmp_path, fast_compile):
   config = _tiny(sr3_digits.get_config(), num_train_steps=1)
   state = loop.train_and_evaluate(config, str(tmp_path))

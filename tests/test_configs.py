@@ -96,9 +96,12 @@ SAME_AS_DDPM_CHURCH256 = ("ddpm_bedroom256", "ddpm_cat256", "ddpm_celebahq256")
 NEEDS_A_USER_DATASET = ("ncsnpp_ffhq1024",)
 
 
+# A step through the loop for each config: integration (each family's contract and
+# mathematics are tested at small shapes in its own test file).
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.slow)
-    if n in SLOW_TO_COMPILE + COVERED_ELSEWHERE + SAME_AS_DDPM_CHURCH256 else n
+    if n in SLOW_TO_COMPILE + COVERED_ELSEWHERE + SAME_AS_DDPM_CHURCH256 else
+    pytest.param(n, marks=pytest.mark.integration)
     for n in EXPERIMENTS if n not in NEEDS_A_USER_DATASET])
 def test_config_trains_one_step_on_tiny_shapes(name, tmp_path, fast_compile):
   """The config's own structure (levels, attention, schedule) with tiny widths."""
@@ -109,6 +112,7 @@ def test_config_trains_one_step_on_tiny_shapes(name, tmp_path, fast_compile):
 
 
 @pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n.startswith("vqvae_")])
+@pytest.mark.integration
 def test_vqvae_prior_stage_trains_one_step(name, tmp_path, fast_compile):
   """Stage 2 restores a stage-1 workdir, freezes it and trains the code prior."""
   with tfds.testing.mock_data(num_examples=8):

@@ -103,6 +103,7 @@ def test_defaults_are_diffusers():
       assert signature[name].default == value, (cls.__name__, name)
 
 
+@pytest.mark.integration
 def test_safetensors_output_equals_diffusers(small):
   unet, folder, converted = small
   assert sorted(os.listdir(folder)) == ["config.json", "diffusion_pytorch_model.safetensors"]
@@ -146,6 +147,7 @@ def test_bin_and_old_attention_names_give_the_same_params(small, tmp_path):
   assert_same_params(from_old.params, converted.params)
 
 
+@pytest.mark.integration
 def test_published_widths_output_equals_diffusers(tmp_path):
   """The published network itself (35.7M parameters), random weights."""
   start = time.time()
@@ -168,6 +170,7 @@ def _flags(source, workdir, *overrides) -> flags.FlagValues:
                    "--config.model.ch=32", "--config.model.num_groups=8", *overrides)
 
 
+@pytest.mark.integration
 def test_converted_pipeline_samples_through_main_modes(small, tmp_path, fast_compile):
   """A pipeline folder (unet/ + scheduler/) through the command line; sampling reads the
   workdir unchanged; a second conversion into it is refused."""

@@ -138,7 +138,12 @@ def test_256_configs_have_the_papers_settings():
                 "adam", 2e-5, 5000, 1.0, 0.9999, 64)
 
 
-@pytest.mark.parametrize("module", CONFIGS_256, ids=lambda m: m.__name__.split(".")[-1])
+# The four configs hold one network (test_256_configs_have_the_papers_settings):
+# church256 maps it in the default tier, the other three in the integration tier.
+@pytest.mark.parametrize("module", [
+    pytest.param(m, marks=() if m.__name__.endswith("church256") else
+                 pytest.mark.integration) for m in CONFIGS_256],
+                         ids=lambda m: m.__name__.split(".")[-1])
 def test_published_256_config_maps_every_tensor(module):
   """The published config.json passes the check as is, and the published network's
   tensor names and shapes (diffusers' own, on the meta device: no weights) are the
@@ -164,6 +169,7 @@ def test_published_256_config_maps_every_tensor(module):
       math.prod(s) for s in published.values())
 
 
+@pytest.mark.integration
 def test_narrow_256_network_output_equals_diffusers(tmp_path, fast_compile):
   """The published 256x256 layout (six levels, attention at level 4 only) at base width
   16 on 64x64 images, where level 4 is 4x4: saved by diffusers, converted, run."""
@@ -313,6 +319,7 @@ def tf_case(name: str, tmp_path, seed: int = 0):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.integration
 def test_tf_checkpoint_output_equals_diffusers(name, tmp_path, fast_compile):
   """Raw weights -> params and EMA -> ema_params, each bit for bit; the network on
   ema_params gives the output of diffusers' UNet2DModel loaded with the EMA tensors."""
@@ -376,6 +383,7 @@ def _flags(source, workdir, *overrides) -> flags.FlagValues:
                    "--config.model.num_groups=8", "--step=790000", *overrides)
 
 
+@pytest.mark.integration
 def test_tf_checkpoint_through_the_command_line(tmp_path, monkeypatch, fast_compile):
   """`python -m convert --from=ddpm_tf`: the workdir holds the raw weights as params
   and the EMA weights as ema_params; a second conversion into it is refused."""

@@ -294,6 +294,7 @@ def sources(tmp_path_factory):
 
 # -------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.integration
 def test_output_equals_the_reference_forward_pass(sources, variant):
   tensors, path = sources[variant]
   config = project_config(variant)
@@ -373,6 +374,7 @@ def test_full_manifest_converts_with_no_tensor_left_over(arch):
     assert ours.shape == want.shape
 
 
+@pytest.mark.integration
 def test_command_line_writes_the_workdir(sources, tmp_path):
   tensors, path = sources["ve"]
   workdir = str(tmp_path / "workdir")

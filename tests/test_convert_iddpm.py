@@ -258,6 +258,7 @@ def small(tmp_path_factory):
 
 # -------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("qkv_order", ["legacy", "new"])
+@pytest.mark.integration
 def test_output_equals_the_reference_forward_pass(small, qkv_order, tmp_path):
   """improved-diffusion's (legacy) qkv order, and guided-diffusion's
   use_new_attention_order=True (the same tensors read the other way)."""
@@ -284,6 +285,7 @@ def test_output_equals_the_reference_forward_pass(small, qkv_order, tmp_path):
   print(f"{qkv_order}: max |project - reference| = {difference:.3g}")
 
 
+@pytest.mark.integration
 def test_reference_is_sensitive_to_what_the_converter_must_get_right(small):
   """The reference tells the attention orders, the embedding convention and the
   downsampling padding apart: a converter or config wrong in any of them fails."""
@@ -338,6 +340,7 @@ def _flags(source, workdir, *overrides) -> flags.FlagValues:
                    "--config.model.attn_resolutions=(16,)", *overrides)
 
 
+@pytest.mark.integration
 def test_command_line_writes_the_workdir(small, tmp_path):
   state, path, converted = small
   workdir = str(tmp_path / "workdir")

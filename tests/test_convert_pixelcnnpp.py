@@ -321,6 +321,7 @@ def test_full_manifest_converts_with_nothing_left_over():
 
 
 @pytest.mark.parametrize("version", ["V1", "V2"])
+@pytest.mark.integration
 def test_converted_network_equals_the_authors_forward_pass(small, tmp_path, version):
   tensors, prefix, converted = small
   if version == "V2":
@@ -372,6 +373,7 @@ def _flags(source, workdir, *overrides) -> flags.FlagValues:
                    "--config.model.nr_logistic_mix=4", *overrides)
 
 
+@pytest.mark.integration
 def test_cli_writes_a_workdir_that_main_evaluates(small, tmp_path, fast_compile):
   """The command line; params are the raw variables, ema_params their averages;
   --mode=eval's test-set bits/dim read the workdir (with the EMA, as the authors)."""

@@ -162,6 +162,7 @@ def small_unet(tmp_path_factory):
 
 
 # ============================================================ diffusers NCSN++
+@pytest.mark.integration
 def test_diffusers_ncsnpp_output_equals_diffusers(small_unet, fast_compile):
   """train/score.py's score of the converted network, F(x, log sigma_t) / sigma_t,
   against diffusers' UNet2DModel(x, sigma_t), which logs sigma and divides by it
@@ -898,6 +899,7 @@ def ddpmpp_files(tmp_path_factory):
   return config, raw, ema, pth, msgpack_path
 
 
+@pytest.mark.integration
 def test_authors_forward_equals_diffusers():
   """The test's own reference (authors_forward) is diffusers' NCSN++ on the layout
   they share: score_sde_pytorch tensors -> diffusers by the conversion script's
@@ -920,6 +922,7 @@ def test_authors_forward_equals_diffusers():
 
 
 @pytest.mark.parametrize("files", ["ncsnpp_files", "ddpmpp_files"])
+@pytest.mark.integration
 def test_pytorch_checkpoint_output_equals_the_authors_forward(files, request,
                                                              fast_compile):
   """train/score.py's score of both converted weight sets against score_sde's own
@@ -952,6 +955,7 @@ def test_pytorch_checkpoint_output_equals_the_authors_forward(files, request,
           f"{difference:.3g}")
 
 
+@pytest.mark.integration
 def test_pytorch_output_skip_checkpoint_equals_diffusers(tmp_path, fast_compile):
   """score_sde_pytorch's 256-style layout (output and input pyramids) against
   diffusers with the same tensors."""
@@ -1001,6 +1005,7 @@ def test_one_set_of_weights_goes_to_both(ncsnpp_files, tmp_path):
   assert_same_params(converted.params, both.params)
 
 
+@pytest.mark.integration
 def test_pth_converts_through_the_command_line_and_samples(tmp_path, fast_compile):
   """A score_sde_pytorch .pth through `python -m convert`: the workdir holds the raw
   weights as params and the EMA ones as ema_params at the given step; main.py's

@@ -269,6 +269,7 @@ def test_full_manifest_converts_with_nothing_left_over():
   vdvae.convert_tensors(ddp, config, IMAGE_SHAPE, abstract, "model.th")
 
 
+@pytest.mark.integration
 def test_converted_network_equals_the_authors_passes(small, fast_compile):
   ema, raw, source, converted = small
   assert converted.num_tensors == 2 * len(ema)
@@ -341,6 +342,7 @@ def _flags(source, workdir, *overrides) -> flags.FlagValues:
                      ("enc_blocks", "dec_blocks", "zdim", "num_mixtures")), *overrides)
 
 
+@pytest.mark.integration
 def test_cli_writes_a_workdir_that_main_evaluates(small, tmp_path, fast_compile):
   _, _, source, converted = small
   workdir = str(tmp_path / "workdir")

@@ -31,6 +31,7 @@ def _run(argv, capsys):
   return code, output, captured.err
 
 
+@pytest.mark.integration
 def test_train_classifier_command_runs_as_a_module():
   # The classifier is already in this cache: the command loads it and reports.
   root = digits_classifier_dir()
@@ -79,6 +80,7 @@ def test_classifier_metrics_from_dataset_and_from_a_stats_file_agree(
     assert by_file[key] == pytest.approx(by_dataset[key], rel=1e-6), key
 
 
+@pytest.mark.integration
 def test_inception_reference_stats_on_mock_cifar10_and_metrics(tmp_path, capsys,
                                                                monkeypatch):
   weights = random_inception_weights_file()

@@ -57,6 +57,7 @@ def complete_steps(workdir) -> list[int]:
   return sorted(int(s) for s in os.listdir(directory) if s.isdigit())
 
 
+@pytest.mark.integration
 def test_sigkill_at_any_step_then_restart_ends_like_an_uninterrupted_run(
     tmp_path, compile_cache, fast_compile):
   datasets.get_dataset_info(run_config(1).data)
@@ -100,7 +101,8 @@ def test_sigkill_at_any_step_then_restart_ends_like_an_uninterrupted_run(
 
 
 # A NaN loss with synchronous saves is also tested in test_train_loop.py.
-@pytest.mark.parametrize("what", [pytest.param("loss", marks=pytest.mark.slow), "params"])
+@pytest.mark.parametrize("what", [pytest.param("loss", marks=pytest.mark.slow),
+                                  pytest.param("params", marks=pytest.mark.integration)])
 def test_nonfinite_values_stop_the_run_and_the_newest_checkpoint_is_finite(
     tmp_path, monkeypatch, fast_compile, what):
   """From step 3 on, either the loss and weights or only the weights are NaN."""

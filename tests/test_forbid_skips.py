@@ -5,6 +5,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -23,6 +25,7 @@ def _run(tmp_path, forbid: bool) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration
 def test_a_skip_is_a_failure_only_when_forbidden(tmp_path):
   allowed = _run(tmp_path, forbid=False)
   assert allowed.returncode == 0 and "1 passed, 1 skipped" in allowed.stdout, allowed.stdout

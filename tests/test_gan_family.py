@@ -285,6 +285,7 @@ def register_family(monkeypatch):
   monkeypatch.setitem(families.FAMILIES, "gan", gan_lib.GAN)
 
 
+@pytest.mark.integration
 def test_train_evaluate_and_sample_through_the_loop(register_family, tmp_path,
                                                     fast_compile):
   config = shrink(load("gan_digits", "runlocal"), width=4)

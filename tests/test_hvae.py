@@ -404,6 +404,7 @@ def test_latents_round_trip_and_prefix_decoding(fast_compile):
 
 
 # ------------------------------------------------------------------- training
+@pytest.mark.integration
 def test_training_lowers_test_bits_per_dim_on_digits(fast_compile):
   config = tiny_config()
   config.optim.learning_rate = 3e-3

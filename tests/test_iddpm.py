@@ -443,6 +443,7 @@ def test_configs_carry_the_papers_settings():
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == 52_546_438
 
 
+@pytest.mark.integration
 def test_short_hybrid_digits_run_decreases_the_loss(fast_compile):
   config = _tiny_config('hybrid', num_timesteps=40)
   config.optim.learning_rate = 2e-3

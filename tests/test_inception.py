@@ -143,6 +143,9 @@ def _random_images(shape, seed=0) -> np.ndarray:
       (width, height), PIL.Image.BILINEAR)) for image in noise])
 
 
+# The network against torch-fidelity's (an outside reference, as the converters'
+# parity tests): integration tier.
+@pytest.mark.integration
 def test_features_match_torch_fidelity_three_images(reference, flax_params):
   """Pool features and both logits agree within 1e-4 on CIFAR-sized inputs.
 

@@ -24,6 +24,9 @@ from tests.test_train_loop import tiny_config
 from train import loop
 from train.checkpoint import Checkpointer, abstract_like
 
+# One 2-device subprocess and a 1-device run through the loop: end to end.
+pytestmark = pytest.mark.integration
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DEVICES = 2
 NUM_STEPS = 4

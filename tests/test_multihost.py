@@ -276,6 +276,7 @@ def jobs(tmp_path_factory, compile_cache) -> Jobs:
   return Jobs(str(multi), str(single), records, single_record)
 
 
+@pytest.mark.integration
 def test_two_processes_form_one_four_device_job(jobs):
   for process_id, record in jobs.records.items():
     assert record["process_count"] == 2 and record["device_count"] == 4
@@ -284,6 +285,7 @@ def test_two_processes_form_one_four_device_job(jobs):
   assert jobs.single_record["device_count"] == 4
 
 
+@pytest.mark.integration
 def test_each_process_reads_only_its_half_of_every_global_batch(jobs):
   batch_size = small_config().training.batch_size
   for process_id, record in jobs.records.items():
@@ -304,6 +306,7 @@ def test_each_process_reads_only_its_half_of_every_global_batch(jobs):
     assert not np.array_equal(halves[0][f"image_{step}"], halves[1][f"image_{step}"])
 
 
+@pytest.mark.integration
 def test_two_processes_end_with_the_params_of_one_four_device_process(jobs):
   p0 = dict(np.load(os.path.join(jobs.multi, "params_0.npz")))
   p1 = dict(np.load(os.path.join(jobs.multi, "params_1.npz")))
@@ -327,6 +330,7 @@ def test_two_processes_end_with_the_params_of_one_four_device_process(jobs):
   np.testing.assert_allclose(reports[0]["bpd_vlb"], reports[1]["bpd_vlb"], rtol=1e-5)
 
 
+@pytest.mark.integration
 def test_only_process_zero_writes_logs_samples_and_eval(jobs):
   run = os.path.join(jobs.multi, "run")
   # config.json is written as config.json.tmp, then renamed.
@@ -345,6 +349,7 @@ def test_only_process_zero_writes_logs_samples_and_eval(jobs):
       f"train_step_{NUM_STEPS:08d}.png"]
 
 
+@pytest.mark.integration
 def test_both_processes_write_the_checkpoints_through_orbax(jobs):
   checkpoints = os.path.join(jobs.multi, "run", "checkpoints")
   assert sorted(os.listdir(checkpoints)) == ["2", "4"]
@@ -358,6 +363,7 @@ def test_both_processes_write_the_checkpoints_through_orbax(jobs):
                                          f"process_{process_id}"))
 
 
+@pytest.mark.integration
 def test_checkpoints_of_both_jobs_restore_exactly_on_one_device(jobs):
   """Saved on 4 devices (over 1 or 2 processes), restored here on 1."""
   assert jax.device_count() == 1
@@ -369,6 +375,7 @@ def test_checkpoints_of_both_jobs_restore_exactly_on_one_device(jobs):
       np.testing.assert_array_equal(value, saved[path], err_msg=path)
 
 
+@pytest.mark.integration
 def test_four_device_checkpoint_samples_on_one_device(jobs, tmp_path, fast_compile):
   """`--mode=sample` on a 1-device machine from a 4-device run's workdir."""
   config = small_config()
@@ -395,7 +402,8 @@ def main_command(workdir, port: int, process_id: int, num_steps: int,
 HEARTBEAT_S = 5
 
 
-@pytest.mark.parametrize("victim", [1, pytest.param(0, marks=pytest.mark.slow)],
+@pytest.mark.parametrize("victim", [pytest.param(1, marks=pytest.mark.integration),
+                                    pytest.param(0, marks=pytest.mark.slow)],
                          ids=["worker_dies", "coordinator_dies"])
 def test_a_dead_peer_makes_the_survivor_fail_within_the_heartbeat_timeout(
     tmp_path, compile_cache, victim):

@@ -129,6 +129,9 @@ def test_categorical_networks_are_causal_over_sub_pixels(network, channels, fast
     assert dep[index(2, 2, 2), index(2, 2, 1)]          # ... and G
 
 
+# tests/test_pixelcnnpp.py::test_each_pixel_depends_only_on_earlier_pixels checks the
+# same property (and every required neighbour) in the default tier.
+@pytest.mark.integration
 def test_pixelcnnpp_is_causal_over_whole_pixels(fast_compile):
   model = pixelcnnpp.PixelCNNPP(nr_filters=8, nr_resnet=1, nr_logistic_mix=2,
                                 dropout=0.0)

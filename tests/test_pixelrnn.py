@@ -337,6 +337,7 @@ def test_cifar_config_has_the_papers_settings():
 
 
 @pytest.mark.parametrize("layer_type", LAYER_TYPES)
+@pytest.mark.integration
 def test_train_and_evaluate_end_to_end_on_digits(layer_type, register_family, tmp_path,
                                                  fast_compile):
   config = pixelrnn_digits.get_config(f"{layer_type},runlocal")

@@ -21,10 +21,15 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from configs import gan_toy
 from tests.test_cluster import recorded
 from tests.test_multihost import REPO, with_overrides
 from train import cluster, modes
+
+# main.py and the SLURM script in subprocesses, signalled: end to end.
+pytestmark = pytest.mark.integration
 
 CONFIG = os.path.join(REPO, "configs/gan_toy.py") + ":runlocal"
 NUM_STEPS = 20

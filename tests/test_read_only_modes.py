@@ -23,8 +23,9 @@ from train import edit_mode, loop, modes, workdir_guard
 from train.checkpoint import CheckpointShapeError, CheckpointUnreadableError
 
 # Damaging checkpoints on purpose: Orbax's closed-event-loop notices are expected.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning")
+# A workdir trained through the loop, then eval/sample/edit on it: end to end.
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings(
+    "ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning")]
 
 
 @pytest.fixture(scope="module")

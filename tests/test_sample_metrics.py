@@ -210,6 +210,7 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 def test_features_sharded_over_two_devices_equal_one_device(tmp_path):
   out_path = tmp_path / "two.npz"
   env = dict(os.environ, JAX_PLATFORMS="cpu",

@@ -617,6 +617,7 @@ def _compare_uint8(ours, theirs, what: str) -> tuple[int, int]:
   return int(levels.max()), int((levels > 0).sum())
 
 
+@pytest.mark.integration
 def test_converted_ddpm_checkpoint_matches_ddpm_pipeline(converted_pipeline,
                                                          fast_compile):
   """DDPMPipeline(num_inference_steps=10) respaces with 'leading' timesteps 900, 800,
@@ -653,6 +654,7 @@ def test_converted_ddpm_checkpoint_matches_ddpm_pipeline(converted_pipeline,
   assert max_levels <= 1 and count <= 0.01 * ours.size
 
 
+@pytest.mark.integration
 def test_converted_ddpm_checkpoint_matches_ddim_pipeline(converted_pipeline,
                                                          fast_compile):
   """DDIMPipeline(num_inference_steps=10, eta=0) visits 900, ..., 0 ('leading' = the

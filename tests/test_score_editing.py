@@ -223,6 +223,7 @@ def ve_workdir(tmp_path_factory):
   return config, workdir
 
 
+@pytest.mark.integration
 def test_score_model_inpaints_and_sdedits(ve_workdir, tmp_path, fast_compile):
   config, workdir = ve_workdir
   digits = np.random.default_rng(2).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)

@@ -66,7 +66,11 @@ CASES = [("ve", "pc"), ("vp", "pc"), ("subvp", "pc"), ("edm", "edm_heun"),
          ("edm", "pc")]
 
 
-@pytest.mark.parametrize("kind, method", CASES)
+# ("vp", "ode"): the ODE sampler on this data is in tests/test_sde_samplers.py's default
+# tier; here it runs in the integration tier.
+@pytest.mark.parametrize("kind, method", [
+    pytest.param(*c, marks=pytest.mark.integration) if c == ("vp", "ode") else c
+    for c in CASES])
 def test_ideal_network_samples_the_data_distribution(kind, method):
   family = _family(kind, method, predictor="reverse_diffusion" if kind == "ve" else
                    "euler_maruyama", corrector="langevin" if kind == "ve" else "none")
@@ -168,6 +172,7 @@ def test_subvp_continuous_false_is_refused():
     score.ScoreSDE(config, (8, 8, 1), 10)
 
 
+@pytest.mark.integration
 def test_train_eval_sample_through_the_loop(tmp_path, fast_compile):
   """One SDE end to end: train, checkpoint, bits/dim by the ODE, samples + their NFE."""
   import json
@@ -189,7 +194,7 @@ def test_train_eval_sample_through_the_loop(tmp_path, fast_compile):
 @pytest.mark.parametrize("module, arg", [
     pytest.param(ncsnpp_cifar, "deep,runlocal", marks=pytest.mark.slow),
     pytest.param(ddpmpp_cifar, "subvp,deep,runlocal", marks=pytest.mark.slow),
-    (edm_cifar, "cond,runlocal"),
+    pytest.param(edm_cifar, "cond,runlocal", marks=pytest.mark.integration),
     pytest.param(edm_cifar, "ncsnpp,runlocal", marks=pytest.mark.slow)])
 def test_paper_configs_train_and_sample_a_step_on_tiny_shapes(module, arg, fast_compile):
   """Each paper config's own structure, shrunk by its runlocal switch (16x16 shapes)."""

@@ -74,8 +74,17 @@ PC_CASES = [
 ]
 
 
-@pytest.mark.parametrize('sde_name,predictor,corrector', PC_CASES,
-                         ids=['-'.join(c) for c in PC_CASES])
+# Every predictor and the corrector stay in the default tier (VE and VP); the other
+# combinations run in the integration tier.
+PC_INTEGRATION = {('ve', 'ancestral_sampling', 'none'),
+                  ('ve', 'reverse_diffusion', 'langevin'),
+                  ('vp', 'euler_maruyama', 'none'),
+                  ('subvp', 'reverse_diffusion', 'langevin')}
+
+
+@pytest.mark.parametrize('sde_name,predictor,corrector', [
+    pytest.param(*c, marks=pytest.mark.integration) if c in PC_INTEGRATION else c
+    for c in PC_CASES], ids=['-'.join(c) for c in PC_CASES])
 def test_pc_sampler_reproduces_gaussian_data(sde_name, predictor, corrector):
   sde = SDES[sde_name]
   # snr = 0.05: the Langevin step's own bias, h / (2 v), stays below 0.5%.
@@ -107,7 +116,8 @@ def test_langevin_corrector_converges_to_the_marginal(sde, t):
 
 
 @pytest.mark.parametrize('sde_class,predictor', [
-    (VESDE, 'euler_maruyama'), (VESDE, 'reverse_diffusion'),
+    (VESDE, 'euler_maruyama'),
+    pytest.param(VESDE, 'reverse_diffusion', marks=pytest.mark.integration),
     (VPSDE, 'reverse_diffusion')])
 def test_probability_flow_predictors_converge_to_the_ode_solution(
     sde_class, predictor, fast_compile):
@@ -130,7 +140,8 @@ def test_probability_flow_predictors_converge_to_the_ode_solution(
 # -- Probability-flow ODE. ---------------------------------------------------------
 
 
-@pytest.mark.parametrize('sde_name', ['ve', 'vp', 'subvp'])
+@pytest.mark.parametrize('sde_name', [
+    've', 'vp', pytest.param('subvp', marks=pytest.mark.integration)])
 def test_ode_sampler_reproduces_gaussian_data(sde_name):
   sde = SDES[sde_name]
   out = jax.jit(lambda rng: ode_sample(gaussian_score(sde), sde, rng, SHAPE))(

@@ -165,6 +165,7 @@ def leaves(tree):
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
+@pytest.mark.integration
 def test_resumed_toy_run_equals_uninterrupted_run(tmp_path, fast_compile):
   full = loop.train_and_evaluate(small_config(4), str(tmp_path / "full"))
   loop.train_and_evaluate(small_config(2), str(tmp_path / "split"))
@@ -178,6 +179,7 @@ def test_resumed_toy_run_equals_uninterrupted_run(tmp_path, fast_compile):
   np.testing.assert_equal(*[{k: r[k] for k in keys} for r in reports])   # NaN == NaN
 
 
+@pytest.mark.integration
 def test_eval_json_holds_the_diagnostics_and_sample_writes_points(tmp_path, fast_compile):
   workdir = str(tmp_path)
   config = small_config(2)
@@ -208,6 +210,7 @@ def test_eval_json_holds_the_diagnostics_and_sample_writes_points(tmp_path, fast
   assert image_io.read_png_provenance(scatter)["purpose"] == "samples"
 
 
+@pytest.mark.integration
 def test_wgangp_covers_the_ring_quickly(tmp_path, fast_compile):
   """A short, small run: all 8 modes get >= 5 high-quality samples of 2500."""
   config = gan_toy.get_config("ring,wgangp")

@@ -65,6 +65,7 @@ def leaves(tree):
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
+@pytest.mark.integration
 def test_resumed_run_equals_uninterrupted_run(tmp_path, fast_compile):
   full = loop.train_and_evaluate(tiny_config(4), str(tmp_path / "full"))
   loop.train_and_evaluate(tiny_config(2), str(tmp_path / "split"))
@@ -79,6 +80,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, fast_compile):
   assert r1["num_examples"] == 16 and np.isfinite(r1["bpd_vlb"])
 
 
+@pytest.mark.integration
 def test_fused_steps_equal_single_steps(tmp_path, fast_compile):
   single = loop.train_and_evaluate(tiny_config(4), str(tmp_path / "a"))
   fused = loop.train_and_evaluate(tiny_config(4, steps_per_call=2), str(tmp_path / "b"))
@@ -86,6 +88,7 @@ def test_fused_steps_equal_single_steps(tmp_path, fast_compile):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.integration
 def test_nan_loss_stops_training_without_checkpointing_it(tmp_path, monkeypatch,
                                                           fast_compile):
   class NaNFamily(ddpm_family.DDPM):
@@ -160,6 +163,7 @@ def test_eval_and_sample_need_a_checkpoint(tmp_path):
     modes.sample(tiny_config(), str(tmp_path))
 
 
+@pytest.mark.integration
 def test_cli_train_eval_sample_end_to_end(tmp_path):
   workdir = tmp_path / "run"
   overrides = [
@@ -193,6 +197,7 @@ def test_cli_train_eval_sample_end_to_end(tmp_path):
   assert samples.shape == (8, 8, 8, 1) and samples.dtype == np.uint8
 
 
+@pytest.mark.integration
 def test_loss_decreases_on_digits_within_a_few_hundred_steps(fast_compile):
   """L_simple falls well below its value at initialisation (~1: eps_theta ~ 0)."""
   import datasets
@@ -220,6 +225,7 @@ def test_loss_decreases_on_digits_within_a_few_hundred_steps(fast_compile):
   assert images.shape == (4, *info.image_shape) and images.dtype == np.uint8
 
 
+@pytest.mark.integration
 def test_resuming_with_a_different_config_is_refused_unless_allowed(tmp_path,
                                                                      fast_compile):
   loop.train_and_evaluate(tiny_config(2), str(tmp_path))
@@ -265,6 +271,7 @@ def test_fields_removed_from_the_code_do_not_block_a_resume(tmp_path):
   workdir_guard.check_workdir_config(config, str(tmp_path))
 
 
+@pytest.mark.integration
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
   """What SLURM/TPU preemption sends: checkpoint now, exit 0, resume on restart."""
   import signal
@@ -299,6 +306,7 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
   assert f"from step {stop} to {stop + 2}" in proc.stderr
 
 
+@pytest.mark.integration
 def test_eval_watch_evaluates_each_checkpoint_once(tmp_path, fast_compile):
   """Beside training: every checkpoint without an eval JSON is evaluated, then it stops."""
   config = tiny_config(num_train_steps=4)
@@ -312,6 +320,7 @@ def test_eval_watch_evaluates_each_checkpoint_once(tmp_path, fast_compile):
   assert modes.evaluate_continuously(config, str(tmp_path), poll_seconds=0) == []
 
 
+@pytest.mark.integration
 def test_eval_samples_are_reused_only_by_the_same_sampler(tmp_path, monkeypatch,
                                                           fast_compile):
   """Chunks of eval samples resume an interrupted evaluation of the same sampler and

@@ -48,6 +48,7 @@ def assert_one_error_line(proc, *expected: str) -> str:
 
 @pytest.mark.parametrize("case", ["missing_config", "broken_config", "mistyped_field",
                                   "invalid_value", "workdir_is_a_file"])
+@pytest.mark.integration
 def test_user_errors_of_main_are_one_line(tmp_path, case):
   broken = tmp_path / "broken.py"
   broken.write_text("def get_config():\n  return dict(a=1\n\nx = 2\n")
@@ -72,6 +73,7 @@ def test_user_errors_of_main_are_one_line(tmp_path, case):
   assert "\\n" not in line and "\\'" not in line     # the hint unescaped
 
 
+@pytest.mark.integration
 def test_a_bad_edit_input_is_one_line_naming_the_file(tmp_path):
   bad = tmp_path / "digit.npz"
   np.savez(bad, images=np.zeros((1, 8, 8, 1), np.uint8))
@@ -144,6 +146,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.integration
 def test_disk_full_during_a_save_is_one_line_and_keeps_the_checkpoint(
     tmp_path, compile_cache):
   overrides = {**RUN, "training.num_train_steps": 6, "training.async_checkpointing": False,

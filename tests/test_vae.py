@@ -198,6 +198,7 @@ def test_bad_configs_are_refused_before_compiling():
 
 
 # ---------------------------------------------------------------------- loop
+@pytest.mark.integration
 def test_train_and_evaluate_end_to_end_on_runlocal(tmp_path, monkeypatch, fast_compile):
   monkeypatch.setitem(families.FAMILIES, "vae", vae_lib.VAE)
   config = vae_digits.get_config("runlocal")
@@ -211,6 +212,7 @@ def test_train_and_evaluate_end_to_end_on_runlocal(tmp_path, monkeypatch, fast_c
   assert os.path.exists(tmp_path / "samples" / "train_step_00000020.png")
 
 
+@pytest.mark.integration
 def test_training_reduces_test_bits_per_dim_on_digits(fast_compile):
   config = tiny_config(latent_dim=8, kl_warmup_steps=100)
   config.model.ch = 16

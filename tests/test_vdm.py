@@ -271,6 +271,7 @@ def test_ancestral_sampler_with_the_exact_denoiser_reproduces_gaussian_data():
 
 
 # -------------------------------------------------------------------- training
+@pytest.mark.integration
 def test_short_digits_training_lowers_the_bound(fast_compile):
   config = tiny_config("learned")
   config.optim.learning_rate = 2e-3

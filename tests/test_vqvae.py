@@ -200,6 +200,7 @@ def _eval_batch(config, n=64):
                                               global_batch_size=n, num_examples=n)))
 
 
+@pytest.mark.integration
 def test_training_lowers_the_loss_and_uses_most_codes(stage1):
   config, workdir, state = stage1
   info = datasets.get_dataset_info(config.data)
@@ -234,6 +235,7 @@ def _prior_family(stage1_workdir, config1):
   return config, vqvae_family.VQVAE(config, info.image_shape, info.num_classes)
 
 
+@pytest.mark.integration
 def test_prior_stage_restores_stage1_exactly_trains_and_samples(stage1):
   config1, workdir, state1 = stage1
   config, family = _prior_family(workdir, config1)
@@ -266,6 +268,7 @@ def test_prior_stage_restores_stage1_exactly_trains_and_samples(stage1):
   assert family.sampler_settings()["nfe"] == 16
 
 
+@pytest.mark.integration
 def test_prior_stage_refuses_a_missing_or_foreign_workdir(stage1, tmp_path):
   config1, _, _ = stage1
   with pytest.raises(ValueError, match="autoencoder_workdir"):

@@ -93,6 +93,7 @@ def test_the_heartbeat_is_refreshed_and_each_kind_has_its_own_lock(tmp_path,
   assert sorted(os.listdir(tmp_path)) == []
 
 
+@pytest.mark.integration
 def test_a_second_training_run_fails_at_once_and_the_first_finishes_untouched(
     tmp_path, compile_cache, fast_compile):
   workdir = tmp_path / "run"
