@@ -129,10 +129,10 @@ def _shapes_batch(n=4):
               position=rng.integers(0, 9, n).astype(np.int32))
 
 
-# Cross-attention (the pooled caption embedding as well) in the default tier; the
-# pooled embedding alone in the integration tier.
-@pytest.mark.parametrize("cross_attention", [
-    pytest.param(False, marks=pytest.mark.integration), True])
+# Trains jointly and samples: the integration tier (tests/test_text_encoder.py checks
+# the encoder and its context in the default one).
+@pytest.mark.integration
+@pytest.mark.parametrize("cross_attention", [False, True])
 def test_caption_model_trains_jointly_and_samples_a_prompt(cross_attention, fast_compile):
   config = _tiny(ddpm_shapes_text.get_config())
   config.text.cross_attention = cross_attention
@@ -301,6 +301,7 @@ def test_sr3_trains_and_super_resolves(tmp_path, fast_compile):
 
 
 # ---------------------------------------------------------------- score family
+@pytest.mark.integration
 def test_score_family_guidance_and_label_dropout(fast_compile):
   from configs import score_digits
   from train import score as score_family

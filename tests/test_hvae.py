@@ -183,6 +183,7 @@ def test_gradient_skipping_leaves_the_state_bit_identical(fast_compile):
   assert _tree_equal(new.ema_params, state.ema_params)
 
 
+@pytest.mark.integration   # several train steps of the hierarchical VAE
 def test_clipping_bounds_the_update_and_nan_updates_are_skipped(fast_compile):
   """With plain SGD at learning rate 1 the update is minus the clipped gradient."""
   batch = digits_batch()

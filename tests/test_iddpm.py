@@ -123,7 +123,9 @@ def _digit_images(batch_size, seed=0):
   return jnp.asarray(np.round(images[rows] * 255 / 16)[..., None], jnp.uint8)
 
 
-@pytest.mark.parametrize('var_type', ['fixedlarge', 'learned_range'])
+# fixedlarge: the integration tier (learned_range checks the same term in the default one).
+@pytest.mark.parametrize('var_type', [
+    pytest.param('fixedlarge', marks=pytest.mark.integration), 'learned_range'])
 def test_hybrid_vlb_term_equals_the_bits_per_dim_evaluation(var_type, fast_compile):
   """loss_terms' L_t equals the foundation's vlb_bpd term for every t."""
   family = ddpm_family.DDPM(_tiny_config('hybrid', var_type), (8, 8, 1), 10)
@@ -368,7 +370,9 @@ def test_learned_variance_family_samples_with_respacing(method, fast_compile):
   assert settings['sampler'] == method
 
 
-@pytest.mark.parametrize('var_type', ['fixedlarge', 'learned_range'])
+# fixedlarge also trains and samples end to end: the integration tier.
+@pytest.mark.parametrize('var_type', [
+    pytest.param('fixedlarge', marks=pytest.mark.integration), 'learned_range'])
 def test_v_prediction_eps_and_loss_follow_the_definition_of_v(var_type, fast_compile):
   """v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022): the exact v gives
   back the exact eps; the loss is ||v - v_theta||^2, i.e. the eps error / abar_t."""

@@ -21,11 +21,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from configs import gan_toy
 from tests.test_cluster import recorded
-from tests.test_multihost import REPO, with_overrides
+from tests.test_faults import RUN
+from tests.test_multihost import REPO, as_flags, with_overrides
 from train import cluster, modes
 
 # main.py and the SLURM script in subprocesses, signalled: end to end.
@@ -239,3 +241,40 @@ def test_sigterm_in_eval_watch_exits_0_and_the_rerun_finishes_it_identically(tmp
   config = with_overrides(gan_toy.get_config("runlocal"), dict(OVERRIDES))
   reference = modes.evaluate(config, str(fresh))
   assert json.dumps(resumed, sort_keys=True) == json.dumps(reference, sort_keys=True)
+
+
+def test_sigterm_during_an_edit_exits_0_with_the_edit_whole_or_absent(tmp_path):
+  workdir = tmp_path / "digits"
+  base = [sys.executable, os.path.join(REPO, "main.py"),
+          f"--config={os.path.join(REPO, 'configs', 'ddpm_digits.py')}",
+          f"--workdir={workdir}", *as_flags({**RUN, "training.num_train_steps": 2,
+                                             "eval.sample_metrics": "none"})]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+      [REPO, os.environ.get("PYTHONPATH", "")]))
+  trained = subprocess.run(base, cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=TIMEOUT_S)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  guides = tmp_path / "guides.npz"
+  np.savez(guides, arr_0=np.random.default_rng(0).integers(0, 256, (64, 8, 8, 1),
+                                                            dtype=np.uint8))
+  log_path = tmp_path / "edit.log"
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen([*base, "--mode=sample", "--edit=inpaint", f"--input={guides}"],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+      wait_for(lambda: "Restored checkpoint" in log_path.read_text(), proc,
+               "the restored checkpoint")
+      start = time.time()
+      proc.send_signal(signal.SIGTERM)
+      assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+      stopped_in = time.time() - start
+    finally:
+      proc.kill()
+  assert stopped_in < 30, stopped_in     # one compiled edit call at most
+  edits = workdir / "edits"
+  written = sorted(p.name for p in edits.glob("*/*")) if edits.exists() else []
+  # The edit is one compiled call: it finished and wrote everything, or wrote nothing.
+  assert not written or {"samples.npz", "settings.json"} <= set(written), written
+  assert not [n for n in os.listdir(workdir) if n.endswith(".lock")]   # released
+  if not written:
+    assert "Preempted (SIGTERM) during the edit" in log_path.read_text()

@@ -218,6 +218,7 @@ def test_dropout(tiny, fast_compile):
   assert float(jnp.max(jnp.abs(train_a - train_b))) > 1e-3
 
 
+@pytest.mark.integration   # compiles the network four times
 def test_remat_and_fused_attention_change_neither_outputs_nor_gradients(tiny, fast_compile):
   """Rematerialized ResNet blocks and jax.nn.dot_product_attention compute the same
   function with the same parameter tree: outputs and gradients (dropout on, so the
