@@ -39,7 +39,7 @@ def get_config(arg: str | None = None):
   config = ddpm_base.get_config(arg)
   config.name = "ddpm_digits"
   # Several batches each, for progress lines; the results are the same protocol.
-  config.eval.batch_size = 25
+  config.eval.batch_size = 32         # a multiple of 1, 2, 4, 8, 16 or 32 devices
   config.sampling.batch_size = 64
   if config_args.RUNLOCAL in args:   # ddpm_base's smoke test, with a quick end
     config.eval.quick_num_eval_examples = 16
@@ -57,7 +57,7 @@ def get_config(arg: str | None = None):
   training.num_train_steps = 700
   training.checkpoint_every_steps = 350
   training.sample_every_steps = 700   # one grid, at the end
-  config.eval.quick_num_eval_examples = 75   # 3 batches of 25
+  config.eval.quick_num_eval_examples = 75   # 3 batches of 32 (the last padded)
   config.eval.quick_num_samples = 256
   # DDIM eta=1 (stochastic): at 50 steps its classifier FD beat eta=0's and 50
   # respaced ancestral steps' (7.9 vs 10.6 and 11.3, 256 samples, step 700).

@@ -53,7 +53,7 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
         lambda event, *a, **k: compile_events.append(event)
         if event.startswith("/jax/core/compile") else None)
 
-    # What the loop hands to the jitted train step: record each global train batch.
+    # What the loop puts on the devices for the jitted train step: each global batch.
     phase = ["train"]
     train_batches = []
     to_global = sharding.to_global
@@ -223,7 +223,9 @@ def test_state_is_replicated_on_every_device(runs):
 def test_train_batches_are_split_over_the_devices(runs):
   batches = runs.two_device["train_batches"]
   batch_size = tiny_config().training.batch_size
-  assert len(batches) == NUM_STEPS
+  # The pipeline puts batches on the devices a few steps ahead of the train step (a
+  # bounded read-ahead), so a few more than the steps run are put before training ends.
+  assert NUM_STEPS <= len(batches) <= NUM_STEPS + 4, len(batches)
   for batch in batches:
     assert set(batch) == {"image", "label"}   # digits has no caption factors
     for key, array in batch.items():

@@ -29,6 +29,7 @@ OVERRIDES = {
     "training.sample_every_steps": 0, "training.async_checkpointing": False,
     "eval.num_eval_examples": 16, "eval.batch_size": 8, "eval.vlb_timestep_chunk": 5,
     "eval.sample_metrics": "none",
+    "eval.quick_sampling": "",   # ddpm_digits' quick DDIM-50 needs T >= 50
 }
 
 

@@ -169,3 +169,19 @@ def test_each_logged_mean_says_which_steps_it_covers():
   assert "loss 0.5 (mean of steps 8-10, 3)" in loop._progress_line(10, 20, scalars)
   scalars["steps_in_mean"] = 1                 # the first log after a resume at step 9
   assert "loss 0.5 (step 10)" in loop._progress_line(10, 20, scalars)
+
+
+def test_closed_event_loop_noise_is_dropped_and_every_other_traceback_kept():
+  import io  # pylint: disable=g-import-not-at-top
+  out = io.StringIO()
+  stream = user_errors._DropClosedLoopNoise(out)
+  noise = ("Traceback (most recent call last):\n"
+           '  File "/py/asyncio/base_events.py", line 806, in call_soon_threadsafe\n'
+           "    self._check_closed()\n"
+           "RuntimeError: Event loop is closed\n")
+  ours = noise.replace("/py/asyncio/base_events.py", "/repo/train/loop.py")
+  other = 'Traceback (most recent call last):\n  File "/a.py", line 1\nValueError: bad\n'
+  for text in ("start\n", noise, ours[:30], ours[30:], other, noise, "error: x"):
+    stream.write(text)
+  stream.flush()
+  assert out.getvalue() == "start\n" + ours + other + "error: x"

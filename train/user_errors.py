@@ -112,6 +112,55 @@ class _QuietDiskFull:
     return not (is_disk_full(error) or is_disk_full(Exception(record.getMessage())))
 
 
+class _DropClosedLoopNoise:
+  """sys.stderr without one known kind of noise: after a save fails (a full disk),
+  TensorStore completes the writes still in flight and calls back into Orbax's event
+  loop, which is closed by then; each callback prints a traceback that ends in
+  `RuntimeError: Event loop is closed`, with only asyncio's frames in it. Every other
+  traceback and line passes through unchanged."""
+
+  _END = "RuntimeError: Event loop is closed"
+
+  def __init__(self, stream):
+    self._stream = stream
+    self._pending = ""
+    self._held: list[str] = []
+
+  def write(self, text: str) -> int:
+    self._pending += text
+    while "\n" in self._pending:
+      line, self._pending = self._pending.split("\n", 1)
+      self._line(line + "\n")
+    return len(text)
+
+  def _line(self, line: str) -> None:
+    if not self._held and line.startswith("Traceback (most recent call last):"):
+      self._held = [line]
+      return
+    if not self._held:
+      self._stream.write(line)
+      return
+    self._held.append(line)
+    if line.startswith((" ", "\t")):
+      return
+    noise = line.strip() == self._END and all(
+        "asyncio" in held for held in self._held[1:-1] if held.lstrip().startswith("File"))
+    if not noise:
+      self._stream.write("".join(self._held))
+    self._held = []
+
+  def flush(self) -> None:
+    if self._held:
+      self._stream.write("".join(self._held))
+      self._held = []
+    self._stream.write(self._pending)
+    self._pending = ""
+    self._stream.flush()
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self._stream, name)
+
+
 # ----------------------------------------------------------------------- workdir
 def check_workdir(path: str, flag: str = "--workdir") -> None:
   """A local workdir must be a writable directory, or creatable (URLs: not checked)."""
@@ -223,6 +272,7 @@ def run_main(main: Callable[[list[str]], Any], *, config_flags: Sequence[str] = 
   from ml_collections import config_flags as ml_config_flags  # pylint: disable=g-import-not-at-top
   flag_values = flag_values or flags.FLAGS
   logging.get_absl_logger().addFilter(_QuietDiskFull())
+  sys.stderr = _DropClosedLoopNoise(sys.stderr)
 
   def config_path(name: str) -> str | None:
     try:
