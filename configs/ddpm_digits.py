@@ -3,14 +3,13 @@
 A small DDPM (Ho et al. 2020: the same objective, schedule and sampler as
 configs/ddpm_cifar.py, with a smaller U-Net and fewer steps) on scikit-learn's real
 8x8 handwritten digits at their native size, sized for a first run on a laptop:
-training, a sample grid, the test-set bound and the sample metric took 7m32s on the
-2-core CPU machine while other jobs kept its load average at 10-13 (start-up and
-compile 136 s, 700 steps at 3.17 steps/s 221 s, grid 14 s, bound 51 s, sample metric
-23 s; `python benchmarks/quickstart.py ddpm_digits`, 2026-12-07; 11m12s at load
-11-14). The 2,500-step configs/ddpm_base.py run, this config before, took 53m09s at
-load 12-19. Re-measure on an idle machine before quoting a figure. Its eval JSON:
-bpd_vlb 4.77 +- 0.05 (75 images), classifier FD 6.96 (256 samples), 10/10 classes;
-ddpm_base: 4.80 (355 images), FD 1.77 (1,024 samples; 3.05 on its first 256).
+training, a sample grid, the test-set bound and the sample metric take 2m30s-2m32s on
+the idle 2-core CPU machine (start-up and compile 19 s, 700 steps at 7.1 steps/s 98 s,
+grid 4 s, bound 17 s, sample metric 9 s; `python benchmarks/quickstart.py ddpm_digits`,
+two runs, 2026-12-08); 7-11 minutes while other jobs load its 2 cores (load average
+10-14). Its eval JSON: bpd_vlb 4.78 +- 0.05 (75 images), classifier FD 6.96 (256
+samples), 10/10 classes; configs/ddpm_base.py's 2,500 steps (this config before): 4.80
+(355 images), FD 1.77 (1,024 samples; 3.05 on its first 256).
 It leaves recognisable digits in
 workdir/samples/, TensorBoard logs in workdir/tensorboard/, checkpoints in
 workdir/checkpoints/ and the evaluation in workdir/eval/. It reproduces no paper
