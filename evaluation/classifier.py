@@ -35,7 +35,6 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -50,6 +49,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from datasets import transforms
+from evaluation import files
 
 CLASSIFIER_DIR_ENV_VAR = "EVAL_CLASSIFIER_DIR"
 DEFAULT_CLASSIFIER_DIR = "~/.cache/genmodels/classifiers"
@@ -457,26 +457,14 @@ def save_classifier(classifier: Classifier, directory: str | os.PathLike) -> pat
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   flat = {path: np.asarray(v) for path, v in _flatten(classifier.params).items()}
-  _atomic_write(directory / "params.npz", lambda f: np.savez(f, **flat))
+  files.atomic_write(directory / "params.npz", lambda f: np.savez(f, **flat))
   meta = dict(classifier.meta, dataset=classifier.dataset,
               image_shape=list(classifier.image_shape),
               class_names=list(classifier.class_names),
               config=classifier.config.to_json())
-  _atomic_write(directory / "meta.json",
+  files.atomic_write(directory / "meta.json",
                 lambda f: f.write(json.dumps(meta, indent=2, sort_keys=True).encode()))
   return directory
-
-
-def _atomic_write(path: pathlib.Path, write: Callable[[Any], Any]) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def load_classifier(directory: str | os.PathLike) -> Classifier:

@@ -43,7 +43,6 @@ import functools
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -52,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from datasets import transforms
+from evaluation import files
 
 INPUT_SIZE = 299
 POOL_DIM = 2048
@@ -462,15 +462,7 @@ def save_params_npz(params: Params, path: str | os.PathLike,
   arrays = {"/".join(p): np.asarray(v) for p, v in _flatten(params)}
   if meta is not None:
     arrays[NPZ_META_KEY] = np.asarray(json.dumps(dict(meta), sort_keys=True))
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-  os.close(fd)
-  try:
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  files.save_npz_atomically(path, arrays)
 
 
 def read_npz_meta(path: str | os.PathLike) -> dict[str, Any]:

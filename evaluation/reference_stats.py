@@ -21,7 +21,6 @@ import json
 import os
 import pathlib
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -32,6 +31,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from evaluation import classifier as classifier_lib
+from evaluation import files
 from evaluation import metrics as metrics_lib
 
 INCEPTION, CLASSIFIER = "inception", "classifier"  # the two kinds of feature net
@@ -145,16 +145,7 @@ class ReferenceStats:
       arrays["features"] = self.features
     if self.class_histogram is not None:
       arrays["class_histogram"] = self.class_histogram
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
-      np.savez(tmp, **arrays)
-      os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+    files.save_npz_atomically(path, arrays)
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "ReferenceStats":

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from evaluation import files
 from evaluation.progress import progress_line
 
 # Progress lines at most this often (and after the last chunk).
@@ -134,11 +134,5 @@ def generate_samples_resumable(sample_fn: Callable[[jax.Array, int], Any],
 
 
 def _write_chunk(path: pathlib.Path, images: np.ndarray, meta: dict[str, Any]) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-  os.close(fd)
-  try:
-    np.savez(tmp, arr_0=images, meta=np.asarray(json.dumps(meta, sort_keys=True)))
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  files.save_npz_atomically(
+      path, dict(arr_0=images, meta=np.asarray(json.dumps(meta, sort_keys=True))))
