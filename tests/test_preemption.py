@@ -78,13 +78,10 @@ def chunks(workdir, pattern: str) -> list[str]:
   return sorted(glob.glob(os.path.join(str(workdir), pattern, "chunk_*.npz")))
 
 
-def test_sigterm_in_the_final_eval_exits_0_and_the_rerun_finishes_it_identically(
-    tmp_path):
-  workdir = tmp_path / "run"
-  command = [sys.executable, os.path.join(REPO, "main.py"), f"--config={CONFIG}",
-             f"--workdir={workdir}", *flags()]
-  env = env_for(tmp_path)
-  log_path = tmp_path / "first.log"
+def sigterm_at_the_first_chunk(command: list[str], env, log_path) -> float:
+  """Runs `command`, SIGTERMs it once an eval sample chunk exists; it must exit 0.
+  Returns the seconds from the signal to the exit."""
+  workdir = next(a.split("=", 1)[1] for a in command if a.startswith("--workdir="))
   with open(log_path, "w") as log:
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
@@ -93,9 +90,34 @@ def test_sigterm_in_the_final_eval_exits_0_and_the_rerun_finishes_it_identically
       start = time.time()
       proc.send_signal(signal.SIGTERM)
       assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
-      stopped_in = time.time() - start
+      return time.time() - start
     finally:
       proc.kill()
+
+
+def assert_the_rerun_finishes_like_an_uninterrupted_eval(command, env, workdir, tmp_path,
+                                                         kept: list[str]) -> None:
+  rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=TIMEOUT_S)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert f"{len(kept)} of 10 chunks already written" in rerun.stderr
+  resumed = json.loads((workdir / FINAL_EVAL).read_text())
+  # Uninterrupted: the same checkpoint, evaluated from scratch in a fresh workdir.
+  fresh = tmp_path / "fresh"
+  shutil.copytree(workdir, fresh, ignore=shutil.ignore_patterns("eval", "tensorboard"))
+  config = with_overrides(gan_toy.get_config("runlocal"), dict(OVERRIDES))
+  reference = modes.evaluate(config, str(fresh))
+  assert json.dumps(resumed, sort_keys=True) == json.dumps(reference, sort_keys=True)
+
+
+def test_sigterm_in_the_final_eval_exits_0_and_the_rerun_finishes_it_identically(
+    tmp_path):
+  workdir = tmp_path / "run"
+  command = [sys.executable, os.path.join(REPO, "main.py"), f"--config={CONFIG}",
+             f"--workdir={workdir}", *flags()]
+  env = env_for(tmp_path)
+  log_path = tmp_path / "first.log"
+  stopped_in = sigterm_at_the_first_chunk(command, env, log_path)
   text = log_path.read_text()
   assert "Preempted (SIGTERM) during the evaluation" in text, text[-3000:]
   kept = chunks(workdir, "eval/samples_step_*")
@@ -103,18 +125,8 @@ def test_sigterm_in_the_final_eval_exits_0_and_the_rerun_finishes_it_identically
   assert not (workdir / FINAL_EVAL).exists()
   assert stopped_in < 10, stopped_in          # one chunk's time, not the whole eval
 
-  rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=TIMEOUT_S)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert f"{len(kept)} of 10 chunks already written" in rerun.stderr
-  resumed = json.loads((workdir / FINAL_EVAL).read_text())
-
-  # Uninterrupted: the same checkpoint, evaluated from scratch in a fresh workdir.
-  fresh = tmp_path / "fresh"
-  shutil.copytree(workdir, fresh, ignore=shutil.ignore_patterns("eval", "tensorboard"))
-  config = with_overrides(gan_toy.get_config("runlocal"), dict(OVERRIDES))
-  reference = modes.evaluate(config, str(fresh))
-  assert json.dumps(resumed, sort_keys=True) == json.dumps(reference, sort_keys=True)
+  assert_the_rerun_finishes_like_an_uninterrupted_eval(command, env, workdir, tmp_path,
+                                                       kept)
 
 
 # ---------------------------------------------------------------------------- SLURM
@@ -213,17 +225,7 @@ def test_sigterm_in_eval_watch_exits_0_and_the_rerun_finishes_it_identically(tmp
   shutil.rmtree(workdir / "eval")
   watch = [*base, "--mode=eval_watch"]
   log_path = tmp_path / "watch.log"
-  with open(log_path, "w") as log:
-    proc = subprocess.Popen(watch, cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
-      wait_for(lambda: chunks(workdir, "eval/samples_step_*"), proc, "a sample chunk")
-      start = time.time()
-      proc.send_signal(signal.SIGTERM)
-      assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
-      stopped_in = time.time() - start
-    finally:
-      proc.kill()
+  stopped_in = sigterm_at_the_first_chunk(watch, env, log_path)
   text = log_path.read_text()
   assert "Preempted (SIGTERM) during eval_watch" in text, text[-3000:]
   kept = chunks(workdir, "eval/samples_step_*")
@@ -231,16 +233,8 @@ def test_sigterm_in_eval_watch_exits_0_and_the_rerun_finishes_it_identically(tmp
   assert stopped_in < 10, stopped_in
   assert not [n for n in os.listdir(workdir) if n.endswith(".lock")]   # released
 
-  rerun = subprocess.run(watch, cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=TIMEOUT_S)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert f"{len(kept)} of 10 chunks already written" in rerun.stderr
-  resumed = json.loads((workdir / FINAL_EVAL).read_text())
-  fresh = tmp_path / "fresh"
-  shutil.copytree(workdir, fresh, ignore=shutil.ignore_patterns("eval", "tensorboard"))
-  config = with_overrides(gan_toy.get_config("runlocal"), dict(OVERRIDES))
-  reference = modes.evaluate(config, str(fresh))
-  assert json.dumps(resumed, sort_keys=True) == json.dumps(reference, sort_keys=True)
+  assert_the_rerun_finishes_like_an_uninterrupted_eval(watch, env, workdir, tmp_path,
+                                                       kept)
 
 
 def test_sigterm_during_an_edit_exits_0_with_the_edit_whole_or_absent(tmp_path):
