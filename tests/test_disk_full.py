@@ -27,7 +27,7 @@ from configs import ddpm_digits
 from tests.test_faults import RUN
 from tests.test_multihost import (REPO, as_flags, compile_cache, restore_on_one_device,
                                   subprocess_env, with_overrides)
-from tests.test_user_errors import _INJECT, assert_one_error_line, run_main
+from tests.test_user_errors import INJECT_FULL_DISK, assert_one_error_line, run_main
 
 assert compile_cache   # a fixture, used by name below
 pytestmark = pytest.mark.integration
@@ -82,7 +82,7 @@ def test_a_full_tmpfs_during_a_save_is_one_line_keeps_the_checkpoint_and_reruns(
     disk = "an injected ENOSPC (this kernel refuses a private tmpfs)"
     shutil.copytree(first, out)
     proc = run_main([os.path.join(REPO, "main.py"), *_main_args(out, 6)], env=env,
-                    prefix=["-c", _INJECT])
+                    prefix=["-c", INJECT_FULL_DISK])
   line = assert_one_error_line(proc, "disk full while saving the checkpoint of step 4",
                                "the checkpoint of step 2 is kept")
   config = with_overrides(ddpm_digits.get_config(),

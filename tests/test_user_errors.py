@@ -132,7 +132,7 @@ def test_internal_errors_keep_their_traceback():
 
 # A stand-in for a full disk where this test cannot mount a small tmpfs: every save
 # from step 4 on fails as a write would (ENOSPC), in the save path of Orbax.
-_INJECT = """
+INJECT_FULL_DISK = """
 import errno, runpy, sys
 import orbax.checkpoint as ocp
 save = ocp.CheckpointManager.save
@@ -154,7 +154,7 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_the_checkpoint(
   workdir = tmp_path / "w"
   proc = run_main([os.path.join(REPO, "main.py"), f"--config={DIGITS}",
                    f"--workdir={workdir}", *as_flags(overrides)],
-                  env=subprocess_env(1, compile_cache), prefix=["-c", _INJECT])
+                  env=subprocess_env(1, compile_cache), prefix=["-c", INJECT_FULL_DISK])
   line = assert_one_error_line(proc, "disk full while saving the checkpoint of step 4",
                                "the checkpoint of step 2 is kept", "free",
                                "a checkpoint takes about")
@@ -174,7 +174,7 @@ def test_each_logged_mean_says_which_steps_it_covers():
 def test_closed_event_loop_noise_is_dropped_and_every_other_traceback_kept():
   import io  # pylint: disable=g-import-not-at-top
   out = io.StringIO()
-  stream = user_errors._DropClosedLoopNoise(out)
+  stream = user_errors.StderrWithoutClosedLoopNoise(out)
   noise = ("Traceback (most recent call last):\n"
            '  File "/py/asyncio/base_events.py", line 806, in call_soon_threadsafe\n'
            "    self._check_closed()\n"

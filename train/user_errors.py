@@ -112,7 +112,7 @@ class _QuietDiskFull:
     return not (is_disk_full(error) or is_disk_full(Exception(record.getMessage())))
 
 
-class _DropClosedLoopNoise:
+class StderrWithoutClosedLoopNoise:
   """sys.stderr without one known kind of noise: after a save fails (a full disk),
   TensorStore completes the writes still in flight and calls back into Orbax's event
   loop, which is closed by then; each callback prints a traceback that ends in
@@ -272,7 +272,7 @@ def run_main(main: Callable[[list[str]], Any], *, config_flags: Sequence[str] = 
   from ml_collections import config_flags as ml_config_flags  # pylint: disable=g-import-not-at-top
   flag_values = flag_values or flags.FLAGS
   logging.get_absl_logger().addFilter(_QuietDiskFull())
-  sys.stderr = _DropClosedLoopNoise(sys.stderr)
+  sys.stderr = StderrWithoutClosedLoopNoise(sys.stderr)
 
   def config_path(name: str) -> str | None:
     try:
